@@ -1,0 +1,532 @@
+//! Calls and their append-only event log.
+
+use sqlx::SqliteConnection;
+
+use crate::deliveries::{NewDelivery, insert_delivery};
+use crate::sid::{Sid, SidKind};
+use crate::{Call, CallEvent, CallStatus, Direction, Page, PageRequest, Result, Store, StoreError};
+
+const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direction, to_number, from_number,
+    phone_number_sid, status, answered_by, start_time, end_time, duration, sip_response_code, url, method,
+    twiml, fallback_url, fallback_method, status_callback, status_callback_method, status_callback_event,
+    timeout, time_limit, send_digits, record, machine_detection, request_params, date_created, date_updated";
+
+/// A call to create. Validation happens before this (in `api` or the engine).
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub direction: Direction,
+    pub parent_call_sid: Option<String>,
+    pub to: String,
+    pub from: String,
+    pub phone_number_sid: Option<String>,
+    pub status: CallStatus,
+    pub url: Option<String>,
+    pub method: String,
+    pub twiml: Option<String>,
+    pub fallback_url: Option<String>,
+    pub fallback_method: String,
+    pub status_callback: Option<String>,
+    pub status_callback_method: String,
+    pub status_callback_event: String,
+    pub timeout: i64,
+    pub time_limit: i64,
+    pub send_digits: Option<String>,
+    pub record: bool,
+    pub machine_detection: Option<String>,
+    /// JSON array of `[name, value]` pairs.
+    pub request_params: String,
+}
+
+/// Filters of Twilio's call list. Time bounds are inclusive, in milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub status: Option<CallStatus>,
+    pub parent_call_sid: Option<String>,
+    pub start_after: Option<i64>,
+    pub start_before: Option<i64>,
+    pub end_after: Option<i64>,
+    pub end_before: Option<i64>,
+}
+
+/// New instructions for a call (`POST Calls/{Sid}` with Url or Twiml, or new callbacks).
+#[derive(Debug, Clone, Default)]
+pub struct CallUpdate {
+    pub url: Option<String>,
+    pub method: Option<String>,
+    pub twiml: Option<String>,
+    pub fallback_url: Option<String>,
+    pub fallback_method: Option<String>,
+    pub status_callback: Option<String>,
+    pub status_callback_method: Option<String>,
+    pub time_limit: Option<i64>,
+}
+
+/// A status change, with what the new status implies.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub to: CallStatus,
+    pub at: i64,
+    pub sip_response_code: Option<i64>,
+    pub answered_by: Option<String>,
+    /// Why, for the call's event log (a JSON object).
+    pub detail: String,
+}
+
+impl Store {
+    /// Stores a new call and logs its creation.
+    pub async fn create_call(&self, account: &str, c: &NewCall, now: i64) -> Result<Call> {
+        let sid = Sid::generate(SidKind::Call);
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "INSERT INTO calls (sid, account_sid, parent_call_sid, direction, to_number, from_number,
+                phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
+                status_callback_method, status_callback_event, timeout, time_limit, send_digits, record,
+                machine_detection, request_params, date_created, date_updated)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             RETURNING {COLUMNS}"
+        );
+        let call: Call = sqlx::query_as(&sql)
+            .bind(sid.as_str())
+            .bind(account)
+            .bind(&c.parent_call_sid)
+            .bind(c.direction.as_str())
+            .bind(&c.to)
+            .bind(&c.from)
+            .bind(&c.phone_number_sid)
+            .bind(c.status.as_str())
+            .bind(&c.url)
+            .bind(&c.method)
+            .bind(&c.twiml)
+            .bind(&c.fallback_url)
+            .bind(&c.fallback_method)
+            .bind(&c.status_callback)
+            .bind(&c.status_callback_method)
+            .bind(&c.status_callback_event)
+            .bind(c.timeout)
+            .bind(c.time_limit)
+            .bind(&c.send_digits)
+            .bind(c.record)
+            .bind(&c.machine_detection)
+            .bind(&c.request_params)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        let detail = serde_json::json!({ "status": c.status.as_str() }).to_string();
+        insert_event(&mut tx, &call.sid, now, "created", &detail).await?;
+        tx.commit().await?;
+        Ok(call)
+    }
+
+    pub async fn call(&self, account: &str, sid: &str) -> Result<Option<Call>> {
+        let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = ? AND sid = ?");
+        Ok(sqlx::query_as(&sql)
+            .bind(account)
+            .bind(sid)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn list_calls(
+        &self,
+        account: &str,
+        f: &CallFilter,
+        page: PageRequest,
+    ) -> Result<Page<Call>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM calls
+             WHERE account_sid = ?
+               AND (? IS NULL OR to_number = ?) AND (? IS NULL OR from_number = ?)
+               AND (? IS NULL OR status = ?) AND (? IS NULL OR parent_call_sid = ?)
+               AND (? IS NULL OR start_time >= ?) AND (? IS NULL OR start_time <= ?)
+               AND (? IS NULL OR end_time >= ?) AND (? IS NULL OR end_time <= ?)
+               AND (? IS NULL OR seq < ?)
+             ORDER BY seq DESC LIMIT ?"
+        );
+        let status = f.status.map(CallStatus::as_str);
+        let rows = sqlx::query_as(&sql)
+            .bind(account)
+            .bind(&f.to)
+            .bind(&f.to)
+            .bind(&f.from)
+            .bind(&f.from)
+            .bind(status)
+            .bind(status)
+            .bind(&f.parent_call_sid)
+            .bind(&f.parent_call_sid)
+            .bind(f.start_after)
+            .bind(f.start_after)
+            .bind(f.start_before)
+            .bind(f.start_before)
+            .bind(f.end_after)
+            .bind(f.end_after)
+            .bind(f.end_before)
+            .bind(f.end_before)
+            .bind(page.before)
+            .bind(page.before)
+            .bind(i64::from(page.size) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Page::from_rows(rows, page.size, |c: &Call| c.seq))
+    }
+
+    /// Replaces a live call's instructions; a final call is a conflict.
+    pub async fn update_call(
+        &self,
+        account: &str,
+        sid: &str,
+        u: &CallUpdate,
+        now: i64,
+    ) -> Result<Call> {
+        let mut tx = self.pool.begin().await?;
+        let call = fetch_call(&mut tx, account, sid).await?;
+        if call.status().is_final() {
+            return Err(StoreError::Conflict(format!(
+                "call is already {}",
+                call.status()
+            )));
+        }
+        // New Url and Twiml replace each other: whichever is given becomes the call's flow.
+        let (url, twiml) = match (&u.url, &u.twiml) {
+            (Some(url), _) => (Some(url.clone()), None),
+            (None, Some(twiml)) => (None, Some(twiml.clone())),
+            (None, None) => (call.url.clone(), call.twiml.clone()),
+        };
+        let sql = format!(
+            "UPDATE calls SET url = ?, twiml = ?, method = COALESCE(?, method),
+                fallback_url = COALESCE(?, fallback_url), fallback_method = COALESCE(?, fallback_method),
+                status_callback = COALESCE(?, status_callback),
+                status_callback_method = COALESCE(?, status_callback_method),
+                time_limit = COALESCE(?, time_limit), date_updated = ?
+             WHERE sid = ? RETURNING {COLUMNS}"
+        );
+        let updated: Call = sqlx::query_as(&sql)
+            .bind(&url)
+            .bind(&twiml)
+            .bind(&u.method)
+            .bind(&u.fallback_url)
+            .bind(&u.fallback_method)
+            .bind(&u.status_callback)
+            .bind(&u.status_callback_method)
+            .bind(u.time_limit)
+            .bind(now)
+            .bind(sid)
+            .fetch_one(&mut *tx)
+            .await?;
+        let detail = serde_json::json!({
+            "url": u.url, "twiml": u.twiml.is_some(), "method": u.method,
+        })
+        .to_string();
+        insert_event(&mut tx, sid, now, "updated", &detail).await?;
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// Moves a call to a new status and, in the same transaction, logs it and enqueues the
+    /// webhooks it triggers. An illegal move (see `CallStatus::can_become`) is a conflict and
+    /// changes nothing.
+    pub async fn transition_call(
+        &self,
+        account: &str,
+        sid: &str,
+        t: &Transition,
+        webhooks: &[NewDelivery],
+    ) -> Result<Call> {
+        let mut tx = self.pool.begin().await?;
+        let call = fetch_call(&mut tx, account, sid).await?;
+        if !call.status().can_become(t.to) {
+            return Err(StoreError::Conflict(format!(
+                "call cannot go from {} to {}",
+                call.status(),
+                t.to
+            )));
+        }
+        let start_time = match (call.start_time, t.to) {
+            (None, CallStatus::InProgress) => Some(t.at),
+            (s, _) => s,
+        };
+        let (end_time, duration) = if t.to.is_final() {
+            let secs = start_time.map_or(0, |s| (t.at - s).max(0) / 1000);
+            (Some(t.at), Some(secs))
+        } else {
+            (None, None)
+        };
+        let sql = format!(
+            "UPDATE calls SET status = ?, start_time = ?, end_time = ?, duration = ?,
+                sip_response_code = COALESCE(?, sip_response_code), answered_by = COALESCE(?, answered_by),
+                date_updated = ?
+             WHERE sid = ? RETURNING {COLUMNS}"
+        );
+        let updated: Call = sqlx::query_as(&sql)
+            .bind(t.to.as_str())
+            .bind(start_time)
+            .bind(end_time)
+            .bind(duration)
+            .bind(t.sip_response_code)
+            .bind(&t.answered_by)
+            .bind(t.at)
+            .bind(sid)
+            .fetch_one(&mut *tx)
+            .await?;
+        insert_event(&mut tx, sid, t.at, t.to.as_str(), &t.detail).await?;
+        for w in webhooks {
+            insert_delivery(&mut tx, w, t.at).await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// Appends an entry to a call's event log.
+    pub async fn append_call_event(
+        &self,
+        call_sid: &str,
+        at: i64,
+        kind: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        insert_event(&mut conn, call_sid, at, kind, detail).await
+    }
+
+    pub async fn call_events(&self, call_sid: &str) -> Result<Vec<CallEvent>> {
+        Ok(sqlx::query_as(
+            "SELECT id, call_sid, at, kind, detail FROM call_events WHERE call_sid = ? ORDER BY id",
+        )
+        .bind(call_sid)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+async fn fetch_call(conn: &mut SqliteConnection, account: &str, sid: &str) -> Result<Call> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = ? AND sid = ?");
+    sqlx::query_as(&sql)
+        .bind(account)
+        .bind(sid)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(StoreError::NotFound)
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    call_sid: &str,
+    at: i64,
+    kind: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO call_events (call_sid, at, kind, detail) VALUES (?, ?, ?, ?)")
+        .bind(call_sid)
+        .bind(at)
+        .bind(kind)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::test_support::{account, store};
+
+    pub fn new_call(to: &str) -> NewCall {
+        NewCall {
+            direction: Direction::OutboundApi,
+            parent_call_sid: None,
+            to: to.into(),
+            from: "+15005550006".into(),
+            phone_number_sid: None,
+            status: CallStatus::Queued,
+            url: Some("http://example.com/twiml".into()),
+            method: "POST".into(),
+            twiml: None,
+            fallback_url: None,
+            fallback_method: "POST".into(),
+            status_callback: None,
+            status_callback_method: "POST".into(),
+            status_callback_event: "completed".into(),
+            timeout: 60,
+            time_limit: 14_400,
+            send_digits: None,
+            record: false,
+            machine_detection: None,
+            request_params: "[]".into(),
+        }
+    }
+
+    fn to(status: CallStatus, at: i64) -> Transition {
+        Transition {
+            to: status,
+            at,
+            sip_response_code: None,
+            answered_by: None,
+            detail: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_sets_times_duration_and_logs_every_step() {
+        let store = store().await;
+        let a = account(&store).await;
+        let call = store
+            .create_call(&a.sid, &new_call("+1555"), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(call.status(), CallStatus::Queued);
+        store
+            .transition_call(&a.sid, &call.sid, &to(CallStatus::Ringing, 2_000), &[])
+            .await
+            .unwrap();
+        let up = store
+            .transition_call(&a.sid, &call.sid, &to(CallStatus::InProgress, 3_000), &[])
+            .await
+            .unwrap();
+        assert_eq!(up.start_time, Some(3_000));
+        let done = store
+            .transition_call(&a.sid, &call.sid, &to(CallStatus::Completed, 45_500), &[])
+            .await
+            .unwrap();
+        assert_eq!((done.end_time, done.duration), (Some(45_500), Some(42)));
+        let kinds: Vec<_> = store
+            .call_events(&call.sid)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["created", "ringing", "in-progress", "completed"]);
+    }
+
+    #[tokio::test]
+    async fn illegal_transitions_change_nothing_and_enqueue_nothing() {
+        let store = store().await;
+        let a = account(&store).await;
+        let call = store
+            .create_call(&a.sid, &new_call("+1555"), 1_000)
+            .await
+            .unwrap();
+        let hook = NewDelivery {
+            account_sid: a.sid.clone(),
+            call_sid: Some(call.sid.clone()),
+            kind: "status-callback".into(),
+            url: "http://example.com/cb".into(),
+            method: "POST".into(),
+            params: vec![("CallStatus".into(), "canceled".into())],
+        };
+        store
+            .transition_call(
+                &a.sid,
+                &call.sid,
+                &to(CallStatus::Canceled, 2_000),
+                std::slice::from_ref(&hook),
+            )
+            .await
+            .unwrap();
+        let err = store
+            .transition_call(
+                &a.sid,
+                &call.sid,
+                &to(CallStatus::Completed, 3_000),
+                &[hook],
+            )
+            .await;
+        assert!(matches!(err, Err(StoreError::Conflict(_))));
+        assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 1);
+        let call = store.call(&a.sid, &call.sid).await.unwrap().unwrap();
+        assert_eq!(
+            (call.status(), call.duration),
+            (CallStatus::Canceled, Some(0))
+        );
+        assert!(matches!(
+            store
+                .update_call(&a.sid, &call.sid, &CallUpdate::default(), 4_000)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_filters_and_account_isolation() {
+        let store = store().await;
+        let a = account(&store).await;
+        let b = account(&store).await;
+        for i in 0..4 {
+            store
+                .create_call(&a.sid, &new_call(&format!("+1{i}")), i)
+                .await
+                .unwrap();
+        }
+        let other = store
+            .create_call(&b.sid, &new_call("+10"), 9)
+            .await
+            .unwrap();
+        let none = CallFilter::default();
+        let all = store
+            .list_calls(
+                &a.sid,
+                &none,
+                PageRequest {
+                    size: 50,
+                    before: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(all.items.len(), 4);
+        let f = CallFilter {
+            to: Some("+10".into()),
+            ..Default::default()
+        };
+        let one = store
+            .list_calls(
+                &a.sid,
+                &f,
+                PageRequest {
+                    size: 50,
+                    before: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(one.items.len(), 1);
+        let f = CallFilter {
+            status: Some(CallStatus::Completed),
+            ..Default::default()
+        };
+        assert!(
+            store
+                .list_calls(
+                    &a.sid,
+                    &f,
+                    PageRequest {
+                        size: 50,
+                        before: None
+                    }
+                )
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert!(store.call(&a.sid, &other.sid).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn update_replaces_url_with_twiml() {
+        let store = store().await;
+        let a = account(&store).await;
+        let call = store
+            .create_call(&a.sid, &new_call("+1555"), 1)
+            .await
+            .unwrap();
+        let u = CallUpdate {
+            twiml: Some("<Response/>".into()),
+            ..Default::default()
+        };
+        let up = store.update_call(&a.sid, &call.sid, &u, 2).await.unwrap();
+        assert_eq!((up.url, up.twiml.as_deref()), (None, Some("<Response/>")));
+    }
+}

@@ -1,0 +1,356 @@
+//! The webhook delivery outbox: callbacks persisted before they are sent, claimed with a lease,
+//! and retried until delivered or given up. Every attempt is recorded.
+
+use sqlx::{FromRow, SqliteConnection};
+
+use crate::{Result, Store, StoreError};
+
+/// A webhook to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub account_sid: String,
+    pub call_sid: Option<String>,
+    /// What it is, e.g. `status-callback` or `recording-status-callback`.
+    pub kind: String,
+    pub url: String,
+    pub method: String,
+    /// Form parameters, in order.
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "delivered" => Ok(Self::Delivered),
+            "failed" => Ok(Self::Failed),
+            other => Err(StoreError::Corrupt(format!("delivery state {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub webhook: NewDelivery,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: i64,
+    account_sid: String,
+    call_sid: Option<String>,
+    kind: String,
+    url: String,
+    method: String,
+    params: String,
+    state: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<Row> for Delivery {
+    type Error = StoreError;
+    fn try_from(r: Row) -> Result<Self> {
+        let params = serde_json::from_str(&r.params)
+            .map_err(|e| StoreError::Corrupt(format!("delivery {} params: {e}", r.id)))?;
+        Ok(Delivery {
+            id: r.id,
+            webhook: NewDelivery {
+                account_sid: r.account_sid,
+                call_sid: r.call_sid,
+                kind: r.kind,
+                url: r.url,
+                method: r.method,
+                params,
+            },
+            state: DeliveryState::parse(&r.state)?,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+const COLUMNS: &str =
+    "id, account_sid, call_sid, kind, url, method, params, state, attempts, next_attempt_at,
+    last_error, created_at, finished_at";
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptOutcome {
+    pub at: i64,
+    pub status_code: Option<u16>,
+    /// `None` when the peer accepted the webhook.
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    /// For a failed attempt: when to try again, or `None` to give up.
+    pub retry_at: Option<i64>,
+}
+
+pub(crate) async fn insert_delivery(
+    conn: &mut SqliteConnection,
+    d: &NewDelivery,
+    now: i64,
+) -> Result<i64> {
+    let params =
+        serde_json::to_string(&d.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO webhook_deliveries (account_sid, call_sid, kind, url, method, params, next_attempt_at, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&d.account_sid)
+    .bind(&d.call_sid)
+    .bind(&d.kind)
+    .bind(&d.url)
+    .bind(&d.method)
+    .bind(params)
+    .bind(now)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(id)
+}
+
+fn rows(rows: Vec<Row>) -> Result<Vec<Delivery>> {
+    rows.into_iter().map(Delivery::try_from).collect()
+}
+
+impl Store {
+    /// Persists a webhook for sending as soon as possible.
+    pub async fn enqueue_delivery(&self, d: &NewDelivery, now: i64) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        insert_delivery(&mut conn, d, now).await
+    }
+
+    /// Pending deliveries due at `now`, oldest first (read-only; see `claim_deliveries`).
+    pub async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?
+             ORDER BY next_attempt_at, id LIMIT ?"
+        );
+        rows(
+            sqlx::query_as(&sql)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Claims up to `limit` due deliveries by pushing their next attempt `lease_ms` into the
+    /// future, so a sender that dies mid-attempt leaves them to be retried, not lost.
+    pub async fn claim_deliveries(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let sql = format!(
+            "UPDATE webhook_deliveries SET next_attempt_at = ?
+             WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?
+                          ORDER BY next_attempt_at, id LIMIT ?)
+             RETURNING {COLUMNS}"
+        );
+        let mut claimed = rows(
+            sqlx::query_as(&sql)
+                .bind(now + lease_ms)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )?;
+        claimed.sort_by_key(|d| (d.created_at, d.id));
+        Ok(claimed)
+    }
+
+    /// The earliest time a pending delivery is due, if any.
+    pub async fn next_delivery_due(&self) -> Result<Option<i64>> {
+        let (due,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due)
+    }
+
+    /// Records an attempt and moves the delivery on: delivered, rescheduled or given up.
+    pub async fn record_attempt(&self, id: i64, o: &AttemptOutcome) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(o.at)
+        .bind(o.status_code.map(i64::from))
+        .bind(&o.error)
+        .bind(o.duration_ms)
+        .execute(&mut *tx)
+        .await?;
+        let (state, next, finished) = match (&o.error, o.retry_at) {
+            (None, _) => ("delivered", o.at, Some(o.at)),
+            (Some(_), Some(retry)) => ("pending", retry, None),
+            (Some(_), None) => ("failed", o.at, Some(o.at)),
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,
+                last_error = ?, finished_at = ? WHERE id = ?",
+        )
+        .bind(state)
+        .bind(next)
+        .bind(&o.error)
+        .bind(finished)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delivery(&self, id: i64) -> Result<Option<Delivery>> {
+        let sql = format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE id = ?");
+        let row: Option<Row> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Delivery::try_from).transpose()
+    }
+
+    /// Every delivery made for a call, oldest first.
+    pub async fn call_deliveries(&self, call_sid: &str) -> Result<Vec<Delivery>> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE call_sid = ? ORDER BY id");
+        rows(
+            sqlx::query_as(&sql)
+                .bind(call_sid)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::store;
+
+    fn hook() -> NewDelivery {
+        NewDelivery {
+            account_sid: "AC1".into(),
+            call_sid: Some("CA1".into()),
+            kind: "status-callback".into(),
+            url: "http://example.com/cb?x=1".into(),
+            method: "POST".into(),
+            params: vec![
+                ("CallSid".into(), "CA1".into()),
+                ("CallStatus".into(), "busy".into()),
+            ],
+        }
+    }
+
+    fn failed(at: i64, retry_at: Option<i64>) -> AttemptOutcome {
+        AttemptOutcome {
+            at,
+            status_code: Some(500),
+            error: Some("HTTP 500".into()),
+            duration_ms: 3,
+            retry_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn claim_leases_then_retry_then_deliver() {
+        let store = store().await;
+        let id = store.enqueue_delivery(&hook(), 100).await.unwrap();
+        assert!(
+            store
+                .claim_deliveries(99, 1_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let claimed = store.claim_deliveries(100, 1_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].webhook, hook());
+        // leased: a second claimer at the same time gets nothing; after the lease it is due again
+        assert!(
+            store
+                .claim_deliveries(100, 1_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.next_delivery_due().await.unwrap(), Some(1_100));
+        store
+            .record_attempt(id, &failed(150, Some(5_000)))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_deliveries(4_999, 1_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .claim_deliveries(5_000, 1_000, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let ok = AttemptOutcome {
+            at: 5_010,
+            status_code: Some(204),
+            error: None,
+            duration_ms: 2,
+            retry_at: None,
+        };
+        store.record_attempt(id, &ok).await.unwrap();
+        let d = store.delivery(id).await.unwrap().unwrap();
+        assert_eq!(
+            (d.state, d.attempts, d.finished_at),
+            (DeliveryState::Delivered, 2, Some(5_010))
+        );
+        assert!(
+            store
+                .claim_deliveries(i64::MAX / 2, 1, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.next_delivery_due().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn giving_up_marks_failed() {
+        let store = store().await;
+        let id = store.enqueue_delivery(&hook(), 0).await.unwrap();
+        store.record_attempt(id, &failed(1, None)).await.unwrap();
+        let d = store.delivery(id).await.unwrap().unwrap();
+        assert_eq!(
+            (d.state, d.last_error.as_deref()),
+            (DeliveryState::Failed, Some("HTTP 500"))
+        );
+        assert_eq!(store.call_deliveries("CA1").await.unwrap().len(), 1);
+    }
+}

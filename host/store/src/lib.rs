@@ -1,0 +1,143 @@
+//! callflow's store: every SQL statement in the project lives in this crate.
+//!
+//! SQLite (WAL mode) is the default backend. Times are `i64` milliseconds since the Unix epoch and are
+//! always passed in by the caller, so the store never reads the clock. Listing is newest first with an
+//! opaque `seq` cursor, which is what Twilio's `PageToken` paging needs.
+
+mod accounts;
+pub use accounts::RootOutcome;
+mod calls;
+mod deliveries;
+mod model;
+mod numbers;
+mod recordings;
+pub mod sid;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use calls::{CallFilter, CallUpdate, NewCall, Transition};
+pub use deliveries::{AttemptOutcome, Delivery, DeliveryState, NewDelivery};
+pub use model::*;
+pub use numbers::{NewNumber, NumberFilter, NumberUpdate};
+pub use recordings::NewRecording;
+pub use sid::{Sid, SidKind};
+
+/// Errors from the store. `NotFound` and `Conflict` are expected outcomes callers map to protocol
+/// errors; `Database` is everything else.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid stored data: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One page request: at most `size` rows older than the row with sequence number `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub size: u32,
+    pub before: Option<i64>,
+}
+
+/// One page of results, newest first. `next` is the cursor for the following page, if any.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<i64>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from `size + 1` fetched rows: the extra row only proves there is more.
+    fn from_rows(mut rows: Vec<T>, size: u32, seq: impl Fn(&T) -> i64) -> Self {
+        let next = if rows.len() > size as usize {
+            rows.truncate(size as usize);
+            rows.last().map(&seq)
+        } else {
+            None
+        };
+        Page { items: rows, next }
+    }
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and runs migrations.
+    ///
+    /// Accepts `sqlite://path`, `sqlite:path` or `sqlite::memory:`.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let memory = url.contains(":memory:");
+        let pool = SqlitePoolOptions::new()
+            // an in-memory database exists once per connection, so it gets exactly one
+            .max_connections(if memory { 1 } else { 8 })
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Opens the default SQLite file inside `data_dir`.
+    pub async fn open_in_dir(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("callflow.db");
+        Self::open(&format!("sqlite://{}", path.display())).await
+    }
+
+    /// Cheap liveness probe for `/health`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Maps a unique-constraint violation to `Conflict`, everything else to `Database`.
+fn conflict_or(e: sqlx::Error, what: &str) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            return StoreError::Conflict(what.to_owned());
+        }
+    }
+    StoreError::Database(e)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub async fn store() -> Store {
+        Store::open("sqlite::memory:").await.unwrap()
+    }
+
+    pub async fn account(store: &Store) -> Account {
+        store.create_account(None, "test", 1_000).await.unwrap()
+    }
+}

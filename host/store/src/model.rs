@@ -1,0 +1,246 @@
+//! Records as stored, and the call status machine shared by the API and the engine.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::FromRow;
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Account {
+    pub seq: i64,
+    pub sid: String,
+    /// `None` for the root account.
+    pub parent_sid: Option<String>,
+    pub is_root: bool,
+    pub friendly_name: String,
+    pub auth_token: String,
+    pub status: String,
+    pub date_created: i64,
+    pub date_updated: i64,
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct IncomingNumber {
+    pub seq: i64,
+    pub sid: String,
+    pub account_sid: String,
+    pub phone_number: String,
+    pub friendly_name: String,
+    pub voice_url: Option<String>,
+    pub voice_method: String,
+    pub voice_fallback_url: Option<String>,
+    pub voice_fallback_method: String,
+    pub status_callback: Option<String>,
+    pub status_callback_method: String,
+    pub date_created: i64,
+    pub date_updated: i64,
+}
+
+/// Twilio's call statuses. `queued`, `ringing` and `in-progress` are live; the rest are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallStatus {
+    Queued,
+    Ringing,
+    InProgress,
+    Completed,
+    Busy,
+    Failed,
+    NoAnswer,
+    Canceled,
+}
+
+impl CallStatus {
+    pub const ALL: [CallStatus; 8] = [
+        CallStatus::Queued,
+        CallStatus::Ringing,
+        CallStatus::InProgress,
+        CallStatus::Completed,
+        CallStatus::Busy,
+        CallStatus::Failed,
+        CallStatus::NoAnswer,
+        CallStatus::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Queued => "queued",
+            CallStatus::Ringing => "ringing",
+            CallStatus::InProgress => "in-progress",
+            CallStatus::Completed => "completed",
+            CallStatus::Busy => "busy",
+            CallStatus::Failed => "failed",
+            CallStatus::NoAnswer => "no-answer",
+            CallStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            CallStatus::Queued | CallStatus::Ringing | CallStatus::InProgress
+        )
+    }
+
+    /// Whether a call may move from `self` to `next`.
+    ///
+    /// Calls only move forward: queued → ringing → in-progress → completed. Before answer a call can
+    /// end busy, no-answer, failed or canceled (never completed); once answered it can only complete
+    /// or fail. Final statuses never change.
+    pub fn can_become(self, next: CallStatus) -> bool {
+        use CallStatus::*;
+        match (self, next) {
+            (Queued, Ringing | InProgress | Busy | Failed | NoAnswer | Canceled) => true,
+            (Ringing, InProgress | Busy | Failed | NoAnswer | Canceled) => true,
+            (InProgress, Completed | Failed) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CallStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        CallStatus::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown call status {s:?}"))
+    }
+}
+
+/// Twilio's call directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    OutboundApi,
+    OutboundDial,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::OutboundApi => "outbound-api",
+            Direction::OutboundDial => "outbound-dial",
+        }
+    }
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Call {
+    pub seq: i64,
+    pub sid: String,
+    pub account_sid: String,
+    pub parent_call_sid: Option<String>,
+    pub direction: String,
+    pub to_number: String,
+    pub from_number: String,
+    pub phone_number_sid: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub status: StoredStatus,
+    pub answered_by: Option<String>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    /// Seconds from answer to hang-up, once final.
+    pub duration: Option<i64>,
+    pub sip_response_code: Option<i64>,
+    pub url: Option<String>,
+    pub method: String,
+    pub twiml: Option<String>,
+    pub fallback_url: Option<String>,
+    pub fallback_method: String,
+    pub status_callback: Option<String>,
+    pub status_callback_method: String,
+    /// Space-separated subset of `initiated ringing answered completed`.
+    pub status_callback_event: String,
+    /// Ring timeout in seconds.
+    pub timeout: i64,
+    /// Maximum call length in seconds.
+    pub time_limit: i64,
+    pub send_digits: Option<String>,
+    pub record: bool,
+    pub machine_detection: Option<String>,
+    /// JSON array of `[name, value]` pairs: the create request as received.
+    pub request_params: String,
+    pub date_created: i64,
+    pub date_updated: i64,
+}
+
+impl Call {
+    pub fn status(&self) -> CallStatus {
+        self.status.0
+    }
+}
+
+/// A `CallStatus` read from a TEXT column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredStatus(pub CallStatus);
+
+impl TryFrom<String> for StoredStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map(StoredStatus)
+    }
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct CallEvent {
+    pub id: i64,
+    pub call_sid: String,
+    pub at: i64,
+    pub kind: String,
+    /// JSON object.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Recording {
+    pub seq: i64,
+    pub sid: String,
+    pub account_sid: String,
+    pub call_sid: String,
+    pub status: String,
+    pub source: String,
+    pub channels: i64,
+    /// Seconds.
+    pub duration: i64,
+    pub start_time: i64,
+    pub error_code: Option<i64>,
+    pub wav_path: Option<String>,
+    pub mp3_path: Option<String>,
+    pub date_created: i64,
+    pub date_updated: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for s in CallStatus::ALL {
+            assert_eq!(s.as_str().parse::<CallStatus>(), Ok(s));
+        }
+        assert!("done".parse::<CallStatus>().is_err());
+    }
+
+    #[test]
+    fn unanswered_calls_never_complete_and_final_statuses_stay() {
+        use CallStatus::*;
+        assert!(!Queued.can_become(Completed));
+        assert!(!Ringing.can_become(Completed));
+        assert!(InProgress.can_become(Completed));
+        assert!(!InProgress.can_become(Busy));
+        assert!(!InProgress.can_become(Canceled));
+        for fin in CallStatus::ALL.into_iter().filter(|s| s.is_final()) {
+            for next in CallStatus::ALL {
+                assert!(!fin.can_become(next), "{fin} -> {next}");
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Recording resources. The media files live in the data directory; rows name them.
+
+use crate::sid::{Sid, SidKind};
+use crate::{Page, PageRequest, Recording, Result, Store, StoreError};
+
+const COLUMNS: &str =
+    "seq, sid, account_sid, call_sid, status, source, channels, duration, start_time,
+    error_code, wav_path, mp3_path, date_created, date_updated";
+
+#[derive(Debug, Clone)]
+pub struct NewRecording {
+    pub call_sid: String,
+    pub status: String,
+    /// Twilio's source, e.g. `RecordVerb`, `OutboundAPI`.
+    pub source: String,
+    pub channels: i64,
+    pub duration: i64,
+    pub start_time: i64,
+    pub wav_path: Option<String>,
+    pub mp3_path: Option<String>,
+}
+
+impl Store {
+    pub async fn create_recording(
+        &self,
+        account: &str,
+        r: &NewRecording,
+        now: i64,
+    ) -> Result<Recording> {
+        let sid = Sid::generate(SidKind::Recording);
+        let sql = format!(
+            "INSERT INTO recordings (sid, account_sid, call_sid, status, source, channels, duration, start_time,
+                wav_path, mp3_path, date_created, date_updated)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(sid.as_str())
+            .bind(account)
+            .bind(&r.call_sid)
+            .bind(&r.status)
+            .bind(&r.source)
+            .bind(r.channels)
+            .bind(r.duration)
+            .bind(r.start_time)
+            .bind(&r.wav_path)
+            .bind(&r.mp3_path)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn recording(&self, account: &str, sid: &str) -> Result<Option<Recording>> {
+        let sql = format!("SELECT {COLUMNS} FROM recordings WHERE account_sid = ? AND sid = ?");
+        Ok(sqlx::query_as(&sql)
+            .bind(account)
+            .bind(sid)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Recordings of an account, or of one of its calls, newest first.
+    pub async fn list_recordings(
+        &self,
+        account: &str,
+        call_sid: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<Recording>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM recordings
+             WHERE account_sid = ? AND (? IS NULL OR call_sid = ?) AND (? IS NULL OR seq < ?)
+             ORDER BY seq DESC LIMIT ?"
+        );
+        let rows = sqlx::query_as(&sql)
+            .bind(account)
+            .bind(call_sid)
+            .bind(call_sid)
+            .bind(page.before)
+            .bind(page.before)
+            .bind(i64::from(page.size) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Page::from_rows(rows, page.size, |r: &Recording| r.seq))
+    }
+
+    /// Deletes the row and returns it, so the caller can remove the media files.
+    pub async fn delete_recording(&self, account: &str, sid: &str) -> Result<Recording> {
+        let sql =
+            format!("DELETE FROM recordings WHERE account_sid = ? AND sid = ? RETURNING {COLUMNS}");
+        sqlx::query_as(&sql)
+            .bind(account)
+            .bind(sid)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{account, store};
+
+    #[tokio::test]
+    async fn recordings_by_account_and_call() {
+        let store = store().await;
+        let a = account(&store).await;
+        let b = account(&store).await;
+        let rec = |call: &str| NewRecording {
+            call_sid: call.into(),
+            status: "completed".into(),
+            source: "RecordVerb".into(),
+            channels: 1,
+            duration: 4,
+            start_time: 10,
+            wav_path: Some("recordings/x.wav".into()),
+            mp3_path: None,
+        };
+        let r1 = store
+            .create_recording(&a.sid, &rec("CA1"), 1)
+            .await
+            .unwrap();
+        store
+            .create_recording(&a.sid, &rec("CA2"), 2)
+            .await
+            .unwrap();
+        let all = PageRequest {
+            size: 50,
+            before: None,
+        };
+        assert_eq!(
+            store
+                .list_recordings(&a.sid, None, all)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            2
+        );
+        assert_eq!(
+            store
+                .list_recordings(&a.sid, Some("CA1"), all)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .list_recordings(&b.sid, None, all)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert!(matches!(
+            store.delete_recording(&b.sid, &r1.sid).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(
+            store.delete_recording(&a.sid, &r1.sid).await.unwrap().sid,
+            r1.sid
+        );
+        assert!(store.recording(&a.sid, &r1.sid).await.unwrap().is_none());
+    }
+}
