@@ -1,0 +1,216 @@
+//! Call control that needs no SIP yet: ending calls on request, with the status callbacks that
+//! a final status triggers.
+
+use callflow_store::{Call, CallStatus, NewDelivery, Store, StoreError, Transition};
+
+use crate::clock::rfc2822;
+use crate::outbox::Outbox;
+
+/// What `POST Calls/{Sid}.json` with `Status=…` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndRequest {
+    /// Stop a call that has not been answered; an answered call goes on.
+    Canceled,
+    /// Stop the call whatever its state.
+    Completed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("call not found")]
+    NotFound,
+    #[error("call is not live (it is {0})")]
+    NotLive(CallStatus),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => EngineError::NotFound,
+            e => EngineError::Store(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Store,
+    outbox: Outbox,
+}
+
+impl Engine {
+    pub fn new(store: Store, outbox: Outbox) -> Self {
+        Engine { store, outbox }
+    }
+
+    /// Ends a call as asked. A call that was never answered ends `canceled` either way (Twilio's
+    /// rule: unanswered calls never complete); an answered one completes on `Completed` and is left
+    /// alone on `Canceled`.
+    pub async fn end_call(&self, account: &str, sid: &str, req: EndRequest, now: i64) -> Result<Call, EngineError> {
+        let call = self.store.call(account, sid).await?.ok_or(EngineError::NotFound)?;
+        let status = call.status();
+        if status.is_final() {
+            return Err(EngineError::NotLive(status));
+        }
+        let to = match (status, req) {
+            (CallStatus::InProgress, EndRequest::Canceled) => return Ok(call),
+            (CallStatus::InProgress, EndRequest::Completed) => CallStatus::Completed,
+            _ => CallStatus::Canceled,
+        };
+        let detail = serde_json::json!({ "reason": "api", "requested": format!("{req:?}") }).to_string();
+        self.transition(&call, Transition { to, at: now, sip_response_code: None, answered_by: None, detail })
+            .await
+    }
+
+    /// Applies a status change with its status callback, atomically, and wakes the outbox.
+    async fn transition(&self, call: &Call, t: Transition) -> Result<Call, EngineError> {
+        let sequence = self
+            .store
+            .call_deliveries(&call.sid)
+            .await?
+            .iter()
+            .filter(|d| d.webhook.kind == STATUS_CALLBACK)
+            .count();
+        let mut next = call.clone();
+        next.status = callflow_store::StoredStatus(t.to);
+        next.end_time = t.to.is_final().then_some(t.at);
+        next.duration = t.to.is_final().then(|| call.start_time.map_or(0, |s| (t.at - s).max(0) / 1000));
+        next.sip_response_code = t.sip_response_code.or(call.sip_response_code);
+        let hooks: Vec<NewDelivery> = status_callback(&next, sequence, t.at).into_iter().collect();
+        let updated = match self.store.transition_call(&call.account_sid, &call.sid, &t, &hooks).await {
+            Ok(c) => c,
+            // lost a race with another change: report the status it has now
+            Err(StoreError::Conflict(_)) => {
+                let now = self.store.call(&call.account_sid, &call.sid).await?.ok_or(EngineError::NotFound)?;
+                return Err(EngineError::NotLive(now.status()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !hooks.is_empty() {
+            self.outbox.wake();
+        }
+        Ok(updated)
+    }
+}
+
+const STATUS_CALLBACK: &str = "status-callback";
+
+/// The Twilio status-callback event a status belongs to.
+fn callback_event(status: CallStatus) -> &'static str {
+    match status {
+        CallStatus::Queued => "initiated",
+        CallStatus::Ringing => "ringing",
+        CallStatus::InProgress => "answered",
+        _ => "completed",
+    }
+}
+
+/// The status callback for `call` in its current status, if the call asked for that event.
+/// `sequence` counts the callbacks already sent for this call (Twilio's `SequenceNumber`).
+pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<NewDelivery> {
+    let url = call.status_callback.as_ref()?;
+    let event = callback_event(call.status());
+    if !call.status_callback_event.split_whitespace().any(|e| e == event) {
+        return None;
+    }
+    let mut params: Vec<(String, String)> = vec![
+        ("AccountSid".into(), call.account_sid.clone()),
+        ("ApiVersion".into(), "2010-04-01".into()),
+        ("CallSid".into(), call.sid.clone()),
+        ("CallStatus".into(), call.status().as_str().into()),
+        ("Called".into(), call.to_number.clone()),
+        ("Caller".into(), call.from_number.clone()),
+        ("Direction".into(), call.direction.clone()),
+        ("From".into(), call.from_number.clone()),
+        ("To".into(), call.to_number.clone()),
+        ("CallbackSource".into(), "call-progress-events".into()),
+        ("SequenceNumber".into(), sequence.to_string()),
+        ("Timestamp".into(), rfc2822(now)),
+    ];
+    if let Some(parent) = &call.parent_call_sid {
+        params.push(("ParentCallSid".into(), parent.clone()));
+    }
+    if call.status().is_final() {
+        params.push(("CallDuration".into(), call.duration.unwrap_or(0).to_string()));
+    }
+    if let Some(code) = call.sip_response_code {
+        params.push(("SipResponseCode".into(), code.to_string()));
+    }
+    if let Some(answered_by) = &call.answered_by {
+        params.push(("AnsweredBy".into(), answered_by.clone()));
+    }
+    Some(NewDelivery {
+        account_sid: call.account_sid.clone(),
+        call_sid: Some(call.sid.clone()),
+        kind: STATUS_CALLBACK.into(),
+        url: url.clone(),
+        method: call.status_callback_method.clone(),
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callflow_store::StoredStatus;
+
+    fn call(status: CallStatus, events: &str) -> Call {
+        Call {
+            seq: 1,
+            sid: "CA1".into(),
+            account_sid: "AC1".into(),
+            parent_call_sid: None,
+            direction: "outbound-api".into(),
+            to_number: "+15551".into(),
+            from_number: "+15552".into(),
+            phone_number_sid: None,
+            status: StoredStatus(status),
+            answered_by: None,
+            start_time: None,
+            end_time: None,
+            duration: Some(61),
+            sip_response_code: Some(486),
+            url: None,
+            method: "POST".into(),
+            twiml: None,
+            fallback_url: None,
+            fallback_method: "POST".into(),
+            status_callback: Some("http://example.com/cb?x=1".into()),
+            status_callback_method: "GET".into(),
+            status_callback_event: events.into(),
+            timeout: 60,
+            time_limit: 14_400,
+            send_digits: None,
+            record: false,
+            machine_detection: None,
+            request_params: "[]".into(),
+            date_created: 0,
+            date_updated: 0,
+        }
+    }
+
+    #[test]
+    fn only_requested_events_produce_callbacks() {
+        assert!(status_callback(&call(CallStatus::Ringing, "completed"), 0, 0).is_none());
+        assert!(status_callback(&call(CallStatus::Ringing, "initiated ringing"), 0, 0).is_some());
+        assert!(status_callback(&call(CallStatus::Busy, "completed"), 0, 0).is_some());
+        let mut no_url = call(CallStatus::Busy, "completed");
+        no_url.status_callback = None;
+        assert!(status_callback(&no_url, 0, 0).is_none());
+    }
+
+    #[test]
+    fn final_callback_carries_twilios_parameters() {
+        let d = status_callback(&call(CallStatus::Busy, "completed"), 2, 1_283_286_988_000).unwrap();
+        assert_eq!((d.url.as_str(), d.method.as_str()), ("http://example.com/cb?x=1", "GET"));
+        let get = |k: &str| d.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CallStatus"), Some("busy"));
+        assert_eq!(get("SequenceNumber"), Some("2"));
+        assert_eq!(get("CallDuration"), Some("61"));
+        assert_eq!(get("SipResponseCode"), Some("486"));
+        assert_eq!(get("Timestamp"), Some("Tue, 31 Aug 2010 20:36:28 +0000"));
+        assert_eq!(get("CallbackSource"), Some("call-progress-events"));
+    }
+}

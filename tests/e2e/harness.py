@@ -1,0 +1,483 @@
+"""End-to-end harness: runs the real `callflow` binary on loopback and records its webhooks.
+
+Used by the pytest fixtures in conftest.py and meant to be reused by later suites (SIPp, RapidPro
+simulator). Every wait here is bounded; every process and socket it opens is closed by `stop()`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Known root credentials for tests (AC + 32 hex, token 32 hex).
+ROOT_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+ROOT_AUTH_TOKEN = "fedcba9876543210" * 2
+
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+BUILD_TIMEOUT_S = 20 * 60.0
+HTTP_TIMEOUT_S = 10.0
+
+# Variables the harness owns: never inherited from the caller's environment.
+_OWNED_ENV = (
+    "CALLFLOW_ROOT_ACCOUNT_SID",
+    "CALLFLOW_ROOT_AUTH_TOKEN",
+    "CALLFLOW_WEBHOOK_ALLOW_PRIVATE",
+)
+
+_binary_lock = threading.Lock()
+_binary_path: Optional[Path] = None
+
+
+class HarnessError(RuntimeError):
+    """The harness could not build, start or reach the server."""
+
+
+def callflow_binary() -> Path:
+    """Path of the `callflow` binary: `$CALLFLOW_BIN`, else built once per process with cargo."""
+    global _binary_path
+    with _binary_lock:
+        if _binary_path is not None:
+            return _binary_path
+        env_bin = os.environ.get("CALLFLOW_BIN")
+        if env_bin:
+            path = Path(env_bin).resolve()
+            if not path.is_file() or not os.access(path, os.X_OK):
+                raise HarnessError(f"CALLFLOW_BIN={env_bin} is not an executable file")
+            _binary_path = path
+            return path
+        cmd = ["cargo", "build", "-p", "callflow-server"]
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT_S,
+            )
+        except FileNotFoundError as exc:
+            raise HarnessError("cargo not found on PATH; install Rust or set CALLFLOW_BIN") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise HarnessError(f"`{' '.join(cmd)}` took more than {BUILD_TIMEOUT_S:.0f} s") from exc
+        if proc.returncode != 0:
+            raise HarnessError(
+                f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{_tail(proc.stderr, 60)}"
+            )
+        path = REPO_ROOT / "target" / "debug" / "callflow"
+        if not path.is_file():
+            raise HarnessError(f"cargo build succeeded but {path} does not exist")
+        _binary_path = path
+        return path
+
+
+def free_port(udp_too: bool = False) -> int:
+    """A loopback port that is free now (bound to 0, then released); optionally free for UDP too."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            if not udp_too:
+                return port
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise HarnessError("could not find a free loopback port")
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05):
+    """Poll `predicate` until it returns a truthy value (returned) or `timeout` s pass (None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+class CallflowServer:
+    """One `callflow serve` process on loopback ports, with its own data dir and log files.
+
+    Each start writes `callflow-run<N>.log` (stdout and stderr) in the data dir, so a test can tell
+    what one run printed from what an earlier one did.
+    """
+
+    def __init__(
+        self,
+        binary: Optional[Path] = None,
+        data_dir: Optional[Path] = None,
+        env: Optional[dict] = None,
+        root_credentials: bool = True,
+        account_sid: str = ROOT_ACCOUNT_SID,
+        auth_token: str = ROOT_AUTH_TOKEN,
+    ):
+        self.binary = Path(binary) if binary else callflow_binary()
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="callflow-e2e-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()
+        self.sip_port = free_port(udp_too=True)
+        self.extra_env = dict(env or {})
+        # With root_credentials=False the server generates its own and prints them once.
+        self.root_credentials = root_credentials
+        self.account_sid = account_sid if root_credentials else None
+        self.auth_token = auth_token if root_credentials else None
+        self.proc: Optional[subprocess.Popen] = None
+        self.runs = 0
+        self._log_file = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def sip_addr(self) -> str:
+        return f"127.0.0.1:{self.sip_port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Log of the current (or last) run."""
+        return self.data_dir / f"callflow-run{self.runs}.log"
+
+    def command(self) -> list:
+        return [
+            str(self.binary),
+            "serve",
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+            "--sip",
+            self.sip_addr,
+            "--data",
+            str(self.data_dir),
+        ]
+
+    def environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in _OWNED_ENV}
+        env.setdefault("RUST_BACKTRACE", "1")
+        env["CALLFLOW_WEBHOOK_ALLOW_PRIVATE"] = "true"
+        if self.root_credentials:
+            env["CALLFLOW_ROOT_ACCOUNT_SID"] = self.account_sid
+            env["CALLFLOW_ROOT_AUTH_TOKEN"] = self.auth_token
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "CallflowServer":
+        if self.running:
+            raise HarnessError("server already running")
+        self.runs += 1
+        self._log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.data_dir,
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        last_error = "no attempt"
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                raise HarnessError(
+                    f"callflow exited with {code} during startup; log tail:\n{self.log_tail()}"
+                )
+            try:
+                resp = requests.get(f"{self.base_url}/health", timeout=1.0)
+                if resp.status_code == 200:
+                    return
+                last_error = f"GET /health -> {resp.status_code}"
+            except requests.RequestException as exc:
+                last_error = str(exc)
+            time.sleep(0.05)
+        raise HarnessError(
+            f"callflow not healthy after {STARTUP_TIMEOUT_S:.0f} s ({last_error}); "
+            f"log tail:\n{self.log_tail()}"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> Optional[int]:
+        """SIGTERM, wait (bounded), then SIGKILL. Returns the exit code, None if never started."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return proc.returncode
+
+    def restart(self, env: Optional[dict] = None) -> "CallflowServer":
+        """Stop and start again on the same ports and data dir; `env` adds to the extra env."""
+        self.stop()
+        if env:
+            self.extra_env.update(env)
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "CallflowServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def log_text(self, run: Optional[int] = None) -> str:
+        path = self.data_dir / f"callflow-run{run or self.runs}.log"
+        if self._log_file is not None:
+            self._log_file.flush()
+        try:
+            return path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return _tail(self.log_text(), lines)
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def client(self, account_sid: Optional[str] = None, auth_token: Optional[str] = None):
+        """A `twilio.rest.Client` whose `api` domain points at this server."""
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
+        sid = account_sid or self.account_sid
+        token = auth_token or self.auth_token
+        if not sid or not token:
+            raise HarnessError("no credentials known for this server; pass them explicitly")
+        client = Client(sid, token, http_client=TwilioHttpClient(timeout=HTTP_TIMEOUT_S))
+        # Domain.absolute_url() joins base_url and the resource URI (twilio 9.x), and
+        # ClientBase.get_hostname() leaves the URL alone when no edge/region is set.
+        client.api.base_url = self.base_url
+        return client
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def api_url(self, path: str, account_sid: Optional[str] = None) -> str:
+        """URL under /2010-04-01/Accounts/{sid}/, e.g. api_url('Calls.json')."""
+        sid = account_sid or self.account_sid
+        return f"{self.base_url}/2010-04-01/Accounts/{sid}/{path.lstrip('/')}"
+
+    def request(self, method: str, path_or_url: str, auth=True, **kwargs) -> requests.Response:
+        """Raw HTTP request; `auth=True` uses the root credentials, a tuple others, None none."""
+        url = path_or_url if path_or_url.startswith("http") else self.url(path_or_url)
+        if auth is True:
+            auth = (self.account_sid, self.auth_token)
+        kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+        return requests.request(method, url, auth=auth or None, **kwargs)
+
+
+@dataclass
+class ReceivedRequest:
+    method: str
+    path: str  # request target as received: path plus query string
+    headers: dict  # header names lower-cased
+    body: bytes
+    params: list = field(default_factory=list)  # form params (query for GET, body for POST)
+    received_at: float = 0.0
+    host: str = ""
+
+    @property
+    def form(self) -> dict:
+        """Params as a dict (last value wins), as RequestValidator expects."""
+        return dict(self.params)
+
+    @property
+    def query(self) -> dict:
+        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query, True))
+
+    @property
+    def url(self) -> str:
+        """Full URL as the sender requested it (Host header + request target)."""
+        return f"http://{self.host}{self.path}"
+
+    @property
+    def signature(self) -> Optional[str]:
+        return self.headers.get("x-twilio-signature")
+
+
+class WebhookReceiver:
+    """Threaded HTTP server on a fixed loopback port that records every request.
+
+    Answers with `status` and `body` (default 200 with an empty TwiML document). `stop()` releases
+    the port so senders get "connection refused"; `start()` binds the same port again.
+    """
+
+    def __init__(self, port: Optional[int] = None):
+        self.port = port or free_port()
+        self.status = 200
+        self.body = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
+        self.content_type = "text/xml"
+        self._requests: list[ReceivedRequest] = []
+        self._lock = threading.Lock()
+        self._server: Optional[http.server.ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> "WebhookReceiver":
+        if self._server is not None:
+            return self
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                query = urllib.parse.urlsplit(self.path).query
+                ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                if ctype == "application/x-www-form-urlencoded":
+                    params = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), True)
+                else:
+                    params = urllib.parse.parse_qsl(query, True)
+                receiver._record(
+                    ReceivedRequest(
+                        method=self.command,
+                        path=self.path,
+                        headers={k.lower(): v for k, v in self.headers.items()},
+                        body=body,
+                        params=params,
+                        received_at=time.monotonic(),
+                        host=self.headers.get("Host") or f"127.0.0.1:{receiver.port}",
+                    )
+                )
+                payload = receiver.body if self.command != "HEAD" else b""
+                self.send_response(receiver.status)
+                self.send_header("Content-Type", receiver.content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
+
+            def log_message(self, format, *args):  # keep pytest output quiet
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            allow_reuse_address = True  # rebind the same port right after stop()
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _record(self, req: ReceivedRequest) -> None:
+        with self._lock:
+            self._requests.append(req)
+
+    @property
+    def requests(self) -> list:
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def matching(self, predicate: Callable[[ReceivedRequest], bool]) -> list:
+        return [r for r in self.requests if predicate(r)]
+
+    def wait_for(
+        self,
+        predicate: Callable[[list], object],
+        timeout: float = 10.0,
+        interval: float = 0.05,
+    ):
+        """Poll until `predicate(requests)` is truthy; returns its value, or None on timeout."""
+        return wait_until(lambda: predicate(self.requests), timeout, interval)
+
+    def wait_for_count(
+        self, count: int, where: Optional[Callable[[ReceivedRequest], bool]] = None, timeout=10.0
+    ) -> list:
+        """Wait until at least `count` requests (matching `where`) arrived; returns them all."""
+        where = where or (lambda r: True)
+        wait_until(lambda: len(self.matching(where)) >= count, timeout)
+        return self.matching(where)
+
+    def __enter__(self) -> "WebhookReceiver":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+SID_RE = {prefix: re.compile(rf"^{prefix}[0-9a-f]{{32}}$") for prefix in ("AC", "CA", "PN", "RE")}
+
+
+def is_sid(value: Optional[str], prefix: str) -> bool:
+    return bool(value) and bool(SID_RE[prefix].match(value))
+
+
+def numbers(start: int, count: int) -> Iterable[str]:
+    """Distinct E.164 test numbers: +1500555xxxx."""
+    return [f"+1500555{start + i:04d}" for i in range(count)]
