@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import CallflowServer, WebhookReceiver, callflow_binary
-
-DEFAULT_FROM = "+15005550006"
+from harness import DEFAULT_FROM, CallflowServer, WebhookReceiver, callflow_binary
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +36,14 @@ def callflow_factory(request, callflow_bin, tmp_path_factory):
         return server
 
     yield make
+    errors = []
     for server in servers:
-        server.stop()
+        try:
+            server.stop()
+        except Exception as exc:  # keep stopping the others
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture
@@ -63,7 +67,9 @@ def receiver():
 @pytest.fixture
 def from_number(root_client) -> str:
     """An IncomingPhoneNumber of the root account, usable as a call's From."""
-    root_client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM, voice_url="http://127.0.0.1:9/voice")
+    root_client.incoming_phone_numbers.create(
+        phone_number=DEFAULT_FROM, voice_url="http://127.0.0.1:9/voice"
+    )
     return DEFAULT_FROM
 
 

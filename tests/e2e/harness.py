@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import requests
 
@@ -28,18 +28,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Known root credentials for tests (AC + 32 hex, token 32 hex).
 ROOT_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 ROOT_AUTH_TOKEN = "fedcba9876543210" * 2
+# The number the `from_number` fixture gives the root account.
+DEFAULT_FROM = "+15005550006"
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 BUILD_TIMEOUT_S = 20 * 60.0
 HTTP_TIMEOUT_S = 10.0
-
-# Variables the harness owns: never inherited from the caller's environment.
-_OWNED_ENV = (
-    "CALLFLOW_ROOT_ACCOUNT_SID",
-    "CALLFLOW_ROOT_AUTH_TOKEN",
-    "CALLFLOW_WEBHOOK_ALLOW_PRIVATE",
-)
 
 _binary_lock = threading.Lock()
 _binary_path: Optional[Path] = None
@@ -86,20 +81,29 @@ def callflow_binary() -> Path:
         return path
 
 
+# Ports handed out in this process; never handed out twice, so a stopped receiver's port stays
+# its own while it is down.
+_reserved_ports: set = set()
+_ports_lock = threading.Lock()
+
+
 def free_port(udp_too: bool = False) -> int:
     """A loopback port that is free now (bound to 0, then released); optionally free for UDP too."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
             port = tcp.getsockname()[1]
-            if not udp_too:
-                return port
+        if udp_too:
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     udp.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        with _ports_lock:
+            if port in _reserved_ports:
+                continue
+            _reserved_ports.add(port)
+        return port
     raise HarnessError("could not find a free loopback port")
 
 
@@ -178,7 +182,8 @@ class CallflowServer:
         ]
 
     def environment(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if k not in _OWNED_ENV}
+        # Hermetic: no CALLFLOW_* setting leaks in from the caller's shell.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFLOW_")}
         env.setdefault("RUST_BACKTRACE", "1")
         env["CALLFLOW_WEBHOOK_ALLOW_PRIVATE"] = "true"
         if self.root_credentials:
@@ -402,6 +407,9 @@ class WebhookReceiver:
                 self.send_response(receiver.status)
                 self.send_header("Content-Type", receiver.content_type)
                 self.send_header("Content-Length", str(len(payload)))
+                # No keep-alive: after stop() a sender must not reach us over a pooled connection.
+                self.send_header("Connection", "close")
+                self.close_connection = True
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -471,13 +479,6 @@ class WebhookReceiver:
         self.stop()
 
 
-SID_RE = {prefix: re.compile(rf"^{prefix}[0-9a-f]{{32}}$") for prefix in ("AC", "CA", "PN", "RE")}
-
-
 def is_sid(value: Optional[str], prefix: str) -> bool:
-    return bool(value) and bool(SID_RE[prefix].match(value))
-
-
-def numbers(start: int, count: int) -> Iterable[str]:
-    """Distinct E.164 test numbers: +1500555xxxx."""
-    return [f"+1500555{start + i:04d}" for i in range(count)]
+    """Twilio SID shape: two-letter prefix plus 32 lower-case hex digits."""
+    return isinstance(value, str) and re.fullmatch(prefix + "[0-9a-f]{32}", value) is not None

@@ -1,1 +1,293 @@
-//! placeholder
+//! callflow's HTTP API: the Twilio-compatible `2010-04-01` REST API plus `/health`, `/metrics`
+//! and `/openapi.json`.
+//!
+//! Architecture invariant: this is the only crate that knows Twilio's JSON, paging envelope and
+//! error codes. Handlers validate and translate; state changes go through `callflow-store` and the
+//! engine. `router` is tested without a socket (`tower::ServiceExt::oneshot`); `service` adds the
+//! path normalisation that must run before routing.
+
+mod accounts;
+mod auth;
+mod calls;
+mod error;
+mod limit;
+mod numbers;
+mod paging;
+mod params;
+mod recordings;
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use callflow_engine::Engine;
+use callflow_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::Layer;
+
+pub use error::ApiError;
+pub use limit::RateLimit;
+
+/// Whose numbers may be used as `From` of an outbound call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerIdPolicy {
+    /// Only the account's own incoming phone numbers (Twilio's rule; error 21210 otherwise).
+    Owned,
+    /// Any number (for trunks whose operator vouches for caller IDs).
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bound on request bodies; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Per-account request rate; `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
+    pub caller_id: CallerIdPolicy,
+    /// The externally reachable base URL, for absolute URLs such as a recording's `media_url`.
+    pub public_url: String,
+    /// Whether recording media can be fetched without credentials (Twilio's default).
+    pub recordings_public: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 1 << 20,
+            rate_limit: None,
+            caller_id: CallerIdPolicy::Owned,
+            public_url: "http://127.0.0.1:8080".into(),
+            recordings_public: true,
+        }
+    }
+}
+
+/// Everything handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState(Arc<Inner>);
+
+struct Inner {
+    store: Store,
+    engine: Engine,
+    config: ApiConfig,
+    data_dir: PathBuf,
+    metrics: Option<PrometheusHandle>,
+    limiter: limit::Limiter,
+}
+
+impl ApiState {
+    pub fn new(
+        store: Store,
+        engine: Engine,
+        config: ApiConfig,
+        data_dir: PathBuf,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        ApiState(Arc::new(Inner {
+            store,
+            engine,
+            config,
+            data_dir,
+            metrics,
+            limiter: limit::Limiter::default(),
+        }))
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    pub(crate) fn config(&self) -> &ApiConfig {
+        &self.0.config
+    }
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.0.data_dir
+    }
+
+    pub(crate) fn limiter(&self) -> &limit::Limiter {
+        &self.0.limiter
+    }
+}
+
+/// `s` without `suffix`, for path segments such as `CA….json`.
+pub(crate) fn strip_suffix<'a>(s: &'a str, suffix: &str) -> &'a str {
+    s.strip_suffix(suffix).unwrap_or(s)
+}
+
+/// The routes, without path normalisation (see `service`).
+pub fn router(state: ApiState) -> Router {
+    const A: &str = "/2010-04-01/Accounts/{account}";
+    let mut r = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi));
+    // Collections answer with and without the `.json` suffix.
+    let collections: [(String, MethodRouter<ApiState>); 5] = [
+        (
+            "/2010-04-01/Accounts".into(),
+            get(accounts::list).post(accounts::create),
+        ),
+        (format!("{A}/Calls"), get(calls::list).post(calls::create)),
+        (
+            format!("{A}/Calls/{{call}}/Recordings"),
+            get(recordings::list_for_call),
+        ),
+        (
+            format!("{A}/IncomingPhoneNumbers"),
+            get(numbers::list).post(numbers::create),
+        ),
+        (format!("{A}/Recordings"), get(recordings::list)),
+    ];
+    for (path, handler) in collections {
+        r = r
+            .route(&format!("{path}.json"), handler.clone())
+            .route(&path, handler);
+    }
+    r.route(A, get(accounts::fetch).post(accounts::update))
+        .route(
+            &format!("{A}/Calls/{{sid}}"),
+            get(calls::fetch).post(calls::update),
+        )
+        .route(
+            &format!("{A}/Calls/{{call}}/Recordings/{{sid}}"),
+            get(recordings::fetch_for_call).delete(recordings::delete_for_call),
+        )
+        .route(
+            &format!("{A}/IncomingPhoneNumbers/{{sid}}"),
+            get(numbers::fetch)
+                .post(numbers::update)
+                .delete(numbers::delete),
+        )
+        .route(
+            &format!("{A}/Recordings/{{sid}}"),
+            get(recordings::fetch).delete(recordings::delete),
+        )
+        .fallback(|| async { ApiError::not_found("path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed")
+        })
+        .layer(middleware::from_fn(observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            tracing::error!("handler panicked");
+            ApiError::internal().into_response()
+        }))
+        .with_state(state)
+}
+
+/// The router behind path normalisation: `//2010-04-01/…` (a base URL with a trailing slash, as
+/// RapidPro configures it) routes like `/2010-04-01/…`.
+pub fn service(
+    state: ApiState,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    axum::middleware::map_request(collapse_slashes).layer(router(state))
+}
+
+async fn collapse_slashes(mut req: Request) -> Request {
+    let path = req.uri().path();
+    if path.contains("//") {
+        let mut clean = String::with_capacity(path.len());
+        for c in path.chars() {
+            if !(c == '/' && clean.ends_with('/')) {
+                clean.push(c);
+            }
+        }
+        let pq = match req.uri().query() {
+            Some(q) => format!("{clean}?{q}"),
+            None => clean,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+/// Counts and times every request by route and status; logs server errors (never their bodies).
+async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let labels = [
+        ("method", method.clone()),
+        ("route", route.clone()),
+        ("status", status.as_u16().to_string()),
+    ];
+    metrics::counter!("callflow_http_requests_total", &labels).increment(1);
+    metrics::histogram!("callflow_http_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    if status.is_server_error() {
+        tracing::error!(%method, %route, status = status.as_u16(), "request failed");
+    }
+    resp
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
+    match state.store().ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<ApiState>) -> Response {
+    let text = state
+        .0
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi/openapi.json"),
+    )
+        .into_response()
+}

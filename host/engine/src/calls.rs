@@ -48,8 +48,18 @@ impl Engine {
     /// Ends a call as asked. A call that was never answered ends `canceled` either way (Twilio's
     /// rule: unanswered calls never complete); an answered one completes on `Completed` and is left
     /// alone on `Canceled`.
-    pub async fn end_call(&self, account: &str, sid: &str, req: EndRequest, now: i64) -> Result<Call, EngineError> {
-        let call = self.store.call(account, sid).await?.ok_or(EngineError::NotFound)?;
+    pub async fn end_call(
+        &self,
+        account: &str,
+        sid: &str,
+        req: EndRequest,
+        now: i64,
+    ) -> Result<Call, EngineError> {
+        let call = self
+            .store
+            .call(account, sid)
+            .await?
+            .ok_or(EngineError::NotFound)?;
         let status = call.status();
         if status.is_final() {
             return Err(EngineError::NotLive(status));
@@ -59,9 +69,19 @@ impl Engine {
             (CallStatus::InProgress, EndRequest::Completed) => CallStatus::Completed,
             _ => CallStatus::Canceled,
         };
-        let detail = serde_json::json!({ "reason": "api", "requested": format!("{req:?}") }).to_string();
-        self.transition(&call, Transition { to, at: now, sip_response_code: None, answered_by: None, detail })
-            .await
+        let detail =
+            serde_json::json!({ "reason": "api", "requested": format!("{req:?}") }).to_string();
+        self.transition(
+            &call,
+            Transition {
+                to,
+                at: now,
+                sip_response_code: None,
+                answered_by: None,
+                detail,
+            },
+        )
+        .await
     }
 
     /// Applies a status change with its status callback, atomically, and wakes the outbox.
@@ -76,14 +96,24 @@ impl Engine {
         let mut next = call.clone();
         next.status = callflow_store::StoredStatus(t.to);
         next.end_time = t.to.is_final().then_some(t.at);
-        next.duration = t.to.is_final().then(|| call.start_time.map_or(0, |s| (t.at - s).max(0) / 1000));
+        next.duration =
+            t.to.is_final()
+                .then(|| call.start_time.map_or(0, |s| (t.at - s).max(0) / 1000));
         next.sip_response_code = t.sip_response_code.or(call.sip_response_code);
         let hooks: Vec<NewDelivery> = status_callback(&next, sequence, t.at).into_iter().collect();
-        let updated = match self.store.transition_call(&call.account_sid, &call.sid, &t, &hooks).await {
+        let updated = match self
+            .store
+            .transition_call(&call.account_sid, &call.sid, &t, &hooks)
+            .await
+        {
             Ok(c) => c,
             // lost a race with another change: report the status it has now
             Err(StoreError::Conflict(_)) => {
-                let now = self.store.call(&call.account_sid, &call.sid).await?.ok_or(EngineError::NotFound)?;
+                let now = self
+                    .store
+                    .call(&call.account_sid, &call.sid)
+                    .await?
+                    .ok_or(EngineError::NotFound)?;
                 return Err(EngineError::NotLive(now.status()));
             }
             Err(e) => return Err(e.into()),
@@ -112,7 +142,11 @@ fn callback_event(status: CallStatus) -> &'static str {
 pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<NewDelivery> {
     let url = call.status_callback.as_ref()?;
     let event = callback_event(call.status());
-    if !call.status_callback_event.split_whitespace().any(|e| e == event) {
+    if !call
+        .status_callback_event
+        .split_whitespace()
+        .any(|e| e == event)
+    {
         return None;
     }
     let mut params: Vec<(String, String)> = vec![
@@ -133,7 +167,10 @@ pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<
         params.push(("ParentCallSid".into(), parent.clone()));
     }
     if call.status().is_final() {
-        params.push(("CallDuration".into(), call.duration.unwrap_or(0).to_string()));
+        params.push((
+            "CallDuration".into(),
+            call.duration.unwrap_or(0).to_string(),
+        ));
     }
     if let Some(code) = call.sip_response_code {
         params.push(("SipResponseCode".into(), code.to_string()));
@@ -203,9 +240,18 @@ mod tests {
 
     #[test]
     fn final_callback_carries_twilios_parameters() {
-        let d = status_callback(&call(CallStatus::Busy, "completed"), 2, 1_283_286_988_000).unwrap();
-        assert_eq!((d.url.as_str(), d.method.as_str()), ("http://example.com/cb?x=1", "GET"));
-        let get = |k: &str| d.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let d =
+            status_callback(&call(CallStatus::Busy, "completed"), 2, 1_283_286_988_000).unwrap();
+        assert_eq!(
+            (d.url.as_str(), d.method.as_str()),
+            ("http://example.com/cb?x=1", "GET")
+        );
+        let get = |k: &str| {
+            d.params
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("CallStatus"), Some("busy"));
         assert_eq!(get("SequenceNumber"), Some("2"));
         assert_eq!(get("CallDuration"), Some("61"));

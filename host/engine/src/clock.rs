@@ -24,7 +24,10 @@ mod tests {
 
     #[test]
     fn rfc2822_matches_twilios_format() {
-        assert_eq!(rfc2822(1_283_286_988_000), "Tue, 31 Aug 2010 20:36:28 +0000");
+        assert_eq!(
+            rfc2822(1_283_286_988_000),
+            "Tue, 31 Aug 2010 20:36:28 +0000"
+        );
         assert_eq!(rfc2822(0), "Thu, 01 Jan 1970 00:00:00 +0000");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callflow_store::{AttemptOutcome, Delivery, Store};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::now_ms;
@@ -24,7 +24,11 @@ pub struct Backoff {
 impl Default for Backoff {
     /// 5 s doubling to at most an hour, 15 attempts: retries span about seven hours.
     fn default() -> Self {
-        Backoff { base_ms: 5_000, max_ms: 3_600_000, max_attempts: 15 }
+        Backoff {
+            base_ms: 5_000,
+            max_ms: 3_600_000,
+            max_attempts: 15,
+        }
     }
 }
 
@@ -53,7 +57,12 @@ pub struct OutboxConfig {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig { backoff: Backoff::default(), lease: Duration::from_secs(60), batch: 64, concurrency: 16 }
+        OutboxConfig {
+            backoff: Backoff::default(),
+            lease: Duration::from_secs(60),
+            batch: 64,
+            concurrency: 16,
+        }
     }
 }
 
@@ -71,7 +80,12 @@ const IDLE_POLL: Duration = Duration::from_secs(30);
 
 impl Outbox {
     pub fn new(store: Store, client: WebhookClient, config: OutboxConfig) -> Self {
-        Outbox { store, client, config, wake: Arc::new(Notify::new()) }
+        Outbox {
+            store,
+            client,
+            config,
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     pub fn wake(&self) {
@@ -85,7 +99,11 @@ impl Outbox {
         while !*shutdown.borrow() {
             let now = now_ms();
             let lease = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
-            let claimed = match self.store.claim_deliveries(now, lease, self.config.batch).await {
+            let claimed = match self
+                .store
+                .claim_deliveries(now, lease, self.config.batch)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "outbox: cannot claim deliveries");
@@ -94,7 +112,9 @@ impl Outbox {
             };
             let got_some = !claimed.is_empty();
             for d in claimed {
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
                 let me = self.clone();
                 in_flight.spawn(async move {
                     me.deliver(d).await;
@@ -106,7 +126,9 @@ impl Outbox {
                 continue;
             }
             let sleep = match self.store.next_delivery_due().await {
-                Ok(Some(due)) => Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(IDLE_POLL),
+                Ok(Some(due)) => {
+                    Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(IDLE_POLL)
+                }
                 _ => IDLE_POLL,
             };
             tokio::select! {
@@ -133,22 +155,35 @@ impl Outbox {
             Ok(status) => (Some(status), Some(format!("HTTP {status}")), true),
             Err(e) => (None, Some(e.to_string()), e.is_transient()),
         };
-        let retry_at = if retry { self.config.backoff.retry_at(attempts, at) } else { None };
+        let retry_at = if retry {
+            self.config.backoff.retry_at(attempts, at)
+        } else {
+            None
+        };
         match &error {
             None => {
-                metrics::counter!("callflow_webhook_deliveries_total", "result" => "delivered").increment(1);
+                metrics::counter!("callflow_webhook_deliveries_total", "result" => "delivered")
+                    .increment(1);
                 tracing::debug!(delivery = d.id, kind = %d.webhook.kind, "webhook delivered");
             }
             Some(err) if retry_at.is_some() => {
-                metrics::counter!("callflow_webhook_deliveries_total", "result" => "retry").increment(1);
+                metrics::counter!("callflow_webhook_deliveries_total", "result" => "retry")
+                    .increment(1);
                 tracing::info!(delivery = d.id, attempts, error = %err, "webhook failed, will retry");
             }
             Some(err) => {
-                metrics::counter!("callflow_webhook_deliveries_total", "result" => "failed").increment(1);
+                metrics::counter!("callflow_webhook_deliveries_total", "result" => "failed")
+                    .increment(1);
                 tracing::warn!(delivery = d.id, attempts, error = %err, "webhook given up");
             }
         }
-        let outcome = AttemptOutcome { at, status_code, error, duration_ms, retry_at };
+        let outcome = AttemptOutcome {
+            at,
+            status_code,
+            error,
+            duration_ms,
+            retry_at,
+        };
         if let Err(e) = self.store.record_attempt(d.id, &outcome).await {
             // the lease will make it due again; at worst it is sent twice, never lost
             tracing::error!(delivery = d.id, error = %e, "outbox: cannot record attempt");
@@ -158,11 +193,19 @@ impl Outbox {
     async fn attempt(&self, d: &Delivery) -> Result<u16, WebhookError> {
         let token = match self.store.account(&d.webhook.account_sid).await {
             Ok(Some(account)) => account.auth_token,
-            Ok(None) => return Err(WebhookError::InvalidUrl("the account no longer exists".into())),
+            Ok(None) => {
+                return Err(WebhookError::InvalidUrl(
+                    "the account no longer exists".into(),
+                ));
+            }
             Err(e) => return Err(WebhookError::Http(format!("store: {e}"))),
         };
         let method = Method::parse(&d.webhook.method).unwrap_or(Method::Post);
-        let req = WebhookRequest { url: d.webhook.url.clone(), method, params: d.webhook.params.clone() };
+        let req = WebhookRequest {
+            url: d.webhook.url.clone(),
+            method,
+            params: d.webhook.params.clone(),
+        };
         self.client.send(&req, &token).await.map(|r| r.status)
     }
 }
@@ -173,10 +216,23 @@ mod tests {
 
     #[test]
     fn backoff_doubles_caps_and_gives_up() {
-        let b = Backoff { base_ms: 1_000, max_ms: 5_000, max_attempts: 5 };
-        let delays: Vec<_> = (1..=5).map(|n| b.retry_at(n, 100).map(|t| t - 100)).collect();
-        assert_eq!(delays, [Some(1_000), Some(2_000), Some(4_000), Some(5_000), None]);
-        let huge = Backoff { base_ms: i64::MAX / 2, max_ms: i64::MAX, max_attempts: 100 };
+        let b = Backoff {
+            base_ms: 1_000,
+            max_ms: 5_000,
+            max_attempts: 5,
+        };
+        let delays: Vec<_> = (1..=5)
+            .map(|n| b.retry_at(n, 100).map(|t| t - 100))
+            .collect();
+        assert_eq!(
+            delays,
+            [Some(1_000), Some(2_000), Some(4_000), Some(5_000), None]
+        );
+        let huge = Backoff {
+            base_ms: i64::MAX / 2,
+            max_ms: i64::MAX,
+            max_attempts: 100,
+        };
         assert!(huge.retry_at(60, 0).is_some());
     }
 }

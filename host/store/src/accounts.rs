@@ -127,8 +127,9 @@ impl Store {
             .await?)
     }
 
-    /// Subaccounts of `parent`, newest first, optionally filtered by friendly name and status.
-    pub async fn list_subaccounts(
+    /// The accounts `sid` can see through the Accounts API (itself and its subaccounts), newest
+    /// first, optionally filtered by friendly name and status.
+    pub async fn list_accounts(
         &self,
         parent: &str,
         friendly_name: Option<&str>,
@@ -137,11 +138,12 @@ impl Store {
     ) -> Result<Page<Account>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM accounts
-             WHERE parent_sid = ? AND (? IS NULL OR friendly_name = ?) AND (? IS NULL OR status = ?)
+             WHERE (parent_sid = ? OR sid = ?) AND (? IS NULL OR friendly_name = ?) AND (? IS NULL OR status = ?)
                AND (? IS NULL OR seq < ?)
              ORDER BY seq DESC LIMIT ?"
         );
         let rows = sqlx::query_as(&sql)
+            .bind(parent)
             .bind(parent)
             .bind(friendly_name)
             .bind(friendly_name)
@@ -222,7 +224,7 @@ mod tests {
                 .unwrap();
         }
         let first = store
-            .list_subaccounts(
+            .list_accounts(
                 &root.sid,
                 None,
                 None,
@@ -240,7 +242,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["sub4", "sub3"]);
         let second = store
-            .list_subaccounts(
+            .list_accounts(
                 &root.sid,
                 None,
                 None,
@@ -258,7 +260,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["sub2", "sub1"]);
         let third = store
-            .list_subaccounts(
+            .list_accounts(
                 &root.sid,
                 None,
                 None,
@@ -269,10 +271,15 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(third.items.len(), 1);
+        let names: Vec<_> = third
+            .items
+            .iter()
+            .map(|a| a.friendly_name.as_str())
+            .collect();
+        assert_eq!(names, ["sub0", "callflow root account"]);
         assert_eq!(third.next, None);
         let filtered = store
-            .list_subaccounts(
+            .list_accounts(
                 &root.sid,
                 Some("sub3"),
                 None,

@@ -83,6 +83,30 @@ impl Store {
         Ok(Page::from_rows(rows, page.size, |r: &Recording| r.seq))
     }
 
+    /// Names the media files once they are written (paths relative to the data directory).
+    pub async fn set_recording_media(
+        &self,
+        sid: &str,
+        wav: Option<&str>,
+        mp3: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE recordings SET wav_path = COALESCE(?, wav_path), mp3_path = COALESCE(?, mp3_path), date_updated = ?
+             WHERE sid = ?",
+        )
+        .bind(wav)
+        .bind(mp3)
+        .bind(now)
+        .bind(sid)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     /// Deletes the row and returns it, so the caller can remove the media files.
     pub async fn delete_recording(&self, account: &str, sid: &str) -> Result<Recording> {
         let sql =

@@ -93,7 +93,10 @@ pub enum WebhookError {
 impl WebhookError {
     /// Whether trying again later could succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, WebhookError::Timeout | WebhookError::Connect(_) | WebhookError::Http(_))
+        matches!(
+            self,
+            WebhookError::Timeout | WebhookError::Connect(_) | WebhookError::Http(_)
+        )
     }
 }
 
@@ -111,8 +114,13 @@ impl WebhookClient {
             .timeout(config.timeout)
             // a redirect could lead to an address the policy refuses; webhooks go where they are told
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(std::sync::Arc::new(PolicyResolver { policy: config.egress }))
-            .user_agent(concat!("TwilioProxy/1.1 callflow/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(std::sync::Arc::new(PolicyResolver {
+                policy: config.egress,
+            }))
+            .user_agent(concat!(
+                "TwilioProxy/1.1 callflow/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| WebhookError::Http(e.to_string()))?;
         Ok(WebhookClient { http, config })
@@ -123,10 +131,18 @@ impl WebhookClient {
     }
 
     /// Sends `req`, signed with `auth_token`, and reads at most `max_response_bytes` of the answer.
-    pub async fn send(&self, req: &WebhookRequest, auth_token: &str) -> Result<WebhookResponse, WebhookError> {
-        let parsed = url::Url::parse(&req.url).map_err(|e| WebhookError::InvalidUrl(e.to_string()))?;
+    pub async fn send(
+        &self,
+        req: &WebhookRequest,
+        auth_token: &str,
+    ) -> Result<WebhookResponse, WebhookError> {
+        let parsed =
+            url::Url::parse(&req.url).map_err(|e| WebhookError::InvalidUrl(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(WebhookError::InvalidUrl(format!("scheme {} is not http or https", parsed.scheme())));
+            return Err(WebhookError::InvalidUrl(format!(
+                "scheme {} is not http or https",
+                parsed.scheme()
+            )));
         }
         // IP literals are not resolved, so the resolver's check does not see them: check here.
         if let Some(url::Host::Ipv4(ip)) = parsed.host() {
@@ -137,11 +153,16 @@ impl WebhookClient {
         }
         let builder = match req.method {
             Method::Post => {
-                let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&req.params).finish();
+                let body = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(&req.params)
+                    .finish();
                 self.http
                     .post(&req.url)
                     .header("Content-Type", "application/x-www-form-urlencoded")
-                    .header("X-Twilio-Signature", sign(auth_token, &req.url, &req.params))
+                    .header(
+                        "X-Twilio-Signature",
+                        sign(auth_token, &req.url, &req.params),
+                    )
                     .body(body)
             }
             Method::Get => {
@@ -165,7 +186,11 @@ impl WebhookClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(WebhookResponse { status, content_type, body: body.freeze() })
+        Ok(WebhookResponse {
+            status,
+            content_type,
+            body: body.freeze(),
+        })
     }
 
     fn check(&self, ip: IpAddr) -> Result<(), WebhookError> {
@@ -253,7 +278,9 @@ mod tests {
                             .get("x-twilio-signature")
                             .map(|v| v.to_str().unwrap().to_owned())
                             .unwrap_or_default();
-                        seen.lock().unwrap().push((method.to_string(), q, sig, text));
+                        seen.lock()
+                            .unwrap()
+                            .push((method.to_string(), q, sig, text));
                         (axum::http::StatusCode::from_u16(status).unwrap(), body)
                     },
                 ),
@@ -275,19 +302,29 @@ mod tests {
     }
 
     fn params() -> Vec<(String, String)> {
-        vec![("CallSid".into(), "CA1".into()), ("To".into(), "+1 555".into())]
+        vec![
+            ("CallSid".into(), "CA1".into()),
+            ("To".into(), "+1 555".into()),
+        ]
     }
 
     #[tokio::test]
     async fn post_is_form_encoded_to_the_exact_url_and_signed() {
         let (base, seen) = server(200, "<Response/>").await;
         let url = format!("{base}/hook?a=1&b=two");
-        let req = WebhookRequest { url: url.clone(), method: Method::Post, params: params() };
+        let req = WebhookRequest {
+            url: url.clone(),
+            method: Method::Post,
+            params: params(),
+        };
         let resp = client(true, 1024).send(&req, "secret").await.unwrap();
         assert_eq!((resp.status, &resp.body[..]), (200, &b"<Response/>"[..]));
         let seen = seen.lock().unwrap();
         let (method, query, sig, body) = &seen[0];
-        assert_eq!((method.as_str(), query.as_deref()), ("POST", Some("a=1&b=two")));
+        assert_eq!(
+            (method.as_str(), query.as_deref()),
+            ("POST", Some("a=1&b=two"))
+        );
         assert_eq!(body, "CallSid=CA1&To=%2B1+555");
         assert_eq!(sig, &sign("secret", &url, &params()));
     }
@@ -296,11 +333,18 @@ mod tests {
     async fn get_carries_params_in_the_query_and_signs_the_full_url() {
         let (base, seen) = server(204, "").await;
         let url = format!("{base}/hook?a=1");
-        let req = WebhookRequest { url: url.clone(), method: Method::Get, params: params() };
+        let req = WebhookRequest {
+            url: url.clone(),
+            method: Method::Get,
+            params: params(),
+        };
         client(true, 1024).send(&req, "secret").await.unwrap();
         let seen = seen.lock().unwrap();
         let (method, query, sig, _) = &seen[0];
-        assert_eq!((method.as_str(), query.as_deref()), ("GET", Some("a=1&CallSid=CA1&To=%2B1+555")));
+        assert_eq!(
+            (method.as_str(), query.as_deref()),
+            ("GET", Some("a=1&CallSid=CA1&To=%2B1+555"))
+        );
         assert_eq!(sig, &sign("secret", &signed_url(&url, &params()), &[]));
     }
 
@@ -308,10 +352,21 @@ mod tests {
     async fn egress_policy_refuses_loopback_by_literal_and_by_name() {
         let (base, seen) = server(200, "").await;
         let c = client(false, 1024);
-        let literal = WebhookRequest { url: format!("{base}/x"), method: Method::Post, params: vec![] };
-        assert!(matches!(c.send(&literal, "t").await, Err(WebhookError::Denied(_))));
+        let literal = WebhookRequest {
+            url: format!("{base}/x"),
+            method: Method::Post,
+            params: vec![],
+        };
+        assert!(matches!(
+            c.send(&literal, "t").await,
+            Err(WebhookError::Denied(_))
+        ));
         let port = base.rsplit(':').next().unwrap();
-        let named = WebhookRequest { url: format!("http://localhost:{port}/x"), method: Method::Post, params: vec![] };
+        let named = WebhookRequest {
+            url: format!("http://localhost:{port}/x"),
+            method: Method::Post,
+            params: vec![],
+        };
         let err = c.send(&named, "t").await.unwrap_err();
         assert!(matches!(err, WebhookError::Denied(_)), "{err:?}");
         assert!(!err.is_transient());
@@ -321,11 +376,25 @@ mod tests {
     #[tokio::test]
     async fn oversized_responses_and_bad_urls_are_errors() {
         let (base, _) = server(200, "0123456789abcdef").await;
-        let req = WebhookRequest { url: format!("{base}/x"), method: Method::Post, params: vec![] };
-        assert!(matches!(client(true, 8).send(&req, "t").await, Err(WebhookError::TooLarge(8))));
+        let req = WebhookRequest {
+            url: format!("{base}/x"),
+            method: Method::Post,
+            params: vec![],
+        };
+        assert!(matches!(
+            client(true, 8).send(&req, "t").await,
+            Err(WebhookError::TooLarge(8))
+        ));
         for bad in ["not a url", "ftp://example.com/x"] {
-            let req = WebhookRequest { url: bad.into(), method: Method::Post, params: vec![] };
-            assert!(matches!(client(true, 8).send(&req, "t").await, Err(WebhookError::InvalidUrl(_))));
+            let req = WebhookRequest {
+                url: bad.into(),
+                method: Method::Post,
+                params: vec![],
+            };
+            assert!(matches!(
+                client(true, 8).send(&req, "t").await,
+                Err(WebhookError::InvalidUrl(_))
+            ));
         }
     }
 
@@ -334,7 +403,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let req = WebhookRequest { url: format!("http://127.0.0.1:{port}/x"), method: Method::Post, params: vec![] };
+        let req = WebhookRequest {
+            url: format!("http://127.0.0.1:{port}/x"),
+            method: Method::Post,
+            params: vec![],
+        };
         let err = client(true, 8).send(&req, "t").await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
     }

@@ -61,20 +61,38 @@ mod tests {
     fn default_policy_refuses_non_public_addresses() {
         let p = EgressPolicy::default();
         for denied in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "224.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
             "64:ff9b::a00:1",
         ] {
             assert!(!p.allows(denied.parse().unwrap()), "{denied}");
         }
-        for allowed in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for allowed in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(p.allows(allowed.parse().unwrap()), "{allowed}");
         }
     }
 
     #[test]
     fn allow_private_allows_everything() {
-        let p = EgressPolicy { allow_private: true };
+        let p = EgressPolicy {
+            allow_private: true,
+        };
         assert!(p.allows("127.0.0.1".parse().unwrap()));
         assert!(p.allows("::1".parse().unwrap()));
     }

@@ -5,6 +5,8 @@ mod client;
 mod egress;
 mod signature;
 
-pub use client::{Method, WebhookClient, WebhookConfig, WebhookError, WebhookRequest, WebhookResponse};
+pub use client::{
+    Method, WebhookClient, WebhookConfig, WebhookError, WebhookRequest, WebhookResponse,
+};
 pub use egress::EgressPolicy;
 pub use signature::{sign, signed_url};

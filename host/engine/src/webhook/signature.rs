@@ -10,7 +10,8 @@ pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String 
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for HMAC-SHA1.
-    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key length");
     mac.update(url.as_bytes());
     for (name, value) in sorted {
         mac.update(name.as_bytes());
@@ -24,7 +25,9 @@ pub fn signed_url(url: &str, params: &[(String, String)]) -> String {
     if params.is_empty() {
         return url.to_owned();
     }
-    let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}{query}")
 }
@@ -34,7 +37,9 @@ mod tests {
     use super::*;
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -47,7 +52,11 @@ mod tests {
             ("Digits", "1234"),
             ("From", "+12349013030"),
         ]);
-        let sig = sign("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &params);
+        let sig = sign(
+            "12345",
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            &params,
+        );
         assert_eq!(sig, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
     }
 
@@ -58,13 +67,19 @@ mod tests {
         let c = sign("t", "http://h/p", &pairs(&[("A", "1"), ("B", "3")]));
         assert_eq!(a, b);
         assert_ne!(a, c);
-        assert_ne!(a, sign("u", "http://h/p", &pairs(&[("A", "1"), ("B", "2")])));
+        assert_ne!(
+            a,
+            sign("u", "http://h/p", &pairs(&[("A", "1"), ("B", "2")]))
+        );
     }
 
     #[test]
     fn get_params_join_the_existing_query() {
         let p = pairs(&[("CallStatus", "in-progress"), ("To", "+1 2")]);
-        assert_eq!(signed_url("http://h/p?x=1", &p), "http://h/p?x=1&CallStatus=in-progress&To=%2B1+2");
+        assert_eq!(
+            signed_url("http://h/p?x=1", &p),
+            "http://h/p?x=1&CallStatus=in-progress&To=%2B1+2"
+        );
         assert_eq!(signed_url("http://h/p", &[]), "http://h/p");
     }
 }
