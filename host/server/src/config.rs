@@ -1,0 +1,272 @@
+//! Settings: built-in defaults, overridden by an optional TOML file, overridden by environment
+//! variables, overridden by command-line flags (clap reads the last two together).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub sip_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Defaults to `sqlite://<data_dir>/callflow.db`.
+    pub database_url: Option<String>,
+    /// The externally reachable base URL; defaults to `http://<http_addr>`.
+    pub public_url: Option<String>,
+    pub log_format: LogFormat,
+    pub api: ApiSettings,
+    pub webhooks: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerId {
+    /// `From` must be one of the account's incoming numbers (Twilio's rule).
+    Owned,
+    /// Any `From` (the trunk operator vouches for caller IDs).
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    pub max_body_bytes: usize,
+    /// Requests per second per account; 0 turns the limit off.
+    pub rate_limit: f64,
+    /// Burst allowance; 0 means the same as `rate_limit` (at least 1).
+    pub rate_limit_burst: f64,
+    pub caller_id: CallerId,
+    pub recordings_public: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+    pub max_response_bytes: usize,
+    /// Allow webhooks to loopback and private addresses.
+    pub allow_private: bool,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub max_attempts: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: ([127, 0, 0, 1], 8080).into(),
+            sip_addr: ([127, 0, 0, 1], 5060).into(),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            public_url: None,
+            log_format: LogFormat::Text,
+            api: ApiSettings::default(),
+            webhooks: WebhookSettings::default(),
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: 1 << 20,
+            rate_limit: 0.0,
+            rate_limit_burst: 0.0,
+            caller_id: CallerId::Owned,
+            recordings_public: true,
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            connect_timeout_ms: 5_000,
+            timeout_ms: 15_000,
+            max_response_bytes: 1 << 20,
+            allow_private: false,
+            retry_base_ms: 5_000,
+            retry_max_ms: 3_600_000,
+            max_attempts: 15,
+        }
+    }
+}
+
+/// Flags, each also readable from its environment variable (clap gives flags precedence).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "CALLFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP API listen address.
+    #[arg(long = "http", env = "CALLFLOW_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// SIP listen address.
+    #[arg(long = "sip", env = "CALLFLOW_SIP_ADDR")]
+    pub sip_addr: Option<SocketAddr>,
+    /// Data directory (database, recordings, caches).
+    #[arg(long = "data", env = "CALLFLOW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL; SQLite in the data directory by default.
+    #[arg(long, env = "CALLFLOW_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Externally reachable base URL, used in absolute URLs such as recording media.
+    #[arg(long, env = "CALLFLOW_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[arg(long, env = "CALLFLOW_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// API requests per second per account (0 = unlimited).
+    #[arg(long, env = "CALLFLOW_API_RATE_LIMIT")]
+    pub api_rate_limit: Option<f64>,
+    #[arg(long, env = "CALLFLOW_CALLER_ID", value_enum)]
+    pub caller_id: Option<CallerId>,
+    /// Allow webhooks to loopback and private addresses.
+    #[arg(long, env = "CALLFLOW_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
+    #[arg(long, env = "CALLFLOW_WEBHOOK_TIMEOUT_MS")]
+    pub webhook_timeout_ms: Option<u64>,
+    #[arg(long, env = "CALLFLOW_WEBHOOK_RETRY_BASE_MS")]
+    pub webhook_retry_base_ms: Option<u64>,
+    #[arg(long, env = "CALLFLOW_WEBHOOK_RETRY_MAX_MS")]
+    pub webhook_retry_max_ms: Option<u64>,
+}
+
+impl Config {
+    /// Defaults, then the file named by `o.config` (if any), then `o`.
+    pub fn load(o: &Overrides) -> anyhow::Result<Config> {
+        let mut c = match &o.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        c.apply(o);
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(field: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *field = v.clone();
+            }
+        }
+        set(&mut self.http_addr, &o.http_addr);
+        set(&mut self.sip_addr, &o.sip_addr);
+        set(&mut self.data_dir, &o.data_dir);
+        set(&mut self.log_format, &o.log_format);
+        set(&mut self.api.rate_limit, &o.api_rate_limit);
+        set(&mut self.api.caller_id, &o.caller_id);
+        set(&mut self.webhooks.allow_private, &o.webhook_allow_private);
+        set(&mut self.webhooks.timeout_ms, &o.webhook_timeout_ms);
+        set(&mut self.webhooks.retry_base_ms, &o.webhook_retry_base_ms);
+        set(&mut self.webhooks.retry_max_ms, &o.webhook_retry_max_ms);
+        if o.database_url.is_some() {
+            self.database_url = o.database_url.clone();
+        }
+        if o.public_url.is_some() {
+            self.public_url = o.public_url.clone();
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(self.api.rate_limit >= 0.0 && self.api.rate_limit.is_finite()) {
+            bail!("api.rate_limit must be a non-negative number");
+        }
+        if self.api.max_body_bytes < 1024 {
+            bail!("api.max_body_bytes must be at least 1024");
+        }
+        if self.webhooks.max_attempts == 0 {
+            bail!("webhooks.max_attempts must be at least 1");
+        }
+        if let Some(url) = &self.database_url {
+            if !url.starts_with("sqlite:") {
+                bail!("database_url {url:?}: only sqlite: URLs are supported in this version");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("callflow.db").display()))
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http_addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callflow.toml");
+        std::fs::write(
+            &path,
+            "http_addr = \"127.0.0.1:9000\"\ndata_dir = \"/srv/cf\"\n[webhooks]\nallow_private = true\ntimeout_ms = 70000\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path),
+            http_addr: Some("127.0.0.1:9001".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.http_addr.port(), 9001, "flag beats file");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/cf"), "file beats default");
+        assert!(c.webhooks.allow_private);
+        assert_eq!(c.webhooks.timeout_ms, 70_000);
+        assert_eq!(c.sip_addr.port(), 5060, "default stays");
+        assert_eq!(c.database_url(), "sqlite:///srv/cf/callflow.db");
+        assert_eq!(c.public_url(), "http://127.0.0.1:9001");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "htp_addr = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(&Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("htp_addr"), "{err:#}");
+        std::fs::write(&path, "[api]\nrate_limit = -1\n").unwrap();
+        assert!(
+            Config::load(&Overrides {
+                config: Some(path),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        let pg = Overrides {
+            database_url: Some("postgres://x".into()),
+            ..Default::default()
+        };
+        assert!(Config::load(&pg).is_err());
+    }
+}

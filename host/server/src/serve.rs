@@ -1,0 +1,198 @@
+//! `callflow serve`: opens the store, makes sure the root account exists, and runs the API and
+//! the webhook outbox until SIGINT or SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use callflow_api::{ApiConfig, ApiState, CallerIdPolicy, RateLimit};
+use callflow_engine::clock::now_ms;
+use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
+use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
+use callflow_store::{RootOutcome, Sid, SidKind, Store};
+use tokio::sync::watch;
+
+use crate::config::{CallerId, Config, LogFormat};
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let store = Store::open(&config.database_url())
+        .await
+        .context("opening the database")?;
+    ensure_root(&store).await?;
+
+    let webhooks = WebhookClient::new(WebhookConfig {
+        connect_timeout: Duration::from_millis(config.webhooks.connect_timeout_ms),
+        timeout: Duration::from_millis(config.webhooks.timeout_ms),
+        max_response_bytes: config.webhooks.max_response_bytes,
+        egress: EgressPolicy {
+            allow_private: config.webhooks.allow_private,
+        },
+    })?;
+    let outbox = Outbox::new(
+        store.clone(),
+        webhooks,
+        OutboxConfig {
+            backoff: Backoff {
+                base_ms: i64::try_from(config.webhooks.retry_base_ms)?,
+                max_ms: i64::try_from(config.webhooks.retry_max_ms)?,
+                max_attempts: config.webhooks.max_attempts,
+            },
+            // longer than any one request can take, so a live attempt is never claimed twice
+            lease: Duration::from_millis(config.webhooks.timeout_ms + 30_000),
+            ..OutboxConfig::default()
+        },
+    );
+    let engine = Engine::new(store.clone(), outbox.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let outbox_task = tokio::spawn(outbox.run(stop_rx));
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                metrics.run_upkeep();
+            }
+        })
+    };
+
+    let api = ApiConfig {
+        max_body_bytes: config.api.max_body_bytes,
+        rate_limit: (config.api.rate_limit > 0.0).then(|| RateLimit {
+            per_second: config.api.rate_limit,
+            burst: if config.api.rate_limit_burst > 0.0 {
+                config.api.rate_limit_burst
+            } else {
+                config.api.rate_limit.max(1.0)
+            },
+        }),
+        caller_id: match config.api.caller_id {
+            CallerId::Owned => CallerIdPolicy::Owned,
+            CallerId::Any => CallerIdPolicy::Any,
+        },
+        public_url: config.public_url(),
+        recordings_public: config.api.recordings_public,
+    };
+    let state = ApiState::new(
+        store.clone(),
+        engine,
+        api,
+        config.data_dir.clone(),
+        Some(metrics),
+    );
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", config.http_addr))?;
+    tracing::info!(
+        http = %listener.local_addr()?,
+        data = %config.data_dir.display(),
+        "callflow is ready (SIP on {} arrives with the SIP layer)",
+        config.sip_addr
+    );
+    let service = callflow_api::service(state);
+    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    axum::serve(listener, make)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    tracing::info!("shutting down: finishing webhook deliveries in flight");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(10), outbox_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "webhook deliveries still in flight after 10 s; they will be retried on next start"
+        );
+    }
+    upkeep.abort();
+    store.close().await;
+    Ok(())
+}
+
+/// Makes sure the root account exists. Its credentials come from `CALLFLOW_ROOT_ACCOUNT_SID` and
+/// `CALLFLOW_ROOT_AUTH_TOKEN`, or are generated on first start and printed once, to stdout only.
+async fn ensure_root(store: &Store) -> anyhow::Result<()> {
+    let sid = std::env::var("CALLFLOW_ROOT_ACCOUNT_SID")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let token = std::env::var("CALLFLOW_ROOT_AUTH_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let configured = match (&sid, &token) {
+        (Some(sid), Some(token)) => {
+            anyhow::ensure!(
+                Sid::parse(SidKind::Account, sid).is_some_and(|s| s.as_str() == sid),
+                "CALLFLOW_ROOT_ACCOUNT_SID must be AC followed by 32 lower-case hex digits"
+            );
+            anyhow::ensure!(
+                token.len() >= 16,
+                "CALLFLOW_ROOT_AUTH_TOKEN must be at least 16 characters"
+            );
+            Some((sid.as_str(), token.as_str()))
+        }
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "set both CALLFLOW_ROOT_ACCOUNT_SID and CALLFLOW_ROOT_AUTH_TOKEN, or neither"
+        ),
+    };
+    let (root, outcome) = store.ensure_root(configured, now_ms()).await?;
+    match outcome {
+        RootOutcome::Created if configured.is_none() => {
+            // printed once, on purpose not through the logger: secrets never go to logs
+            println!(
+                "callflow: created the root account. These credentials are shown only this once:"
+            );
+            println!("  AccountSid: {}", root.sid);
+            println!("  AuthToken:  {}", root.auth_token);
+        }
+        RootOutcome::Created => {
+            tracing::info!(account = %root.sid, "root account created from the environment")
+        }
+        RootOutcome::TokenRotated => {
+            tracing::info!(account = %root.sid, "root auth token replaced from the environment")
+        }
+        RootOutcome::Existing => tracing::info!(account = %root.sid, "root account"),
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
