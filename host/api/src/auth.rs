@@ -96,15 +96,15 @@ async fn authenticate(header: &[u8], state: &ApiState) -> ApiResult<Account> {
             "Account not active",
         ));
     }
-    if let Some(limit) = state.config().rate_limit {
-        if !state.limiter().allow(&account.sid, now_ms(), limit) {
-            metrics::counter!("callflow_api_rate_limited_total").increment(1);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                20429,
-                "Too Many Requests",
-            ));
-        }
+    if let Some(limit) = state.config().rate_limit
+        && !state.limiter().allow(&account.sid, now_ms(), limit)
+    {
+        metrics::counter!("callflow_api_rate_limited_total").increment(1);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            20429,
+            "Too Many Requests",
+        ));
     }
     Ok(account)
 }

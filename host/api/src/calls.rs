@@ -75,26 +75,25 @@ pub async fn create(
         return Err(ApiError::param("Twiml", "is longer than 4000 characters"));
     }
     let send_digits = params.text("SendDigits").map(str::to_owned);
-    if let Some(d) = &send_digits {
-        if d.len() > 32
-            || !d
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'w' | 'W'))
-        {
-            return Err(ApiError::param(
-                "SendDigits",
-                "may contain only 0-9, *, # and w",
-            ));
-        }
+    let dtmf = |c: char| c.is_ascii_digit() || matches!(c, '*' | '#' | 'w' | 'W');
+    if send_digits
+        .as_ref()
+        .is_some_and(|d| d.len() > 32 || !d.chars().all(dtmf))
+    {
+        return Err(ApiError::param(
+            "SendDigits",
+            "may contain only 0-9, *, # and w",
+        ));
     }
     let machine_detection = params.text("MachineDetection").map(str::to_owned);
-    if let Some(m) = &machine_detection {
-        if !matches!(m.as_str(), "Enable" | "DetectMessageEnd") {
-            return Err(ApiError::param(
-                "MachineDetection",
-                "must be Enable or DetectMessageEnd",
-            ));
-        }
+    if machine_detection
+        .as_ref()
+        .is_some_and(|m| !matches!(m.as_str(), "Enable" | "DetectMessageEnd"))
+    {
+        return Err(ApiError::param(
+            "MachineDetection",
+            "must be Enable or DetectMessageEnd",
+        ));
     }
     let new = NewCall {
         direction: Direction::OutboundApi,

@@ -17,6 +17,12 @@ pub struct ListQuery {
     pub page_size: u32,
     pub page: u32,
     pub request: PageRequest,
+    /// The `PageToken` as sent, so `uri` names this very page.
+    token: Option<String>,
+}
+
+fn bad_token() -> ApiError {
+    ApiError::param("PageToken", "is not a token this server issued")
 }
 
 impl ListQuery {
@@ -40,23 +46,30 @@ impl ListQuery {
                 .parse::<u32>()
                 .map_err(|_| ApiError::param("Page", "must be a non-negative integer"))?,
         };
-        let before = match get("PageToken") {
-            None | Some("") => None,
-            Some(t) => Some(
-                t.strip_prefix("PA")
-                    .and_then(|n| n.parse::<i64>().ok())
-                    .ok_or_else(|| {
-                        ApiError::param("PageToken", "is not a token this server issued")
-                    })?,
-            ),
+        // `PA<seq>`: rows older than seq (next pages); `PB<seq>`: rows newer than seq (previous pages)
+        let token = get("PageToken")
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        let cursor = |prefix: &str| -> ApiResult<Option<i64>> {
+            match token.as_deref().and_then(|t| t.strip_prefix(prefix)) {
+                None => Ok(None),
+                Some(n) => n.parse().map(Some).map_err(|_| bad_token()),
+            }
+        };
+        let (before, after) = (cursor("PA")?, cursor("PB")?);
+        if token.is_some() && before.is_none() && after.is_none() {
+            return Err(bad_token());
+        }
+        let request = PageRequest {
+            size: page_size,
+            before,
+            after,
         };
         Ok(ListQuery {
             page_size,
             page,
-            request: PageRequest {
-                size: page_size,
-                before,
-            },
+            request,
+            token,
             pairs,
         })
     }
@@ -71,7 +84,7 @@ impl ListQuery {
     }
 
     /// `path` with the caller's filters and the given paging parameters.
-    fn uri(&self, path: &str, page: u32, token: Option<i64>) -> String {
+    fn uri(&self, path: &str, page: u32, token: Option<&str>) -> String {
         let mut q = form_urlencoded::Serializer::new(String::new());
         for (k, v) in &self.pairs {
             if !matches!(k.as_str(), "PageSize" | "Page" | "PageToken") {
@@ -81,7 +94,7 @@ impl ListQuery {
         q.append_pair("PageSize", &self.page_size.to_string());
         q.append_pair("Page", &page.to_string());
         if let Some(t) = token {
-            q.append_pair("PageToken", &format!("PA{t}"));
+            q.append_pair("PageToken", t);
         }
         format!("{path}?{}", q.finish())
     }
@@ -103,17 +116,24 @@ impl ListQuery {
         m.insert(
             "next_page_uri".into(),
             page.next.map_or(Value::Null, |n| {
-                self.uri(path, self.page + 1, Some(n)).into()
+                self.uri(path, self.page + 1, Some(&format!("PA{n}")))
+                    .into()
             }),
         );
-        m.insert("previous_page_uri".into(), Value::Null);
+        m.insert(
+            "previous_page_uri".into(),
+            page.prev.map_or(Value::Null, |p| {
+                self.uri(path, self.page.saturating_sub(1), Some(&format!("PB{p}")))
+                    .into()
+            }),
+        );
         m.insert("page".into(), self.page.into());
         m.insert("page_size".into(), self.page_size.into());
         m.insert("start".into(), start.into());
         m.insert("end".into(), end.into());
         m.insert(
             "uri".into(),
-            self.uri(path, self.page, self.request.before).into(),
+            self.uri(path, self.page, self.token.as_deref()).into(),
         );
         Value::Object(m)
     }
@@ -130,7 +150,15 @@ mod tests {
         let q = ListQuery::parse(Some("PageSize=5000&Page=2&PageToken=PA17&To=%2B1")).unwrap();
         assert_eq!((q.page_size, q.page, q.request.before), (1000, 2, Some(17)));
         assert_eq!(q.get("To"), Some("+1"));
-        for bad in ["PageSize=0", "PageSize=x", "Page=-1", "PageToken=zz"] {
+        let q = ListQuery::parse(Some("PageToken=PB5")).unwrap();
+        assert_eq!((q.request.before, q.request.after), (None, Some(5)));
+        for bad in [
+            "PageSize=0",
+            "PageSize=x",
+            "Page=-1",
+            "PageToken=zz",
+            "PageToken=PAx",
+        ] {
             assert_eq!(
                 ListQuery::parse(Some(bad)).unwrap_err().code,
                 20001,
@@ -140,14 +168,15 @@ mod tests {
     }
 
     #[test]
-    fn envelope_keeps_filters_in_next_page_uri() {
-        let q = ListQuery::parse(Some("To=%2B15&PageSize=2")).unwrap();
+    fn envelope_links_neighbours_and_keeps_filters() {
+        let q = ListQuery::parse(Some("To=%2B15&PageSize=2&Page=1&PageToken=PA11")).unwrap();
         let page = Page {
             items: vec![1, 2],
             next: Some(9),
+            prev: Some(10),
         };
         let v = q.envelope("/x/Calls.json", "calls", page, |n| (*n).into());
-        expect_test::expect![[r#"{"calls":[1,2],"end":1,"first_page_uri":"/x/Calls.json?To=%2B15&PageSize=2&Page=0","next_page_uri":"/x/Calls.json?To=%2B15&PageSize=2&Page=1&PageToken=PA9","page":0,"page_size":2,"previous_page_uri":null,"start":0,"uri":"/x/Calls.json?To=%2B15&PageSize=2&Page=0"}"#]]
+        expect_test::expect![[r#"{"calls":[1,2],"end":3,"first_page_uri":"/x/Calls.json?To=%2B15&PageSize=2&Page=0","next_page_uri":"/x/Calls.json?To=%2B15&PageSize=2&Page=2&PageToken=PA9","page":1,"page_size":2,"previous_page_uri":"/x/Calls.json?To=%2B15&PageSize=2&Page=0&PageToken=PB10","start":2,"uri":"/x/Calls.json?To=%2B15&PageSize=2&Page=1&PageToken=PA11"}"#]]
             .assert_eq(&v.to_string());
     }
 }

@@ -133,10 +133,10 @@ pub async fn delete(
         Err(e) => return Err(e.into()),
     };
     for rel in [&rec.wav_path, &rec.mp3_path].into_iter().flatten() {
-        if let Some(path) = media_path(state.data_dir(), rel) {
-            if let Err(e) = tokio::fs::remove_file(&path).await {
-                tracing::warn!(recording = %rec.sid, error = %e, "could not remove recording media");
-            }
+        if let Some(path) = media_path(state.data_dir(), rel)
+            && let Err(e) = tokio::fs::remove_file(&path).await
+        {
+            tracing::warn!(recording = %rec.sid, error = %e, "could not remove recording media");
         }
     }
     Ok(StatusCode::NO_CONTENT)

@@ -188,6 +188,8 @@ impl Outbox {
             // the lease will make it due again; at worst it is sent twice, never lost
             tracing::error!(delivery = d.id, error = %e, "outbox: cannot record attempt");
         }
+        // the worker may be asleep until this row's lease ran out; a retry can be due much sooner
+        self.wake();
     }
 
     async fn attempt(&self, d: &Delivery) -> Result<u16, WebhookError> {

@@ -195,10 +195,10 @@ impl Config {
         if self.webhooks.max_attempts == 0 {
             bail!("webhooks.max_attempts must be at least 1");
         }
-        if let Some(url) = &self.database_url {
-            if !url.starts_with("sqlite:") {
-                bail!("database_url {url:?}: only sqlite: URLs are supported in this version");
-            }
+        if let Some(url) = &self.database_url
+            && !url.starts_with("sqlite:")
+        {
+            bail!("database_url {url:?}: only sqlite: URLs are supported in this version");
         }
         Ok(())
     }

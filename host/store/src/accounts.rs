@@ -139,8 +139,9 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM accounts
              WHERE (parent_sid = ? OR sid = ?) AND (? IS NULL OR friendly_name = ?) AND (? IS NULL OR status = ?)
-               AND (? IS NULL OR seq < ?)
-             ORDER BY seq DESC LIMIT ?"
+               AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
+             ORDER BY seq {} LIMIT ?",
+            page.order()
         );
         let rows = sqlx::query_as(&sql)
             .bind(parent)
@@ -151,10 +152,12 @@ impl Store {
             .bind(status)
             .bind(page.before)
             .bind(page.before)
+            .bind(page.after)
+            .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        Ok(Page::from_rows(rows, page.size, |a: &Account| a.seq))
+        Ok(Page::from_rows(rows, page, |a: &Account| a.seq))
     }
 
     /// Changes a subaccount's friendly name and/or status (`active`, `suspended`, `closed`).
@@ -224,15 +227,7 @@ mod tests {
                 .unwrap();
         }
         let first = store
-            .list_accounts(
-                &root.sid,
-                None,
-                None,
-                PageRequest {
-                    size: 2,
-                    before: None,
-                },
-            )
+            .list_accounts(&root.sid, None, None, PageRequest::first(2))
             .await
             .unwrap();
         let names: Vec<_> = first
@@ -242,15 +237,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["sub4", "sub3"]);
         let second = store
-            .list_accounts(
-                &root.sid,
-                None,
-                None,
-                PageRequest {
-                    size: 2,
-                    before: first.next,
-                },
-            )
+            .list_accounts(&root.sid, None, None, PageRequest::before(2, first.next))
             .await
             .unwrap();
         let names: Vec<_> = second
@@ -260,15 +247,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["sub2", "sub1"]);
         let third = store
-            .list_accounts(
-                &root.sid,
-                None,
-                None,
-                PageRequest {
-                    size: 2,
-                    before: second.next,
-                },
-            )
+            .list_accounts(&root.sid, None, None, PageRequest::before(2, second.next))
             .await
             .unwrap();
         let names: Vec<_> = third
@@ -278,16 +257,44 @@ mod tests {
             .collect();
         assert_eq!(names, ["sub0", "callflow root account"]);
         assert_eq!(third.next, None);
-        let filtered = store
+        // and back again: the page before the third is the second
+        let back = store
             .list_accounts(
                 &root.sid,
-                Some("sub3"),
+                None,
                 None,
                 PageRequest {
-                    size: 50,
+                    size: 2,
                     before: None,
+                    after: third.prev,
                 },
             )
+            .await
+            .unwrap();
+        let names: Vec<_> = back
+            .items
+            .iter()
+            .map(|a| a.friendly_name.as_str())
+            .collect();
+        assert_eq!(names, ["sub2", "sub1"]);
+        assert_eq!((back.next, back.prev.is_some()), (second.next, true));
+        let top = store
+            .list_accounts(
+                &root.sid,
+                None,
+                None,
+                PageRequest {
+                    size: 2,
+                    before: None,
+                    after: back.prev,
+                },
+            )
+            .await
+            .unwrap();
+        let names: Vec<_> = top.items.iter().map(|a| a.friendly_name.as_str()).collect();
+        assert_eq!((names, top.prev), (vec!["sub4", "sub3"], None));
+        let filtered = store
+            .list_accounts(&root.sid, Some("sub3"), None, PageRequest::first(50))
             .await
             .unwrap();
         assert_eq!(filtered.items.len(), 1);

@@ -142,8 +142,9 @@ impl Store {
                AND (? IS NULL OR status = ?) AND (? IS NULL OR parent_call_sid = ?)
                AND (? IS NULL OR start_time >= ?) AND (? IS NULL OR start_time <= ?)
                AND (? IS NULL OR end_time >= ?) AND (? IS NULL OR end_time <= ?)
-               AND (? IS NULL OR seq < ?)
-             ORDER BY seq DESC LIMIT ?"
+               AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
+             ORDER BY seq {} LIMIT ?",
+            page.order()
         );
         let status = f.status.map(CallStatus::as_str);
         let rows = sqlx::query_as(&sql)
@@ -166,10 +167,12 @@ impl Store {
             .bind(f.end_before)
             .bind(page.before)
             .bind(page.before)
+            .bind(page.after)
+            .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        Ok(Page::from_rows(rows, page.size, |c: &Call| c.seq))
+        Ok(Page::from_rows(rows, page, |c: &Call| c.seq))
     }
 
     /// Replaces a live call's instructions; a final call is a conflict.
@@ -465,14 +468,7 @@ pub(crate) mod tests {
             .unwrap();
         let none = CallFilter::default();
         let all = store
-            .list_calls(
-                &a.sid,
-                &none,
-                PageRequest {
-                    size: 50,
-                    before: None,
-                },
-            )
+            .list_calls(&a.sid, &none, PageRequest::first(50))
             .await
             .unwrap();
         assert_eq!(all.items.len(), 4);
@@ -481,14 +477,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let one = store
-            .list_calls(
-                &a.sid,
-                &f,
-                PageRequest {
-                    size: 50,
-                    before: None,
-                },
-            )
+            .list_calls(&a.sid, &f, PageRequest::first(50))
             .await
             .unwrap();
         assert_eq!(one.items.len(), 1);
@@ -498,14 +487,7 @@ pub(crate) mod tests {
         };
         assert!(
             store
-                .list_calls(
-                    &a.sid,
-                    &f,
-                    PageRequest {
-                        size: 50,
-                        before: None
-                    }
-                )
+                .list_calls(&a.sid, &f, PageRequest::first(50))
                 .await
                 .unwrap()
                 .items

@@ -45,30 +45,75 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// One page request: at most `size` rows older than the row with sequence number `before`.
+/// One page request, newest first: at most `size` rows older than `before`, or the `size` rows
+/// just newer than `after` (to page backwards). At most one of the two is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
     pub size: u32,
     pub before: Option<i64>,
+    pub after: Option<i64>,
 }
 
-/// One page of results, newest first. `next` is the cursor for the following page, if any.
+impl PageRequest {
+    pub fn first(size: u32) -> Self {
+        PageRequest {
+            size,
+            before: None,
+            after: None,
+        }
+    }
+
+    pub fn before(size: u32, before: Option<i64>) -> Self {
+        PageRequest {
+            size,
+            before,
+            after: None,
+        }
+    }
+
+    /// The SQL order that fetches this page's rows nearest the cursor first.
+    fn order(&self) -> &'static str {
+        if self.after.is_some() { "ASC" } else { "DESC" }
+    }
+}
+
+/// One page of results, newest first, with the cursors of the neighbouring pages: `next` for
+/// older rows (pass as `before`), `prev` for newer ones (pass as `after`).
 #[derive(Debug, Clone)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<i64>,
+    pub prev: Option<i64>,
 }
 
 impl<T> Page<T> {
-    /// Builds a page from `size + 1` fetched rows: the extra row only proves there is more.
-    fn from_rows(mut rows: Vec<T>, size: u32, seq: impl Fn(&T) -> i64) -> Self {
-        let next = if rows.len() > size as usize {
-            rows.truncate(size as usize);
-            rows.last().map(&seq)
+    /// Builds a page from up to `size + 1` rows fetched in `req.order()`: the extra row only
+    /// proves there is more in that direction.
+    fn from_rows(mut rows: Vec<T>, req: PageRequest, seq: impl Fn(&T) -> i64) -> Self {
+        let more = rows.len() > req.size as usize;
+        rows.truncate(req.size as usize);
+        if req.after.is_some() {
+            rows.reverse();
+            let next = rows.last().map(&seq);
+            let prev = if more { rows.first().map(&seq) } else { None };
+            Page {
+                items: rows,
+                next,
+                prev,
+            }
         } else {
-            None
-        };
-        Page { items: rows, next }
+            let next = if more { rows.last().map(&seq) } else { None };
+            let prev = if req.before.is_some() {
+                rows.first().map(&seq)
+            } else {
+                None
+            };
+            Page {
+                items: rows,
+                next,
+                prev,
+            }
+        }
     }
 }
 
@@ -121,10 +166,10 @@ impl Store {
 
 /// Maps a unique-constraint violation to `Conflict`, everything else to `Database`.
 fn conflict_or(e: sqlx::Error, what: &str) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.is_unique_violation() {
-            return StoreError::Conflict(what.to_owned());
-        }
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return StoreError::Conflict(what.to_owned());
     }
     StoreError::Database(e)
 }

@@ -88,12 +88,14 @@ impl CallStatus {
     /// or fail. Final statuses never change.
     pub fn can_become(self, next: CallStatus) -> bool {
         use CallStatus::*;
-        match (self, next) {
-            (Queued, Ringing | InProgress | Busy | Failed | NoAnswer | Canceled) => true,
-            (Ringing, InProgress | Busy | Failed | NoAnswer | Canceled) => true,
-            (InProgress, Completed | Failed) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (
+                Queued,
+                Ringing | InProgress | Busy | Failed | NoAnswer | Canceled
+            ) | (Ringing, InProgress | Busy | Failed | NoAnswer | Canceled)
+                | (InProgress, Completed | Failed)
+        )
     }
 }
 

@@ -106,8 +106,9 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM incoming_phone_numbers
              WHERE account_sid = ? AND (? IS NULL OR phone_number = ?) AND (? IS NULL OR friendly_name = ?)
-               AND (? IS NULL OR seq < ?)
-             ORDER BY seq DESC LIMIT ?"
+               AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
+             ORDER BY seq {} LIMIT ?",
+            page.order()
         );
         let rows = sqlx::query_as(&sql)
             .bind(account)
@@ -117,10 +118,12 @@ impl Store {
             .bind(&filter.friendly_name)
             .bind(page.before)
             .bind(page.before)
+            .bind(page.after)
+            .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        Ok(Page::from_rows(rows, page.size, |n: &IncomingNumber| n.seq))
+        Ok(Page::from_rows(rows, page, |n: &IncomingNumber| n.seq))
     }
 
     pub async fn update_number(

@@ -68,8 +68,9 @@ impl Store {
     ) -> Result<Page<Recording>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM recordings
-             WHERE account_sid = ? AND (? IS NULL OR call_sid = ?) AND (? IS NULL OR seq < ?)
-             ORDER BY seq DESC LIMIT ?"
+             WHERE account_sid = ? AND (? IS NULL OR call_sid = ?) AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
+             ORDER BY seq {} LIMIT ?",
+            page.order()
         );
         let rows = sqlx::query_as(&sql)
             .bind(account)
@@ -77,10 +78,12 @@ impl Store {
             .bind(call_sid)
             .bind(page.before)
             .bind(page.before)
+            .bind(page.after)
+            .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        Ok(Page::from_rows(rows, page.size, |r: &Recording| r.seq))
+        Ok(Page::from_rows(rows, page, |r: &Recording| r.seq))
     }
 
     /// Names the media files once they are written (paths relative to the data directory).
@@ -148,10 +151,7 @@ mod tests {
             .create_recording(&a.sid, &rec("CA2"), 2)
             .await
             .unwrap();
-        let all = PageRequest {
-            size: 50,
-            before: None,
-        };
+        let all = PageRequest::first(50);
         assert_eq!(
             store
                 .list_recordings(&a.sid, None, all)

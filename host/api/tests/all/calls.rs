@@ -186,6 +186,22 @@ async fn list_pages_newest_first_and_filters() {
         assert!(pages <= 3);
     }
     assert_eq!((seen, pages), (sids.clone(), 3));
+    // and backwards: page 1's previous page is page 0
+    let p0 = api
+        .get(&format!("{base}?PageSize=3"), &api.root)
+        .await
+        .json();
+    let p1 = api
+        .get(p0["next_page_uri"].as_str().unwrap(), &api.root)
+        .await
+        .json();
+    let back = api
+        .get(p1["previous_page_uri"].as_str().unwrap(), &api.root)
+        .await
+        .json();
+    assert_eq!(back["calls"], p0["calls"]);
+    assert_eq!(back["page"], 0);
+    assert!(p0["previous_page_uri"].is_null());
 
     let to = api
         .get(&format!("{base}?To=%2B15550000003"), &api.root)
