@@ -48,7 +48,7 @@ impl Store {
     ) -> Result<Account> {
         let sql = format!(
             "INSERT INTO accounts (sid, parent_sid, is_root, friendly_name, auth_token, date_created, date_updated)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
         );
         sqlx::query_as(&sql)
             .bind(sid)
@@ -86,12 +86,14 @@ impl Store {
                 if root.auth_token == token {
                     return Ok((root, RootOutcome::Existing));
                 }
-                sqlx::query("UPDATE accounts SET auth_token = ?, date_updated = ? WHERE sid = ?")
-                    .bind(token)
-                    .bind(now)
-                    .bind(sid)
-                    .execute(&self.pool)
-                    .await?;
+                sqlx::query(
+                    "UPDATE accounts SET auth_token = $1, date_updated = $2 WHERE sid = $3",
+                )
+                .bind(token)
+                .bind(now)
+                .bind(sid)
+                .execute(&self.pool)
+                .await?;
                 let root = self.account(sid).await?.ok_or(StoreError::NotFound)?;
                 Ok((root, RootOutcome::TokenRotated))
             }
@@ -120,7 +122,7 @@ impl Store {
     }
 
     pub async fn account(&self, sid: &str) -> Result<Option<Account>> {
-        let sql = format!("SELECT {COLUMNS} FROM accounts WHERE sid = ?");
+        let sql = format!("SELECT {COLUMNS} FROM accounts WHERE sid = $1");
         Ok(sqlx::query_as(&sql)
             .bind(sid)
             .fetch_optional(&self.pool)
@@ -138,21 +140,16 @@ impl Store {
     ) -> Result<Page<Account>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM accounts
-             WHERE (parent_sid = ? OR sid = ?) AND (? IS NULL OR friendly_name = ?) AND (? IS NULL OR status = ?)
-               AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
-             ORDER BY seq {} LIMIT ?",
+             WHERE (parent_sid = $1 OR sid = $1) AND ($2 IS NULL OR friendly_name = $2) AND ($3 IS NULL OR status = $3)
+               AND ($4 IS NULL OR seq < $4) AND ($5 IS NULL OR seq > $5)
+             ORDER BY seq {} LIMIT $6",
             page.order()
         );
         let rows = sqlx::query_as(&sql)
             .bind(parent)
-            .bind(parent)
-            .bind(friendly_name)
             .bind(friendly_name)
             .bind(status)
-            .bind(status)
             .bind(page.before)
-            .bind(page.before)
-            .bind(page.after)
             .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
@@ -169,9 +166,9 @@ impl Store {
         now: i64,
     ) -> Result<Account> {
         let sql = format!(
-            "UPDATE accounts SET friendly_name = COALESCE(?, friendly_name),
-                                 status = COALESCE(?, status), date_updated = ?
-             WHERE sid = ? RETURNING {COLUMNS}"
+            "UPDATE accounts SET friendly_name = COALESCE($1, friendly_name),
+                                 status = COALESCE($2, status), date_updated = $3
+             WHERE sid = $4 RETURNING {COLUMNS}"
         );
         sqlx::query_as(&sql)
             .bind(friendly_name)

@@ -84,7 +84,7 @@ impl Store {
                 phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
                 status_callback_method, status_callback_event, timeout, time_limit, send_digits, record,
                 machine_detection, request_params, date_created, date_updated)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
              RETURNING {COLUMNS}"
         );
         let call: Call = sqlx::query_as(&sql)
@@ -121,7 +121,7 @@ impl Store {
     }
 
     pub async fn call(&self, account: &str, sid: &str) -> Result<Option<Call>> {
-        let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = ? AND sid = ?");
+        let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = $1 AND sid = $2");
         Ok(sqlx::query_as(&sql)
             .bind(account)
             .bind(sid)
@@ -137,37 +137,27 @@ impl Store {
     ) -> Result<Page<Call>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM calls
-             WHERE account_sid = ?
-               AND (? IS NULL OR to_number = ?) AND (? IS NULL OR from_number = ?)
-               AND (? IS NULL OR status = ?) AND (? IS NULL OR parent_call_sid = ?)
-               AND (? IS NULL OR start_time >= ?) AND (? IS NULL OR start_time <= ?)
-               AND (? IS NULL OR end_time >= ?) AND (? IS NULL OR end_time <= ?)
-               AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
-             ORDER BY seq {} LIMIT ?",
+             WHERE account_sid = $1
+               AND ($2 IS NULL OR to_number = $2) AND ($3 IS NULL OR from_number = $3)
+               AND ($4 IS NULL OR status = $4) AND ($5 IS NULL OR parent_call_sid = $5)
+               AND ($6 IS NULL OR start_time >= $6) AND ($7 IS NULL OR start_time <= $7)
+               AND ($8 IS NULL OR end_time >= $8) AND ($9 IS NULL OR end_time <= $9)
+               AND ($10 IS NULL OR seq < $10) AND ($11 IS NULL OR seq > $11)
+             ORDER BY seq {} LIMIT $12",
             page.order()
         );
         let status = f.status.map(CallStatus::as_str);
         let rows = sqlx::query_as(&sql)
             .bind(account)
             .bind(&f.to)
-            .bind(&f.to)
-            .bind(&f.from)
             .bind(&f.from)
             .bind(status)
-            .bind(status)
-            .bind(&f.parent_call_sid)
             .bind(&f.parent_call_sid)
             .bind(f.start_after)
-            .bind(f.start_after)
-            .bind(f.start_before)
             .bind(f.start_before)
             .bind(f.end_after)
-            .bind(f.end_after)
-            .bind(f.end_before)
             .bind(f.end_before)
             .bind(page.before)
-            .bind(page.before)
-            .bind(page.after)
             .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
@@ -198,12 +188,12 @@ impl Store {
             (None, None) => (call.url.clone(), call.twiml.clone()),
         };
         let sql = format!(
-            "UPDATE calls SET url = ?, twiml = ?, method = COALESCE(?, method),
-                fallback_url = COALESCE(?, fallback_url), fallback_method = COALESCE(?, fallback_method),
-                status_callback = COALESCE(?, status_callback),
-                status_callback_method = COALESCE(?, status_callback_method),
-                time_limit = COALESCE(?, time_limit), date_updated = ?
-             WHERE sid = ? RETURNING {COLUMNS}"
+            "UPDATE calls SET url = $1, twiml = $2, method = COALESCE($3, method),
+                fallback_url = COALESCE($4, fallback_url), fallback_method = COALESCE($5, fallback_method),
+                status_callback = COALESCE($6, status_callback),
+                status_callback_method = COALESCE($7, status_callback_method),
+                time_limit = COALESCE($8, time_limit), date_updated = $9
+             WHERE sid = $10 RETURNING {COLUMNS}"
         );
         let updated: Call = sqlx::query_as(&sql)
             .bind(&url)
@@ -257,10 +247,10 @@ impl Store {
             (None, None)
         };
         let sql = format!(
-            "UPDATE calls SET status = ?, start_time = ?, end_time = ?, duration = ?,
-                sip_response_code = COALESCE(?, sip_response_code), answered_by = COALESCE(?, answered_by),
-                date_updated = ?
-             WHERE sid = ? RETURNING {COLUMNS}"
+            "UPDATE calls SET status = $1, start_time = $2, end_time = $3, duration = $4,
+                sip_response_code = COALESCE($5, sip_response_code), answered_by = COALESCE($6, answered_by),
+                date_updated = $7
+             WHERE sid = $8 RETURNING {COLUMNS}"
         );
         let updated: Call = sqlx::query_as(&sql)
             .bind(t.to.as_str())
@@ -295,7 +285,7 @@ impl Store {
 
     pub async fn call_events(&self, call_sid: &str) -> Result<Vec<CallEvent>> {
         Ok(sqlx::query_as(
-            "SELECT id, call_sid, at, kind, detail FROM call_events WHERE call_sid = ? ORDER BY id",
+            "SELECT id, call_sid, at, kind, detail FROM call_events WHERE call_sid = $1 ORDER BY id",
         )
         .bind(call_sid)
         .fetch_all(&self.pool)
@@ -304,7 +294,7 @@ impl Store {
 }
 
 async fn fetch_call(conn: &mut SqliteConnection, account: &str, sid: &str) -> Result<Call> {
-    let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = ? AND sid = ?");
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = $1 AND sid = $2");
     sqlx::query_as(&sql)
         .bind(account)
         .bind(sid)
@@ -320,7 +310,7 @@ async fn insert_event(
     kind: &str,
     detail: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO call_events (call_sid, at, kind, detail) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO call_events (call_sid, at, kind, detail) VALUES ($1, $2, $3, $4)")
         .bind(call_sid)
         .bind(at)
         .bind(kind)

@@ -115,7 +115,7 @@ pub(crate) async fn insert_delivery(
         serde_json::to_string(&d.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO webhook_deliveries (account_sid, call_sid, kind, url, method, params, next_attempt_at, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(&d.account_sid)
     .bind(&d.call_sid)
@@ -144,8 +144,8 @@ impl Store {
     /// Pending deliveries due at `now`, oldest first (read-only; see `claim_deliveries`).
     pub async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?
-             ORDER BY next_attempt_at, id LIMIT ?"
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1
+             ORDER BY next_attempt_at, id LIMIT $2"
         );
         rows(
             sqlx::query_as(&sql)
@@ -165,9 +165,9 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Delivery>> {
         let sql = format!(
-            "UPDATE webhook_deliveries SET next_attempt_at = ?
-             WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?
-                          ORDER BY next_attempt_at, id LIMIT ?)
+            "UPDATE webhook_deliveries SET next_attempt_at = $1
+             WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $2
+                          ORDER BY next_attempt_at, id LIMIT $3)
              RETURNING {COLUMNS}"
         );
         let mut claimed = rows(
@@ -196,7 +196,7 @@ impl Store {
     pub async fn record_attempt(&self, id: i64, o: &AttemptOutcome) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(o.at)
@@ -211,8 +211,8 @@ impl Store {
             (Some(_), None) => ("failed", o.at, Some(o.at)),
         };
         sqlx::query(
-            "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,
-                last_error = ?, finished_at = ? WHERE id = ?",
+            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2,
+                last_error = $3, finished_at = $4 WHERE id = $5",
         )
         .bind(state)
         .bind(next)
@@ -226,7 +226,7 @@ impl Store {
     }
 
     pub async fn delivery(&self, id: i64) -> Result<Option<Delivery>> {
-        let sql = format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE id = ?");
+        let sql = format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE id = $1");
         let row: Option<Row> = sqlx::query_as(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -237,7 +237,7 @@ impl Store {
     /// Every delivery made for a call, oldest first.
     pub async fn call_deliveries(&self, call_sid: &str) -> Result<Vec<Delivery>> {
         let sql =
-            format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE call_sid = ? ORDER BY id");
+            format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE call_sid = $1 ORDER BY id");
         rows(
             sqlx::query_as(&sql)
                 .bind(call_sid)

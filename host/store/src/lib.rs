@@ -186,3 +186,23 @@ pub(crate) mod test_support {
         store.create_account(None, "test", 1_000).await.unwrap()
     }
 }
+
+#[cfg(test)]
+mod placeholders {
+    /// Queries use numbered placeholders, reusing a number for a value used twice, because that is
+    /// what PostgreSQL needs (it cannot type a parameter that only appears in `IS NULL`). SQLite
+    /// must accept the same text.
+    #[tokio::test]
+    async fn numbered_placeholders_can_repeat_and_come_in_any_order() {
+        let s = crate::test_support::store().await;
+        let (a, b): (i64, Option<String>) =
+            sqlx::query_as("SELECT $2 + 1, CASE WHEN $1 IS NULL THEN $3 ELSE $1 END")
+                .bind(Option::<String>::None)
+                .bind(41_i64)
+                .bind("x")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!((a, b.as_deref()), (42, Some("x")));
+    }
+}

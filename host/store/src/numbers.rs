@@ -50,7 +50,7 @@ impl Store {
             "INSERT INTO incoming_phone_numbers (sid, account_sid, phone_number, friendly_name, voice_url,
                 voice_method, voice_fallback_url, voice_fallback_method, status_callback,
                 status_callback_method, date_created, date_updated)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
         );
         sqlx::query_as(&sql)
             .bind(sid.as_str())
@@ -72,7 +72,7 @@ impl Store {
 
     pub async fn number(&self, account: &str, sid: &str) -> Result<Option<IncomingNumber>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM incoming_phone_numbers WHERE account_sid = ? AND sid = ?"
+            "SELECT {COLUMNS} FROM incoming_phone_numbers WHERE account_sid = $1 AND sid = $2"
         );
         Ok(sqlx::query_as(&sql)
             .bind(account)
@@ -88,7 +88,7 @@ impl Store {
         phone_number: &str,
     ) -> Result<Option<IncomingNumber>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM incoming_phone_numbers WHERE account_sid = ? AND phone_number = ?"
+            "SELECT {COLUMNS} FROM incoming_phone_numbers WHERE account_sid = $1 AND phone_number = $2"
         );
         Ok(sqlx::query_as(&sql)
             .bind(account)
@@ -105,20 +105,16 @@ impl Store {
     ) -> Result<Page<IncomingNumber>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM incoming_phone_numbers
-             WHERE account_sid = ? AND (? IS NULL OR phone_number = ?) AND (? IS NULL OR friendly_name = ?)
-               AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
-             ORDER BY seq {} LIMIT ?",
+             WHERE account_sid = $1 AND ($2 IS NULL OR phone_number = $2) AND ($3 IS NULL OR friendly_name = $3)
+               AND ($4 IS NULL OR seq < $4) AND ($5 IS NULL OR seq > $5)
+             ORDER BY seq {} LIMIT $6",
             page.order()
         );
         let rows = sqlx::query_as(&sql)
             .bind(account)
             .bind(&filter.phone_number)
-            .bind(&filter.phone_number)
-            .bind(&filter.friendly_name)
             .bind(&filter.friendly_name)
             .bind(page.before)
-            .bind(page.before)
-            .bind(page.after)
             .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
@@ -159,10 +155,10 @@ impl Store {
             n.status_callback_method = v.clone();
         }
         let sql = format!(
-            "UPDATE incoming_phone_numbers SET friendly_name = ?, voice_url = ?, voice_method = ?,
-                voice_fallback_url = ?, voice_fallback_method = ?, status_callback = ?,
-                status_callback_method = ?, date_updated = ?
-             WHERE account_sid = ? AND sid = ? RETURNING {COLUMNS}"
+            "UPDATE incoming_phone_numbers SET friendly_name = $1, voice_url = $2, voice_method = $3,
+                voice_fallback_url = $4, voice_fallback_method = $5, status_callback = $6,
+                status_callback_method = $7, date_updated = $8
+             WHERE account_sid = $9 AND sid = $10 RETURNING {COLUMNS}"
         );
         sqlx::query_as(&sql)
             .bind(&n.friendly_name)
@@ -182,7 +178,7 @@ impl Store {
 
     pub async fn delete_number(&self, account: &str, sid: &str) -> Result<()> {
         let done =
-            sqlx::query("DELETE FROM incoming_phone_numbers WHERE account_sid = ? AND sid = ?")
+            sqlx::query("DELETE FROM incoming_phone_numbers WHERE account_sid = $1 AND sid = $2")
                 .bind(account)
                 .bind(sid)
                 .execute(&self.pool)

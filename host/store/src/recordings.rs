@@ -31,7 +31,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO recordings (sid, account_sid, call_sid, status, source, channels, duration, start_time,
                 wav_path, mp3_path, date_created, date_updated)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
         );
         Ok(sqlx::query_as(&sql)
             .bind(sid.as_str())
@@ -51,7 +51,7 @@ impl Store {
     }
 
     pub async fn recording(&self, account: &str, sid: &str) -> Result<Option<Recording>> {
-        let sql = format!("SELECT {COLUMNS} FROM recordings WHERE account_sid = ? AND sid = ?");
+        let sql = format!("SELECT {COLUMNS} FROM recordings WHERE account_sid = $1 AND sid = $2");
         Ok(sqlx::query_as(&sql)
             .bind(account)
             .bind(sid)
@@ -68,17 +68,14 @@ impl Store {
     ) -> Result<Page<Recording>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM recordings
-             WHERE account_sid = ? AND (? IS NULL OR call_sid = ?) AND (? IS NULL OR seq < ?) AND (? IS NULL OR seq > ?)
-             ORDER BY seq {} LIMIT ?",
+             WHERE account_sid = $1 AND ($2 IS NULL OR call_sid = $2) AND ($3 IS NULL OR seq < $3) AND ($4 IS NULL OR seq > $4)
+             ORDER BY seq {} LIMIT $5",
             page.order()
         );
         let rows = sqlx::query_as(&sql)
             .bind(account)
             .bind(call_sid)
-            .bind(call_sid)
             .bind(page.before)
-            .bind(page.before)
-            .bind(page.after)
             .bind(page.after)
             .bind(i64::from(page.size) + 1)
             .fetch_all(&self.pool)
@@ -95,8 +92,8 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE recordings SET wav_path = COALESCE(?, wav_path), mp3_path = COALESCE(?, mp3_path), date_updated = ?
-             WHERE sid = ?",
+            "UPDATE recordings SET wav_path = COALESCE($1, wav_path), mp3_path = COALESCE($2, mp3_path), date_updated = $3
+             WHERE sid = $4",
         )
         .bind(wav)
         .bind(mp3)
@@ -112,8 +109,9 @@ impl Store {
 
     /// Deletes the row and returns it, so the caller can remove the media files.
     pub async fn delete_recording(&self, account: &str, sid: &str) -> Result<Recording> {
-        let sql =
-            format!("DELETE FROM recordings WHERE account_sid = ? AND sid = ? RETURNING {COLUMNS}");
+        let sql = format!(
+            "DELETE FROM recordings WHERE account_sid = $1 AND sid = $2 RETURNING {COLUMNS}"
+        );
         sqlx::query_as(&sql)
             .bind(account)
             .bind(sid)
