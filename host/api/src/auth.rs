@@ -1,7 +1,9 @@
 //! HTTP Basic authentication with AccountSid and AuthToken (compared in constant time), account
 //! status, per-account rate limiting, and the rule that a request only reaches its own account.
 
-use axum::extract::FromRequestParts;
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use base64::Engine as _;
@@ -25,6 +27,41 @@ impl Caller {
         } else {
             Err(ApiError::not_found(&format!("/Accounts/{path_account}")))
         }
+    }
+}
+
+/// The caller's own account, named by `{account}` in the path, and the path's other segments.
+/// Every handler under `/Accounts/{account}/…` takes this, so none can forget the scope check.
+#[derive(Debug, Clone)]
+pub struct Scoped {
+    pub account: Account,
+    segments: HashMap<String, String>,
+}
+
+impl Scoped {
+    /// A path segment by name, without a `.json` suffix.
+    pub fn sid(&self, name: &str) -> &str {
+        let s = self.raw(name);
+        s.strip_suffix(".json").unwrap_or(s)
+    }
+
+    /// A path segment by name, as sent.
+    pub fn raw(&self, name: &str) -> &str {
+        self.segments.get(name).map_or("", String::as_str)
+    }
+}
+
+impl FromRequestParts<ApiState> for Scoped {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let Caller(caller) = Caller::from_request_parts(parts, state).await?;
+        let Path(segments) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found("path"))?;
+        let named = segments.get("account").map_or("", String::as_str);
+        let account = Caller(caller).scope(named)?.clone();
+        Ok(Scoped { account, segments })
     }
 }
 

@@ -2,7 +2,7 @@
 //! (new instructions, or ending the call).
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use callflow_engine::clock::now_ms;
 use callflow_engine::{EndRequest, EngineError};
@@ -10,11 +10,11 @@ use callflow_store::{CallFilter, CallStatus, CallUpdate, Direction, NewCall, Sto
 use chrono::{NaiveDate, NaiveTime};
 use serde_json::Value;
 
-use crate::auth::Caller;
+use crate::auth::Scoped;
 use crate::error::{ApiError, ApiResult};
 use crate::paging::ListQuery;
 use crate::params::{Params, destination, e164};
-use crate::{ApiState, CallerIdPolicy, render, strip_suffix};
+use crate::{ApiState, CallerIdPolicy, render};
 
 /// Twilio's ring timeout default and cap, in seconds.
 const TIMEOUT_DEFAULT: i64 = 60;
@@ -28,11 +28,10 @@ const EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
 
 pub async fn create(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(account): Path<String>,
+    scoped: Scoped,
     params: Params,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let account = caller.scope(&account)?;
+    let account = &scoped.account;
     let to = params
         .text("To")
         .ok_or_else(|| ApiError::invalid(21201, "No 'To' number is specified"))?;
@@ -156,11 +155,10 @@ fn callback_events(p: &Params) -> ApiResult<String> {
 
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(account): Path<String>,
+    scoped: Scoped,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
+    let account = &scoped.account;
     let q = ListQuery::parse(q.as_deref())?;
     let number = |name: &str| {
         q.get(name)
@@ -231,13 +229,8 @@ fn parse_time(v: &str) -> Option<(i64, i64)> {
     Some((t, t))
 }
 
-pub async fn fetch(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, sid)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
-    let sid = strip_suffix(&sid, ".json");
+pub async fn fetch(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<Json<Value>> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
     let call = state
         .store()
         .call(&account.sid, sid)
@@ -248,12 +241,10 @@ pub async fn fetch(
 
 pub async fn update(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, sid)): Path<(String, String)>,
+    scoped: Scoped,
     params: Params,
 ) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
-    let sid = strip_suffix(&sid, ".json");
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
     let end = match params.text("Status") {
         None => None,
         Some("canceled") => Some(EndRequest::Canceled),

@@ -162,7 +162,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             &format!("{A}/Calls/{{call}}/Recordings/{{sid}}"),
-            get(recordings::fetch_for_call).delete(recordings::delete_for_call),
+            get(recordings::fetch_for_call).delete(recordings::delete),
         )
         .route(
             &format!("{A}/IncomingPhoneNumbers/{{sid}}"),

@@ -1,25 +1,24 @@
 //! `/IncomingPhoneNumbers`: the numbers an account receives calls on.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use callflow_engine::clock::now_ms;
 use callflow_store::{NewNumber, NumberFilter, NumberUpdate, StoreError};
 use serde_json::Value;
 
-use crate::auth::Caller;
+use crate::auth::Scoped;
 use crate::error::{ApiError, ApiResult};
 use crate::paging::ListQuery;
 use crate::params::{Params, check_url, e164};
-use crate::{ApiState, render, strip_suffix};
+use crate::{ApiState, render};
 
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(account): Path<String>,
+    scoped: Scoped,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
+    let account = &scoped.account;
     let q = ListQuery::parse(q.as_deref())?;
     let filter = NumberFilter {
         phone_number: q
@@ -45,11 +44,10 @@ pub async fn list(
 
 pub async fn create(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(account): Path<String>,
+    scoped: Scoped,
     params: Params,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let account = caller.scope(&account)?;
+    let account = &scoped.account;
     let phone = params
         .text("PhoneNumber")
         .ok_or_else(|| ApiError::invalid(21421, "PhoneNumber is required"))?;
@@ -80,13 +78,8 @@ pub async fn create(
     }
 }
 
-pub async fn fetch(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, sid)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
-    let sid = strip_suffix(&sid, ".json");
+pub async fn fetch(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<Json<Value>> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
     let n = state
         .store()
         .number(&account.sid, sid)
@@ -97,12 +90,10 @@ pub async fn fetch(
 
 pub async fn update(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, sid)): Path<(String, String)>,
+    scoped: Scoped,
     params: Params,
 ) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
-    let sid = strip_suffix(&sid, ".json");
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
     let u = update_fields(&params)?;
     match state
         .store()
@@ -115,13 +106,8 @@ pub async fn update(
     }
 }
 
-pub async fn delete(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, sid)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
-    let account = caller.scope(&account)?;
-    let sid = strip_suffix(&sid, ".json");
+pub async fn delete(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<StatusCode> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
     match state.store().delete_number(&account.sid, sid).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(StoreError::NotFound) => Err(not_found(sid)),

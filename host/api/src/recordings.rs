@@ -12,18 +12,17 @@ use axum::response::{IntoResponse, Response};
 use callflow_store::{Recording, StoreError};
 use serde_json::Value;
 
-use crate::auth::{Caller, MaybeCaller};
+use crate::auth::{Caller, MaybeCaller, Scoped};
 use crate::error::{ApiError, ApiResult};
 use crate::paging::ListQuery;
 use crate::{ApiState, render};
 
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(account): Path<String>,
+    scoped: Scoped,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
+    let account = &scoped.account;
     let q = ListQuery::parse(q.as_deref())?;
     let path = format!("{}/Recordings.json", render::account_path(&account.sid));
     list_page(&state, &account.sid, q.get("CallSid"), &q, &path).await
@@ -31,17 +30,16 @@ pub async fn list(
 
 pub async fn list_for_call(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, call)): Path<(String, String)>,
+    scoped: Scoped,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
+    let (account, call) = (&scoped.account, scoped.raw("call"));
     let q = ListQuery::parse(q.as_deref())?;
     let path = format!(
         "{}/Calls/{call}/Recordings.json",
         render::account_path(&account.sid)
     );
-    list_page(&state, &account.sid, Some(&call), &q, &path).await
+    list_page(&state, &account.sid, Some(call), &q, &path).await
 }
 
 async fn list_page(
@@ -107,11 +105,10 @@ pub async fn fetch(
 
 pub async fn fetch_for_call(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, call, sid)): Path<(String, String, String)>,
+    scoped: Scoped,
 ) -> ApiResult<Json<Value>> {
-    let account = caller.scope(&account)?;
-    let (sid, _) = split_format(&sid);
+    let (account, call) = (&scoped.account, scoped.raw("call"));
+    let (sid, _) = split_format(scoped.raw("sid"));
     match state.store().recording(&account.sid, sid).await? {
         Some(r) if r.call_sid == call => {
             Ok(Json(render::recording(&r, &state.config().public_url)))
@@ -120,13 +117,20 @@ pub async fn fetch_for_call(
     }
 }
 
-pub async fn delete(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path((account, sid)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
-    let account = caller.scope(&account)?;
-    let (sid, _) = split_format(&sid);
+pub async fn delete(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<StatusCode> {
+    let account = &scoped.account;
+    let (sid, _) = split_format(scoped.raw("sid"));
+    // under /Calls/{call}/Recordings/{sid} the recording must belong to that call
+    let call = scoped.raw("call");
+    if !call.is_empty()
+        && state
+            .store()
+            .recording(&account.sid, sid)
+            .await?
+            .is_none_or(|r| r.call_sid != call)
+    {
+        return Err(not_found(sid));
+    }
     let rec = match state.store().delete_recording(&account.sid, sid).await {
         Ok(r) => r,
         Err(StoreError::NotFound) => return Err(not_found(sid)),
@@ -140,14 +144,6 @@ pub async fn delete(
         }
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn delete_for_call(
-    state: State<ApiState>,
-    caller: Caller,
-    Path((account, _call, sid)): Path<(String, String, String)>,
-) -> ApiResult<StatusCode> {
-    delete(state, caller, Path((account, sid))).await
 }
 
 async fn media(

@@ -118,6 +118,11 @@ async fn list_fetch_media_and_delete() {
     .await
     .assert_error(404, 20404);
 
+    // deleting through another call's recordings finds nothing
+    let elsewhere = format!("{base}/Calls/CA{}/Recordings/{sid}.json", "f".repeat(32));
+    api.call("DELETE", &elsewhere, Some(&api.root), &[])
+        .await
+        .assert_error(404, 20404);
     assert_eq!(
         api.call(
             "DELETE",
