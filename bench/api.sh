@@ -182,10 +182,16 @@ run() {
     ncpu=$(nproc)
     awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v n="$ncpu" -v hz="$CLK_TCK" -v d="$DURATION" \
         'BEGIN { printf "%.0f %.0f\n", (t > 0 ? 100 * n * b / t : 0), 100 * p / hz / d }' >"$OUT/$name.cpu"
-    # the server's CPU by thread name, in % of one core
-    join -a2 -e 0 -o 0,1.2,2.2 "$OUT/$name.threads0" "$OUT/$name.threads1" \
-        | awk -v hz="$CLK_TCK" -v d="$DURATION" '{ p = 100 * ($3 - $2) / hz / d; if (p >= 1) printf "%s=%.0f%% ", $1, p }' \
-            >"$OUT/$name.threads"
+    # the server's CPU split, in % of one core: tokio's worker threads, and the rest of the process
+    # (SQLite's worker threads, one per pooled connection). The rest is taken from the process
+    # total because connection threads can exit (a request cancelled by wrk at the end of a run
+    # closes its connection) and an exited thread's time shows only in the process total.
+    local w0 w1
+    w0=$(awk '$1 == "tokio-rt-worker" { print $2 }' "$OUT/$name.threads0")
+    w1=$(awk '$1 == "tokio-rt-worker" { print $2 }' "$OUT/$name.threads1")
+    awk -v w=$(("${w1:-0}" - "${w0:-0}")) -v p=$((p1 - p0)) -v hz="$CLK_TCK" -v d="$DURATION" \
+        'BEGIN { printf "tokio workers %.0f%%, SQLite workers and the rest %.0f%%", 100 * w / hz / d, 100 * (p - w) / hz / d }' \
+        >"$OUT/$name.threads"
 }
 
 rps() { awk '/^Requests\/sec:/ { print $2 }' "$OUT/$1.txt"; }

@@ -1,0 +1,229 @@
+//! What one plugin invocation runs inside: a fresh store whose only capabilities are inert WASI
+//! (no files, no network, empty environment, stdout and stderr discarded), a clock frozen at the
+//! event's time and randomness drawn from the event's seed, so an invocation is reproducible.
+//! Memory growth past the limit traps with [`MemoryLimitHit`].
+
+use std::time::Duration;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime_wasi::cli::WasiCliView;
+use wasmtime_wasi::clocks::WasiClocksView;
+use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
+use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+use wasmtime_wasi::random::WasiRandomView;
+use wasmtime_wasi::{
+    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
+    WasiView,
+};
+
+use crate::bindings::TYPE_INTERFACES;
+
+/// The data of a plugin's store.
+pub struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The error a trap carries when the plugin asked for more memory than it may have.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {0} bytes reached")]
+pub struct MemoryLimitHit(pub usize);
+
+struct Limiter {
+    memory_bytes: usize,
+}
+
+/// Table elements a plugin may have (Rust guests use a few hundred).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(MemoryLimitHit(self.memory_bytes).into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// A wall clock stopped at the event's time.
+struct FrozenWall(Duration);
+
+impl HostWallClock for FrozenWall {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A monotonic clock that does not move during an invocation.
+struct FrozenMonotonic;
+
+impl HostMonotonicClock for FrozenMonotonic {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// 64 bytes from `seed` (splitmix64), the cycle WASI randomness is drawn from.
+fn seed_bytes(seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(64);
+    for _ in 0..8 {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out
+}
+
+/// A fresh store for one invocation at `now_ms` with `seed`, limited to `memory_bytes`, that
+/// traps once the epoch moves `deadline_ticks` past now.
+pub fn store(
+    engine: &Engine,
+    now_ms: i64,
+    seed: u64,
+    memory_bytes: usize,
+    deadline_ticks: u64,
+) -> Store<Sandbox> {
+    let wall = Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
+    let wasi = WasiCtxBuilder::new()
+        .wall_clock(FrozenWall(wall))
+        .monotonic_clock(FrozenMonotonic)
+        .secure_random(Deterministic::new(seed_bytes(seed)))
+        .insecure_random(Deterministic::new(seed_bytes(seed.rotate_left(17))))
+        .insecure_random_seed(u128::from(seed))
+        .build();
+    let mut store = Store::new(
+        engine,
+        Sandbox {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter { memory_bytes },
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(deadline_ticks);
+    // what the host may allocate lifting values out of the guest, and guest-created handles
+    store.set_hostcall_fuel(1 << 20);
+    store.set_max_component_handles(1_000);
+    store
+}
+
+struct HasTable;
+
+impl HasData for HasTable {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// The linker every plugin is instantiated with: the inert WASI interfaces Rust's standard
+/// library imports, and empty instances for the package's types-only interfaces. Nothing else:
+/// no filesystem, sockets or HTTP, whatever a plugin asks for.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<Sandbox>> {
+    let mut l = Linker::<Sandbox>::new(engine);
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<Sandbox, HasTable>(&mut l, |t| {
+        &mut t.table
+    })?;
+    poll::add_to_linker::<Sandbox, HasTable>(&mut l, |t| &mut t.table)?;
+    streams::add_to_linker::<Sandbox, HasTable>(&mut l, |t| &mut t.table)?;
+    clocks::wall_clock::add_to_linker::<Sandbox, wasmtime_wasi::clocks::WasiClocks>(
+        &mut l,
+        <Sandbox as WasiClocksView>::clocks,
+    )?;
+    clocks::monotonic_clock::add_to_linker::<Sandbox, wasmtime_wasi::clocks::WasiClocks>(
+        &mut l,
+        <Sandbox as WasiClocksView>::clocks,
+    )?;
+    random::random::add_to_linker::<Sandbox, wasmtime_wasi::random::WasiRandom>(
+        &mut l,
+        <Sandbox as WasiRandomView>::random,
+    )?;
+    random::insecure::add_to_linker::<Sandbox, wasmtime_wasi::random::WasiRandom>(
+        &mut l,
+        <Sandbox as WasiRandomView>::random,
+    )?;
+    random::insecure_seed::add_to_linker::<Sandbox, wasmtime_wasi::random::WasiRandom>(
+        &mut l,
+        <Sandbox as WasiRandomView>::random,
+    )?;
+    type Cli = wasmtime_wasi::cli::WasiCli;
+    cli::exit::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::environment::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::stdin::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::stdout::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::stderr::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::terminal_input::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::terminal_output::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::terminal_stdin::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::terminal_stdout::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    cli::terminal_stderr::add_to_linker::<Sandbox, Cli>(&mut l, <Sandbox as WasiCliView>::cli)?;
+    for name in TYPE_INTERFACES {
+        l.instance(name)?;
+    }
+    Ok(l)
+}
+
+/// WASI interfaces (without version) a plugin may import: exactly what `linker` provides.
+pub const ALLOWED_WASI: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/exit",
+    "wasi:cli/environment",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_bytes_are_deterministic_and_differ_by_seed() {
+        assert_eq!(seed_bytes(1), seed_bytes(1));
+        assert_ne!(seed_bytes(1), seed_bytes(2));
+        assert_eq!(seed_bytes(7).len(), 64);
+    }
+}
