@@ -14,6 +14,7 @@ mod limit;
 mod numbers;
 mod paging;
 mod params;
+mod plugins;
 mod recordings;
 mod render;
 
@@ -28,6 +29,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use callflow_engine::Engine;
+use callflow_runtime::Runtime;
 use callflow_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::Layer;
@@ -69,6 +71,16 @@ impl Default for ApiConfig {
     }
 }
 
+/// The services the API works with.
+pub struct ApiParts {
+    pub store: Store,
+    pub engine: Engine,
+    pub runtime: Arc<Runtime>,
+    /// Recordings and plugin bytes live under it.
+    pub data_dir: PathBuf,
+    pub metrics: Option<PrometheusHandle>,
+}
+
 /// Everything handlers need; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState(Arc<Inner>);
@@ -76,6 +88,7 @@ pub struct ApiState(Arc<Inner>);
 struct Inner {
     store: Store,
     engine: Engine,
+    runtime: Arc<Runtime>,
     config: ApiConfig,
     data_dir: PathBuf,
     metrics: Option<PrometheusHandle>,
@@ -83,16 +96,18 @@ struct Inner {
 }
 
 impl ApiState {
-    pub fn new(
-        store: Store,
-        engine: Engine,
-        config: ApiConfig,
-        data_dir: PathBuf,
-        metrics: Option<PrometheusHandle>,
-    ) -> Self {
+    pub fn new(parts: ApiParts, config: ApiConfig) -> Self {
+        let ApiParts {
+            store,
+            engine,
+            runtime,
+            data_dir,
+            metrics,
+        } = parts;
         ApiState(Arc::new(Inner {
             store,
             engine,
+            runtime,
             config,
             data_dir,
             metrics,
@@ -106,6 +121,10 @@ impl ApiState {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.0.engine
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.0.runtime
     }
 
     pub(crate) fn config(&self) -> &ApiConfig {
@@ -134,7 +153,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi));
     // Collections answer with and without the `.json` suffix.
-    let collections: [(String, MethodRouter<ApiState>); 5] = [
+    const V1: &str = "/v1/Accounts/{account}";
+    let collections: [(String, MethodRouter<ApiState>); 7] = [
         (
             "/2010-04-01/Accounts".into(),
             get(accounts::list).post(accounts::create),
@@ -149,6 +169,14 @@ pub fn router(state: ApiState) -> Router {
             get(numbers::list).post(numbers::create),
         ),
         (format!("{A}/Recordings"), get(recordings::list)),
+        (
+            format!("{V1}/Plugins"),
+            get(plugins::list).post(plugins::create),
+        ),
+        (
+            format!("{V1}/PluginBindings"),
+            get(plugins::list_bindings).post(plugins::bind),
+        ),
     ];
     for (path, handler) in collections {
         r = r
@@ -173,6 +201,14 @@ pub fn router(state: ApiState) -> Router {
         .route(
             &format!("{A}/Recordings/{{sid}}"),
             get(recordings::fetch).delete(recordings::delete),
+        )
+        .route(
+            &format!("{V1}/Plugins/{{sid}}"),
+            get(plugins::fetch).delete(plugins::delete),
+        )
+        .route(
+            &format!("{V1}/PluginBindings/{{sid}}"),
+            get(plugins::fetch_binding).delete(plugins::delete_binding),
         )
         .fallback(|| async { ApiError::not_found("path") })
         .method_not_allowed_fallback(|| async {

@@ -17,37 +17,41 @@ impl FromRequest<ApiState> for Params {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
-        let limit = state.config().max_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                20001,
-                format!("Request body exceeds {limit} bytes"),
-            )
-        };
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(too_large());
-        }
-        let body = Limited::new(req.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    too_large()
-                } else {
-                    ApiError::invalid(20001, "Could not read the request body")
-                }
-            })?
-            .to_bytes();
+        let body = read_body(req, state.config().max_body_bytes).await?;
         Ok(Params::parse(&body))
     }
+}
+
+/// The request body, refused with 413 when it is (or says it will be) over `limit` bytes.
+pub async fn read_body(req: Request, limit: usize) -> ApiResult<axum::body::Bytes> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            20001,
+            format!("Request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let collected = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                ApiError::invalid(20001, "Could not read the request body")
+            }
+        })?;
+    Ok(collected.to_bytes())
 }
 
 impl Params {

@@ -268,6 +268,10 @@ impl Runtime {
     }
 
     /// Checks and prepares a plugin: the upload pipeline. The same bytes give the same plugin.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<Plugin>, LoadError> {
         if wasm.len() > self.config.max_plugin_bytes {
             return Err(LoadError::TooLarge {
@@ -778,10 +782,29 @@ has_message!(
     events::LogLine
 );
 
-/// The built-in plugins, compiled from `plugins/` by this crate's build script.
+/// The built-in plugins, compiled from `plugins/` by this crate's build script and embedded, so
+/// the binary needs nothing else. Bindings name them `builtin:<name>`.
 pub mod builtin {
     /// The first built-in call flow: a greeting, then hang up (until the TwiML interpreter lands).
     pub const HELLO: &[u8] = include_bytes!(env!("CALLFLOW_PLUGIN_HELLO"));
+
+    /// Every built-in plugin by name.
+    pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO)];
+
+    /// The built-in plugin called `name`.
+    pub fn get(name: &str) -> Option<&'static [u8]> {
+        ALL.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+}
+
+/// Paths of the misbehaving guest components the build script builds for tests (here and in the
+/// crates that test uploads).
+#[doc(hidden)]
+pub mod test_guests {
+    /// A call flow that misbehaves as its config asks.
+    pub const ABUSE: &str = env!("CALLFLOW_TEST_GUEST_ABUSE");
+    /// A call flow that imports `wasi:filesystem`.
+    pub const FS_IMPORT: &str = env!("CALLFLOW_TEST_GUEST_FS_IMPORT");
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use callflow_api::{ApiConfig, ApiState, CallerIdPolicy, RateLimit};
+use std::sync::Arc;
+
+use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
 use callflow_engine::clock::now_ms;
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
 use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
+use callflow_runtime::{Runtime, RuntimeConfig};
 use callflow_store::{RootOutcome, Sid, SidKind, Store};
 use tokio::sync::watch;
 

@@ -10,6 +10,7 @@ mod calls;
 mod deliveries;
 mod model;
 mod numbers;
+mod plugins;
 mod recordings;
 pub mod sid;
 
@@ -24,6 +25,7 @@ pub use calls::{CallFilter, CallUpdate, NewCall, Transition};
 pub use deliveries::{AttemptOutcome, Delivery, DeliveryState, NewDelivery};
 pub use model::*;
 pub use numbers::{NewNumber, NumberFilter, NumberUpdate};
+pub use plugins::{Binding, BindingScope, NewBinding, NewPlugin, PluginVersion};
 pub use recordings::NewRecording;
 pub use sid::{Sid, SidKind};
 

@@ -11,6 +11,9 @@ pub enum SidKind {
     Call,
     PhoneNumber,
     Recording,
+    Plugin,
+    PluginBinding,
+    Callout,
 }
 
 impl SidKind {
@@ -20,6 +23,9 @@ impl SidKind {
             SidKind::Call => "CA",
             SidKind::PhoneNumber => "PN",
             SidKind::Recording => "RE",
+            SidKind::Plugin => "ZP",
+            SidKind::PluginBinding => "ZB",
+            SidKind::Callout => "CO",
         }
     }
 }

@@ -4,12 +4,13 @@ mod accounts;
 mod calls;
 mod errors;
 mod numbers;
+mod plugins;
 mod recordings;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
-use callflow_api::{ApiConfig, ApiState};
+use callflow_api::{ApiConfig, ApiParts, ApiState};
 use callflow_engine::webhook::{WebhookClient, WebhookConfig};
 use callflow_engine::{Engine, Outbox, OutboxConfig};
 use callflow_store::{Account, Store};
@@ -68,7 +69,14 @@ impl TestApi {
         let outbox = Outbox::new(store.clone(), client, OutboxConfig::default());
         let engine = Engine::new(store.clone(), outbox);
         let dir = tempfile::tempdir().unwrap();
-        let state = ApiState::new(store.clone(), engine, config, dir.path().to_owned(), None);
+        let parts = ApiParts {
+            store: store.clone(),
+            engine,
+            runtime: runtime(),
+            data_dir: dir.path().to_owned(),
+            metrics: None,
+        };
+        let state = ApiState::new(parts, config);
         TestApi {
             store,
             root,
@@ -160,6 +168,21 @@ impl TestApi {
         )
         .await
     }
+}
+
+/// One plugin runtime for the whole test binary (an engine with its pool is not free).
+pub fn runtime() -> std::sync::Arc<callflow_runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<std::sync::Arc<callflow_runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let config = callflow_runtime::RuntimeConfig {
+                max_plugin_bytes: 4 << 20,
+                ..Default::default()
+            };
+            std::sync::Arc::new(callflow_runtime::Runtime::new(config).unwrap())
+        })
+        .clone()
 }
 
 pub fn basic(user: &str, password: &str) -> String {

@@ -1,0 +1,391 @@
+//! `/v1/Accounts/{account}/Plugins` and `/PluginBindings`: uploading plugin versions (validated
+//! and compiled by the runtime before they are stored) and choosing which plugin serves each world
+//! for the account, one of its numbers, or one of its callouts.
+
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use callflow_engine::clock::{now_ms, rfc2822};
+use callflow_runtime::{LoadError, World};
+use callflow_store::{
+    Binding, BindingScope, NewBinding, NewPlugin, PluginVersion, Sid, SidKind, StoreError,
+};
+use serde_json::{Value, json};
+
+use crate::ApiState;
+use crate::auth::Scoped;
+use crate::error::{ApiError, ApiResult};
+use crate::paging::ListQuery;
+use crate::params::{Params, read_body};
+
+/// Configuration handed to a plugin is bounded: it travels in every invocation's context.
+const MAX_CONFIG_BYTES: usize = 64 << 10;
+const MAX_NAME: usize = 64;
+
+fn base(account: &str) -> String {
+    format!("/v1/Accounts/{account}")
+}
+
+fn render_plugin(p: &PluginVersion) -> Value {
+    json!({
+        "sid": p.sid,
+        "account_sid": p.account_sid,
+        "name": p.name,
+        "world": p.world,
+        "sha256": p.sha256,
+        "size": p.size,
+        "date_created": rfc2822(p.date_created),
+        "uri": format!("{}/Plugins/{}", base(&p.account_sid), p.sid),
+    })
+}
+
+fn render_binding(b: &Binding) -> Value {
+    let config: Value = serde_json::from_str(&b.config).unwrap_or(Value::Null);
+    json!({
+        "sid": b.sid,
+        "account_sid": b.account_sid,
+        "world": b.world,
+        "plugin": b.plugin,
+        "phone_number_sid": (b.scope == "number").then_some(&b.scope_sid),
+        "callout_sid": (b.scope == "callout").then_some(&b.scope_sid),
+        "config": config,
+        "date_created": rfc2822(b.date_created),
+        "date_updated": rfc2822(b.date_updated),
+        "uri": format!("{}/PluginBindings/{}", base(&b.account_sid), b.sid),
+    })
+}
+
+/// Uploads a plugin version: the raw `.wasm` as the body (`Name` in the query), or
+/// `multipart/form-data` with a `File` part (and optionally a `Name` part).
+pub async fn create(
+    State(state): State<ApiState>,
+    scoped: Scoped,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let account = scoped.account;
+    let query_name = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "Name")
+            .map(|(_, v)| v.into_owned())
+    });
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // room for the multipart framing around the largest plugin
+    let limit = state.runtime().config().max_plugin_bytes + (64 << 10);
+    let body = read_body(req, limit).await?;
+    let (wasm, part_name) = match content_type
+        .as_deref()
+        .and_then(|c| multer::parse_boundary(c).ok())
+    {
+        Some(boundary) => from_multipart(body, boundary).await?,
+        None => (body.to_vec(), None),
+    };
+    if wasm.is_empty() {
+        return Err(ApiError::param(
+            "File",
+            "the upload is empty; send the .wasm file as the body or a File part",
+        ));
+    }
+    let name = part_name.or(query_name).unwrap_or_else(|| "plugin".into());
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        return Err(ApiError::param("Name", "must be 1 to 64 characters"));
+    }
+    let runtime = state.runtime().clone();
+    let (plugin, wasm) =
+        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(|p| (p, wasm)))
+            .await
+            .map_err(|_| ApiError::internal())?
+            .map_err(load_error)?;
+    store_bytes(&state, &plugin.sha256, &wasm).await?;
+    let new = NewPlugin {
+        name,
+        world: plugin.world.as_str().to_owned(),
+        sha256: plugin.sha256.clone(),
+        size: i64::try_from(wasm.len()).unwrap_or(i64::MAX),
+    };
+    let (version, created) = state
+        .store()
+        .create_plugin(&account.sid, &new, now_ms())
+        .await?;
+    if created {
+        tracing::info!(account = %account.sid, plugin = %version.sid, world = %version.world, "plugin version uploaded");
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(render_plugin(&version))))
+}
+
+async fn from_multipart(
+    body: axum::body::Bytes,
+    boundary: String,
+) -> ApiResult<(Vec<u8>, Option<String>)> {
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let bad = |e: multer::Error| ApiError::param("File", &format!("malformed multipart body: {e}"));
+    let (mut wasm, mut name, mut file_name) = (None, None, None);
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some("File") | Some("file") => {
+                file_name = field
+                    .file_name()
+                    .map(|f| f.trim_end_matches(".wasm").to_owned());
+                wasm = Some(field.bytes().await.map_err(bad)?.to_vec());
+            }
+            Some("Name") => name = Some(field.text().await.map_err(bad)?),
+            _ => {}
+        }
+    }
+    let wasm =
+        wasm.ok_or_else(|| ApiError::param("File", "the multipart body has no File part"))?;
+    Ok((wasm, name.or(file_name)))
+}
+
+fn load_error(e: LoadError) -> ApiError {
+    match e {
+        LoadError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, 20001, e.to_string())
+        }
+        e => ApiError::param("File", &e.to_string()),
+    }
+}
+
+/// Where a version's bytes live: `<data>/plugins/<sha256>.wasm`, shared by every account that
+/// uploaded the same bytes.
+pub fn plugin_path(state: &ApiState, sha256: &str) -> PathBuf {
+    state
+        .data_dir()
+        .join("plugins")
+        .join(format!("{sha256}.wasm"))
+}
+
+async fn store_bytes(state: &ApiState, sha256: &str, wasm: &[u8]) -> ApiResult<()> {
+    let path = plugin_path(state, sha256);
+    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Ok(());
+    }
+    let write = async {
+        tokio::fs::create_dir_all(path.parent().unwrap_or(&path)).await?;
+        let tmp = path.with_extension("wasm.tmp");
+        tokio::fs::write(&tmp, wasm).await?;
+        tokio::fs::rename(&tmp, &path).await
+    };
+    write.await.map_err(|e| {
+        tracing::error!(error = %e, path = %path.display(), "cannot store plugin bytes");
+        ApiError::internal()
+    })
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    scoped: Scoped,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let account = &scoped.account;
+    let q = ListQuery::parse(q.as_deref())?;
+    let world = q.get("World").map(check_world).transpose()?;
+    let page = state
+        .store()
+        .list_plugins(&account.sid, q.get("Name"), world, q.request)
+        .await?;
+    Ok(Json(q.envelope(
+        &format!("{}/Plugins", base(&account.sid)),
+        "plugins",
+        page,
+        render_plugin,
+    )))
+}
+
+pub async fn fetch(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<Json<Value>> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
+    let p = state
+        .store()
+        .plugin(&account.sid, sid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("/Plugins/{sid}")))?;
+    Ok(Json(render_plugin(&p)))
+}
+
+pub async fn delete(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<StatusCode> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
+    match state.store().delete_plugin(&account.sid, sid).await {
+        Ok((version, still_used)) => {
+            if !still_used {
+                let _ = tokio::fs::remove_file(plugin_path(&state, &version.sha256)).await;
+            }
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(StoreError::NotFound) => Err(ApiError::not_found(&format!("/Plugins/{sid}"))),
+        Err(StoreError::Conflict(m)) => Err(ApiError::new(StatusCode::CONFLICT, 20409, m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn check_world(w: &str) -> ApiResult<&str> {
+    World::parse(w).map(World::as_str).ok_or_else(|| {
+        ApiError::param(
+            "World",
+            "must be call-flow, retry-policy, recording or call-events",
+        )
+    })
+}
+
+/// Binds a plugin (`Plugin`: a version sid of this account, or `builtin:<name>`) to a world for
+/// the account, or for one number (`PhoneNumberSid`) or callout (`CalloutSid`), with `Config`
+/// (a JSON object) handed to the plugin. Replaces the binding that was in that place.
+pub async fn bind(
+    State(state): State<ApiState>,
+    scoped: Scoped,
+    params: Params,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let account = &scoped.account;
+    let plugin = params
+        .text("Plugin")
+        .ok_or_else(|| ApiError::param("Plugin", "is required"))?;
+    let plugin_world = if let Some(name) = plugin.strip_prefix("builtin:") {
+        let bytes = callflow_runtime::builtin::get(name).ok_or_else(|| {
+            ApiError::param(
+                "Plugin",
+                &format!("there is no built-in plugin called {name}"),
+            )
+        })?;
+        let runtime = state.runtime().clone();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(bytes))
+            .await
+            .map_err(|_| ApiError::internal())?
+            .map_err(|e| {
+                tracing::error!(error = %e, "a built-in plugin does not load");
+                ApiError::internal()
+            })?;
+        loaded.world.as_str().to_owned()
+    } else {
+        state
+            .store()
+            .plugin(&account.sid, plugin)
+            .await?
+            .ok_or_else(|| {
+                ApiError::param(
+                    "Plugin",
+                    &format!("{plugin} is not a plugin version of this account"),
+                )
+            })?
+            .world
+    };
+    let world = match params.text("World") {
+        Some(w) => check_world(w)?.to_owned(),
+        None => plugin_world.clone(),
+    };
+    if world != plugin_world {
+        return Err(ApiError::param(
+            "World",
+            &format!("the plugin implements {plugin_world}, not {world}"),
+        ));
+    }
+    let config = params
+        .get("Config")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .unwrap_or("{}");
+    if config.len() > MAX_CONFIG_BYTES {
+        return Err(ApiError::param("Config", "is larger than 64 KiB"));
+    }
+    if !serde_json::from_str::<Value>(config).is_ok_and(|v| v.is_object()) {
+        return Err(ApiError::param("Config", "must be a JSON object"));
+    }
+    let scope = match (params.text("PhoneNumberSid"), params.text("CalloutSid")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::param(
+                "PhoneNumberSid",
+                "give PhoneNumberSid or CalloutSid, not both",
+            ));
+        }
+        (Some(n), None) => {
+            state
+                .store()
+                .number(&account.sid, n)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "PhoneNumberSid",
+                        &format!("{n} is not a number of this account"),
+                    )
+                })?;
+            BindingScope::Number(n.to_owned())
+        }
+        (None, Some(c)) => {
+            // callouts arrive with their own issue; until then a well-formed sid is accepted
+            Sid::parse(SidKind::Callout, c)
+                .ok_or_else(|| ApiError::param("CalloutSid", "is not a callout sid"))?;
+            BindingScope::Callout(c.to_owned())
+        }
+        (None, None) => BindingScope::Account,
+    };
+    let new = NewBinding {
+        world,
+        plugin: plugin.to_owned(),
+        scope,
+        config: config.to_owned(),
+    };
+    let (binding, created) = state
+        .store()
+        .put_binding(&account.sid, &new, now_ms())
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(render_binding(&binding))))
+}
+
+pub async fn list_bindings(
+    State(state): State<ApiState>,
+    scoped: Scoped,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let account = &scoped.account;
+    let q = ListQuery::parse(q.as_deref())?;
+    let world = q.get("World").map(check_world).transpose()?;
+    let page = state
+        .store()
+        .list_bindings(&account.sid, world, q.request)
+        .await?;
+    Ok(Json(q.envelope(
+        &format!("{}/PluginBindings", base(&account.sid)),
+        "bindings",
+        page,
+        render_binding,
+    )))
+}
+
+pub async fn fetch_binding(
+    State(state): State<ApiState>,
+    scoped: Scoped,
+) -> ApiResult<Json<Value>> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
+    let b = state
+        .store()
+        .binding(&account.sid, sid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("/PluginBindings/{sid}")))?;
+    Ok(Json(render_binding(&b)))
+}
+
+pub async fn delete_binding(
+    State(state): State<ApiState>,
+    scoped: Scoped,
+) -> ApiResult<StatusCode> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
+    match state.store().delete_binding(&account.sid, sid).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(StoreError::NotFound) => Err(ApiError::not_found(&format!("/PluginBindings/{sid}"))),
+        Err(e) => Err(e.into()),
+    }
+}
