@@ -55,6 +55,15 @@ pub fn compile(
     deserialize(engine, &bytes)
 }
 
+/// Removes what `compile` cached for `sha` (a plugin that compiled but was then refused).
+pub fn discard(engine: &Engine, dir: Option<&Path>, sha: &str) {
+    if let Some(dir) = dir {
+        let artifact = dir.join(format!("{sha}-{}.cwasm", engine_key(engine)));
+        let _ = std::fs::remove_file(format!("{}.sha256", artifact.display()));
+        let _ = std::fs::remove_file(artifact);
+    }
+}
+
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `bytes` is either what `precompile_component` just produced in this process, or a

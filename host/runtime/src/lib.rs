@@ -290,11 +290,10 @@ impl Runtime {
             return Ok(Arc::clone(p));
         }
         check_header(wasm)?;
-        // validate imports and exports on a parse before spending time compiling natively
         let component = cache::compile(&self.engine, self.config.cache_dir.as_deref(), &sha, wasm)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let world = self.check_shape(&component)?;
-        let pre = self.prepare(&component, world)?;
+        let shaped = self.check_shape(&component).and_then(|world| Ok((world, self.prepare(&component, world)?)));
+        let (world, pre) = shaped.inspect_err(|_| cache::discard(&self.engine, self.config.cache_dir.as_deref(), &sha))?;
         let plugin = Arc::new(Plugin {
             sha256: sha.clone(),
             world,

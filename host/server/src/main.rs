@@ -1,5 +1,6 @@
 //! `callflow`: the command line. `callflow serve` runs the platform with embedded defaults.
 
+mod client;
 mod config;
 mod serve;
 
@@ -22,10 +23,26 @@ enum Command {
     Serve(config::Overrides),
     /// Print the effective configuration as TOML.
     Config(config::Overrides),
+    /// Manage plugins on a running server: upload, list, bind.
+    Plugins {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::PluginCommand,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callflow: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(o) => {
             let config = config::Config::load(&o)?;
@@ -33,6 +50,15 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(serve::run(config))
+        }
+        Command::Plugins {
+            connection,
+            command,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(client::run(connection, command))
         }
         Command::Config(o) => {
             let config = config::Config::load(&o)?;

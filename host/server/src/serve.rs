@@ -81,13 +81,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         public_url: config.public_url(),
         recordings_public: config.api.recordings_public,
     };
-    let state = ApiState::new(
-        store.clone(),
-        engine,
-        api,
-        config.data_dir.clone(),
-        Some(metrics),
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("plugins").join("cache")),
+            ..RuntimeConfig::default()
+        })
+        .context("starting the plugin runtime")?,
     );
+    let parts = ApiParts {
+        store: store.clone(),
+        engine,
+        runtime,
+        data_dir: config.data_dir.clone(),
+        metrics: Some(metrics),
+    };
+    let state = ApiState::new(parts, api);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http_addr))?;

@@ -58,9 +58,10 @@ impl Store {
             .bind(token)
             .bind(now)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(|e| conflict_or(e, "account already exists"))
+            .inspect(|a: &Account| self.cache.put_account(a))
     }
 
     /// Makes sure the root account exists.
@@ -92,8 +93,9 @@ impl Store {
                 .bind(token)
                 .bind(now)
                 .bind(sid)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
+                self.cache.forget_account(sid);
                 let root = self.account(sid).await?.ok_or(StoreError::NotFound)?;
                 Ok((root, RootOutcome::TokenRotated))
             }
@@ -122,11 +124,18 @@ impl Store {
     }
 
     pub async fn account(&self, sid: &str) -> Result<Option<Account>> {
+        if let Some(a) = self.cache.account(sid) {
+            return Ok(Some((*a).clone()));
+        }
         let sql = format!("SELECT {COLUMNS} FROM accounts WHERE sid = $1");
-        Ok(sqlx::query_as(&sql)
+        let account: Option<Account> = sqlx::query_as(&sql)
             .bind(sid)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        if let Some(a) = &account {
+            self.cache.offer_account(a);
+        }
+        Ok(account)
     }
 
     /// The accounts `sid` can see through the Accounts API (itself and its subaccounts), newest
@@ -175,9 +184,10 @@ impl Store {
             .bind(status)
             .bind(now)
             .bind(sid)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?
             .ok_or(StoreError::NotFound)
+            .inspect(|a: &Account| self.cache.put_account(a))
     }
 }
 

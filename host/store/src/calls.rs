@@ -78,7 +78,7 @@ impl Store {
     /// Stores a new call and logs its creation.
     pub async fn create_call(&self, account: &str, c: &NewCall, now: i64) -> Result<Call> {
         let sid = Sid::generate(SidKind::Call);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let sql = format!(
             "INSERT INTO calls (sid, account_sid, parent_call_sid, direction, to_number, from_number,
                 phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
@@ -116,17 +116,27 @@ impl Store {
             .await?;
         let detail = serde_json::json!({ "status": c.status.as_str() }).to_string();
         insert_event(&mut tx, &call.sid, now, "created", &detail).await?;
-        tx.commit().await?;
+        self.cache.put_call(&call);
+        if let Err(e) = tx.commit().await {
+            self.cache.forget_call(&call.sid);
+            return Err(e.into());
+        }
         Ok(call)
     }
 
     pub async fn call(&self, account: &str, sid: &str) -> Result<Option<Call>> {
-        let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = $1 AND sid = $2");
-        Ok(sqlx::query_as(&sql)
-            .bind(account)
+        if let Some(c) = self.cache.call(sid) {
+            return Ok((c.account_sid == account).then(|| (*c).clone()));
+        }
+        let sql = format!("SELECT {COLUMNS} FROM calls WHERE sid = $1");
+        let call: Option<Call> = sqlx::query_as(&sql)
             .bind(sid)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        if let Some(c) = &call {
+            self.cache.offer_call(c);
+        }
+        Ok(call.filter(|c| c.account_sid == account))
     }
 
     pub async fn list_calls(
@@ -173,7 +183,7 @@ impl Store {
         u: &CallUpdate,
         now: i64,
     ) -> Result<Call> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let call = fetch_call(&mut tx, account, sid).await?;
         if call.status().is_final() {
             return Err(StoreError::Conflict(format!(
@@ -213,7 +223,11 @@ impl Store {
         })
         .to_string();
         insert_event(&mut tx, sid, now, "updated", &detail).await?;
-        tx.commit().await?;
+        self.cache.put_call(&updated);
+        if let Err(e) = tx.commit().await {
+            self.cache.forget_call(&updated.sid);
+            return Err(e.into());
+        }
         Ok(updated)
     }
 
@@ -227,7 +241,7 @@ impl Store {
         t: &Transition,
         webhooks: &[NewDelivery],
     ) -> Result<Call> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let call = fetch_call(&mut tx, account, sid).await?;
         if !call.status().can_become(t.to) {
             return Err(StoreError::Conflict(format!(
@@ -267,7 +281,11 @@ impl Store {
         for w in webhooks {
             insert_delivery(&mut tx, w, t.at).await?;
         }
-        tx.commit().await?;
+        self.cache.put_call(&updated);
+        if let Err(e) = tx.commit().await {
+            self.cache.forget_call(&updated.sid);
+            return Err(e.into());
+        }
         Ok(updated)
     }
 
@@ -279,7 +297,7 @@ impl Store {
         kind: &str,
         detail: &str,
     ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         insert_event(&mut conn, call_sid, at, kind, detail).await
     }
 

@@ -137,7 +137,7 @@ fn rows(rows: Vec<Row>) -> Result<Vec<Delivery>> {
 impl Store {
     /// Persists a webhook for sending as soon as possible.
     pub async fn enqueue_delivery(&self, d: &NewDelivery, now: i64) -> Result<i64> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         insert_delivery(&mut conn, d, now).await
     }
 
@@ -175,7 +175,7 @@ impl Store {
                 .bind(now + lease_ms)
                 .bind(now)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.writer)
                 .await?,
         )?;
         claimed.sort_by_key(|d| (d.created_at, d.id));
@@ -194,7 +194,7 @@ impl Store {
 
     /// Records an attempt and moves the delivery on: delivered, rescheduled or given up.
     pub async fn record_attempt(&self, id: i64, o: &AttemptOutcome) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
         )

@@ -5,6 +5,7 @@
 //! opaque `seq` cursor, which is what Twilio's `PageToken` paging needs.
 
 mod accounts;
+mod cache;
 pub use accounts::RootOutcome;
 mod calls;
 mod deliveries;
@@ -120,9 +121,15 @@ impl<T> Page<T> {
 }
 
 /// Handle to the database; cheap to clone.
+///
+/// Reads go through a pool of connections; writes through a single writer connection, so writers
+/// queue in the pool instead of sleeping in SQLite's busy handler. Accounts and calls are read
+/// through a small write-through cache (see `cache.rs`).
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    writer: SqlitePool,
+    cache: std::sync::Arc<cache::Cache>,
 }
 
 impl Store {
@@ -136,17 +143,44 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let memory = url.contains(":memory:");
-        let pool = SqlitePoolOptions::new()
+        let pool_options = || {
+            SqlitePoolOptions::new()
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        };
+        if url.contains(":memory:") {
             // an in-memory database exists once per connection, so it gets exactly one
-            .max_connections(if memory { 1 } else { 8 })
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
+            let pool = pool_options()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("./migrations").run(&pool).await?;
+            return Ok(Store {
+                writer: pool.clone(),
+                pool,
+                cache: Default::default(),
+            });
+        }
+        // Switch a new file to WAL on one connection before any pool opens more: two connections
+        // doing it at once can fail with "database is locked".
+        let mut first =
+            <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+        sqlx::migrate!("./migrations").run(&mut first).await?;
+        sqlx::Connection::close(first).await?;
+        let writer = pool_options()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let pool = pool_options()
+            .max_connections(8)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            writer,
+            cache: Default::default(),
+        })
     }
 
     /// Opens the default SQLite file inside `data_dir`.
@@ -162,6 +196,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
@@ -206,5 +241,100 @@ mod placeholders {
                 .await
                 .unwrap();
         assert_eq!((a, b.as_deref()), (42, Some("x")));
+    }
+}
+
+#[cfg(test)]
+mod file_backed {
+    use super::*;
+
+    /// The file-backed store (separate reader pool and writer, the cache in front) reads its own
+    /// writes, through every path that changes a cached record.
+    #[tokio::test]
+    async fn reads_see_the_latest_write_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_dir(dir.path()).await.unwrap();
+        let (root, _) = store
+            .ensure_root(
+                Some(("AC0123456789abcdef0123456789abcdef", "token-one-1234567")),
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.account(&root.sid).await.unwrap().unwrap().auth_token,
+            "token-one-1234567"
+        );
+        store
+            .ensure_root(Some((&root.sid, "token-two-1234567")), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.account(&root.sid).await.unwrap().unwrap().auth_token,
+            "token-two-1234567"
+        );
+        let sub = store
+            .create_account(Some(&root.sid), "sub", 3)
+            .await
+            .unwrap();
+        store
+            .update_account(&sub.sid, None, Some("suspended"), 4)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.account(&sub.sid).await.unwrap().unwrap().status,
+            "suspended"
+        );
+
+        let call = store
+            .create_call(&root.sid, &calls::tests::new_call("+1555"), 5)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .call(&root.sid, &call.sid)
+                .await
+                .unwrap()
+                .unwrap()
+                .status(),
+            CallStatus::Queued
+        );
+        assert!(
+            store.call(&sub.sid, &call.sid).await.unwrap().is_none(),
+            "the cache keeps accounts apart"
+        );
+        let t = Transition {
+            to: CallStatus::Canceled,
+            at: 6,
+            sip_response_code: None,
+            answered_by: None,
+            detail: "{}".into(),
+        };
+        store
+            .transition_call(&root.sid, &call.sid, &t, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .call(&root.sid, &call.sid)
+                .await
+                .unwrap()
+                .unwrap()
+                .status(),
+            CallStatus::Canceled
+        );
+
+        // a second store on the same file (a restart) reads what the first wrote
+        store.close().await;
+        let again = Store::open_in_dir(dir.path()).await.unwrap();
+        assert_eq!(
+            again
+                .call(&root.sid, &call.sid)
+                .await
+                .unwrap()
+                .unwrap()
+                .status(),
+            CallStatus::Canceled
+        );
     }
 }

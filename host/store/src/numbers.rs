@@ -65,7 +65,7 @@ impl Store {
             .bind(&n.status_callback_method)
             .bind(now)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(|e| conflict_or(e, "phone number is already in use"))
     }
@@ -171,7 +171,7 @@ impl Store {
             .bind(now)
             .bind(account)
             .bind(sid)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?
             .ok_or(StoreError::NotFound)
     }
@@ -181,7 +181,7 @@ impl Store {
             sqlx::query("DELETE FROM incoming_phone_numbers WHERE account_sid = $1 AND sid = $2")
                 .bind(account)
                 .bind(sid)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);

@@ -90,7 +90,7 @@ impl Store {
         if let Some(existing) = sqlx::query_as(&sql)
             .bind(account)
             .bind(&p.sha256)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?
         {
             return Ok((existing, false));
@@ -108,7 +108,7 @@ impl Store {
             .bind(&p.sha256)
             .bind(p.size)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(|e| conflict_or(e, "this plugin version already exists"))?;
         Ok((created, true))
@@ -154,7 +154,7 @@ impl Store {
     /// any version (of any account) still has the same bytes, so the caller knows whether the file
     /// can go.
     pub async fn delete_plugin(&self, account: &str, sid: &str) -> Result<(PluginVersion, bool)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let (bound,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM plugin_bindings WHERE account_sid = $1 AND plugin = $2",
         )
@@ -201,7 +201,7 @@ impl Store {
             .bind(&b.world)
             .bind(scope)
             .bind(scope_sid)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
         if let Some(existing) = existing {
             let sql = format!(
@@ -213,7 +213,7 @@ impl Store {
                 .bind(&b.config)
                 .bind(now)
                 .bind(&existing.sid)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.writer)
                 .await?;
             return Ok((updated, false));
         }
@@ -231,7 +231,7 @@ impl Store {
             .bind(scope_sid)
             .bind(&b.config)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(|e| {
                 conflict_or(
@@ -281,7 +281,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM plugin_bindings WHERE account_sid = $1 AND sid = $2")
             .bind(account)
             .bind(sid)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);

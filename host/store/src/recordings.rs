@@ -46,7 +46,7 @@ impl Store {
             .bind(&r.mp3_path)
             .bind(now)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await?)
     }
 
@@ -99,7 +99,7 @@ impl Store {
         .bind(mp3)
         .bind(now)
         .bind(sid)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -115,7 +115,7 @@ impl Store {
         sqlx::query_as(&sql)
             .bind(account)
             .bind(sid)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?
             .ok_or(StoreError::NotFound)
     }
