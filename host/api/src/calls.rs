@@ -94,6 +94,9 @@ pub async fn create(
             "must be Enable or DetectMessageEnd",
         ));
     }
+    let plugins =
+        crate::plugins::pin_for_call(&state, &account.sid, owned.as_ref().map(|n| n.sid.as_str()))
+            .await?;
     let new = NewCall {
         direction: Direction::OutboundApi,
         parent_call_sid: None,
@@ -123,6 +126,7 @@ pub async fn create(
         record: params.bool("Record")?.unwrap_or(false),
         machine_detection,
         request_params: params.to_json(),
+        plugins,
     };
     let call = state
         .store()

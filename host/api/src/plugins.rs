@@ -389,3 +389,40 @@ pub async fn delete_binding(
         Err(e) => Err(e.into()),
     }
 }
+
+/// The plugin versions a new call will run with, by world: the most specific binding of each world
+/// for the account (and the number the call uses), pinned with the version's digest and config.
+pub async fn pin_for_call(
+    state: &ApiState,
+    account: &str,
+    number_sid: Option<&str>,
+) -> ApiResult<String> {
+    let mut pins = serde_json::Map::new();
+    for world in World::ALL {
+        let Some(b) = state
+            .store()
+            .resolve_binding(account, world.as_str(), number_sid, None)
+            .await?
+        else {
+            continue;
+        };
+        let sha256 = match b.plugin.strip_prefix("builtin:") {
+            Some(name) => callflow_runtime::builtin::get(name).map(callflow_runtime::sha256_hex),
+            None => state
+                .store()
+                .plugin(account, &b.plugin)
+                .await?
+                .map(|p| p.sha256),
+        };
+        let Some(sha256) = sha256 else {
+            tracing::warn!(binding = %b.sid, plugin = %b.plugin, "binding names a plugin that no longer exists");
+            continue;
+        };
+        let config: Value = serde_json::from_str(&b.config).unwrap_or_else(|_| json!({}));
+        pins.insert(
+            world.as_str().to_owned(),
+            json!({ "plugin": b.plugin, "sha256": sha256, "config": config }),
+        );
+    }
+    Ok(Value::Object(pins).to_string())
+}

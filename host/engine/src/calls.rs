@@ -223,6 +223,7 @@ mod tests {
             record: false,
             machine_detection: None,
             request_params: "[]".into(),
+            plugins: "{}".into(),
             date_created: 0,
             date_updated: 0,
         }

@@ -9,7 +9,7 @@ use crate::{Call, CallEvent, CallStatus, Direction, Page, PageRequest, Result, S
 const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direction, to_number, from_number,
     phone_number_sid, status, answered_by, start_time, end_time, duration, sip_response_code, url, method,
     twiml, fallback_url, fallback_method, status_callback, status_callback_method, status_callback_event,
-    timeout, time_limit, send_digits, record, machine_detection, request_params, date_created, date_updated";
+    timeout, time_limit, send_digits, record, machine_detection, request_params, plugins, date_created, date_updated";
 
 /// A call to create. Validation happens before this (in `api` or the engine).
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct NewCall {
     pub machine_detection: Option<String>,
     /// JSON array of `[name, value]` pairs.
     pub request_params: String,
+    /// The plugin versions the call runs with (JSON object by world), pinned now.
+    pub plugins: String,
 }
 
 /// Filters of Twilio's call list. Time bounds are inclusive, in milliseconds.
@@ -83,8 +85,8 @@ impl Store {
             "INSERT INTO calls (sid, account_sid, parent_call_sid, direction, to_number, from_number,
                 phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
                 status_callback_method, status_callback_event, timeout, time_limit, send_digits, record,
-                machine_detection, request_params, date_created, date_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+                machine_detection, request_params, plugins, date_created, date_updated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
              RETURNING {COLUMNS}"
         );
         let call: Call = sqlx::query_as(&sql)
@@ -110,6 +112,7 @@ impl Store {
             .bind(c.record)
             .bind(&c.machine_detection)
             .bind(&c.request_params)
+            .bind(&c.plugins)
             .bind(now)
             .bind(now)
             .fetch_one(&mut *tx)
@@ -365,6 +368,7 @@ pub(crate) mod tests {
             record: false,
             machine_detection: None,
             request_params: "[]".into(),
+            plugins: "{}".into(),
         }
     }
 

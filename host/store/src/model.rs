@@ -169,6 +169,8 @@ pub struct Call {
     pub machine_detection: Option<String>,
     /// JSON array of `[name, value]` pairs: the create request as received.
     pub request_params: String,
+    /// The plugin versions the call runs with (JSON object by world), pinned at creation.
+    pub plugins: String,
     pub date_created: i64,
     pub date_updated: i64,
 }

@@ -282,3 +282,77 @@ async fn bindings_choose_a_plugin_per_world_and_scope() {
         .await;
     assert_eq!(r.status, 400);
 }
+
+#[tokio::test]
+async fn a_call_pins_the_plugins_bound_when_it_was_created() {
+    let api = TestApi::new().await;
+    let number = api.number(&api.root, "+15005550006").await;
+    let base = format!("/v1/Accounts/{}/PluginBindings", api.root.sid);
+    let v = api
+        .upload(&api.root, "", HELLO.to_vec(), "application/wasm")
+        .await
+        .json();
+    let plugin = v["sid"].as_str().unwrap();
+    api.post(
+        &base,
+        &api.root,
+        &[
+            ("Plugin", "builtin:hello"),
+            ("Config", r#"{"greeting":"account"}"#),
+        ],
+    )
+    .await;
+    api.post(
+        &base,
+        &api.root,
+        &[
+            ("Plugin", plugin),
+            ("PhoneNumberSid", number["sid"].as_str().unwrap()),
+            ("Config", r#"{"greeting":"number"}"#),
+        ],
+    )
+    .await;
+
+    let call = api
+        .create_call(
+            &api.root,
+            &[
+                ("To", "+15558675310"),
+                ("From", "+15005550006"),
+                ("Twiml", "<Response/>"),
+            ],
+        )
+        .await
+        .json();
+    let sid = call["sid"].as_str().unwrap();
+    let pinned = |api: &TestApi| {
+        let store = api.store.clone();
+        let (account, sid) = (api.root.sid.clone(), sid.to_owned());
+        async move {
+            let c = store.call(&account, &sid).await.unwrap().unwrap();
+            serde_json::from_str::<Value>(&c.plugins).unwrap()
+        }
+    };
+    let pins = pinned(&api).await;
+    assert_eq!(
+        pins["call-flow"]["plugin"], plugin,
+        "the number's binding wins: {pins}"
+    );
+    assert_eq!(
+        pins["call-flow"]["sha256"],
+        callflow_runtime::sha256_hex(HELLO)
+    );
+    assert_eq!(pins["call-flow"]["config"]["greeting"], "number");
+
+    // rebinding later does not change a call that exists
+    api.post(
+        &base,
+        &api.root,
+        &[
+            ("Plugin", "builtin:hello"),
+            ("PhoneNumberSid", number["sid"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(pinned(&api).await, pins);
+}
