@@ -292,8 +292,12 @@ impl Runtime {
         check_header(wasm)?;
         let component = cache::compile(&self.engine, self.config.cache_dir.as_deref(), &sha, wasm)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let shaped = self.check_shape(&component).and_then(|world| Ok((world, self.prepare(&component, world)?)));
-        let (world, pre) = shaped.inspect_err(|_| cache::discard(&self.engine, self.config.cache_dir.as_deref(), &sha))?;
+        let shaped = self
+            .check_shape(&component)
+            .and_then(|world| Ok((world, self.prepare(&component, world)?)));
+        let (world, pre) = shaped.inspect_err(|_| {
+            cache::discard(&self.engine, self.config.cache_dir.as_deref(), &sha)
+        })?;
         let plugin = Arc::new(Plugin {
             sha256: sha.clone(),
             world,
