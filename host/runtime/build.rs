@@ -4,7 +4,8 @@
 //! The plugins are built by a nested `cargo build` into their own target directory (beside the
 //! outer one), because the outer build holds the lock on its own. Built-ins are exposed to the
 //! crate as `CALLFLOW_PLUGIN_<NAME>` paths (embedded with `include_bytes!`); test guests as
-//! `CALLFLOW_TEST_GUEST_<NAME>` paths.
+//! `CALLFLOW_TEST_GUEST_<NAME>` paths; the examples of `plugins/examples` as
+//! `CALLFLOW_EXAMPLE_<NAME>` paths.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +15,15 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("callflow-plugin-hello", "CALLFLOW_PLUGIN_HELLO"),
     ("callflow-test-abuse", "CALLFLOW_TEST_GUEST_ABUSE"),
     ("callflow-test-fs-import", "CALLFLOW_TEST_GUEST_FS_IMPORT"),
+    ("callflow-example-menu", "CALLFLOW_EXAMPLE_MENU"),
+    (
+        "callflow-example-retry-hours",
+        "CALLFLOW_EXAMPLE_RETRY_HOURS",
+    ),
+    (
+        "callflow-example-trim-silence",
+        "CALLFLOW_EXAMPLE_TRIM_SILENCE",
+    ),
 ];
 
 fn main() {

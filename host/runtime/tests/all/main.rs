@@ -1,6 +1,8 @@
 //! The runtime against real components built from `plugins/` by the build script: loading,
 //! invoking, the compile cache, and every abuse case the sandbox must contain.
 
+mod examples;
+
 use std::sync::Arc;
 use std::time::Duration;
 
