@@ -15,6 +15,8 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("callflow-plugin-hello", "CALLFLOW_PLUGIN_HELLO"),
     ("callflow-test-abuse", "CALLFLOW_TEST_GUEST_ABUSE"),
     ("callflow-test-fs-import", "CALLFLOW_TEST_GUEST_FS_IMPORT"),
+    ("callflow-test-net-import", "CALLFLOW_TEST_GUEST_NET_IMPORT"),
+    ("callflow-test-bad-keep", "CALLFLOW_TEST_GUEST_BAD_KEEP"),
     ("callflow-example-menu", "CALLFLOW_EXAMPLE_MENU"),
     (
         "callflow-example-retry-hours",

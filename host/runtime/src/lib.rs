@@ -142,6 +142,10 @@ pub enum LoadError {
         "the plugin exports none of the callflow:plugin worlds (handle, decide, process, on-event); it exports: {0}"
     )]
     NoWorld(String),
+    #[error(
+        "the plugin exports several worlds ({0}); a plugin is exactly one kind: build one crate per world"
+    )]
+    SeveralWorlds(String),
     #[error("the plugin needs more than the sandbox gives: {0}")]
     Resources(String),
     #[error("the plugin does not match the {world} world of callflow:plugin@0.1.0: {reason}")]
@@ -161,6 +165,8 @@ pub enum InvokeError {
     Trap(String),
     #[error("the plugin's output is over a limit: {0}")]
     OutputLimit(String),
+    #[error("the plugin's output is invalid: {0}")]
+    InvalidOutput(String),
     #[error("the plugin reported an error: {code}: {message}")]
     Plugin { code: String, message: String },
     #[error("the plugin {sha256} is a {actual} plugin, not {expected}")]
@@ -323,19 +329,30 @@ impl Runtime {
     /// The import allowlist, the exported world, and admission against the pool's limits.
     fn check_shape(&self, component: &Component) -> Result<World, LoadError> {
         let ty = component.component_type();
-        for (name, _) in ty.imports(&self.engine) {
-            if !import_allowed(name) {
-                return Err(LoadError::ForbiddenImport(name.to_owned()));
-            }
+        let forbidden: Vec<&str> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n)
+            .filter(|n| !import_allowed(n))
+            .collect();
+        if !forbidden.is_empty() {
+            return Err(LoadError::ForbiddenImport(forbidden.join(", ")));
         }
         let exports: Vec<String> = ty
             .exports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        let world = World::ALL
+        let worlds: Vec<World> = World::ALL
             .into_iter()
-            .find(|w| exports.iter().any(|e| e == w.export()))
-            .ok_or_else(|| LoadError::NoWorld(exports.join(", ")))?;
+            .filter(|w| exports.iter().any(|e| e == w.export()))
+            .collect();
+        let world = match worlds[..] {
+            [one] => one,
+            [] => return Err(LoadError::NoWorld(exports.join(", "))),
+            _ => {
+                let names: Vec<&str> = worlds.iter().map(|w| w.as_str()).collect();
+                return Err(LoadError::SeveralWorlds(names.join(", ")));
+            }
+        };
         if let Some(r) = component.resources_required() {
             let limits = Limits::default();
             let pages = r.max_initial_memory_size.unwrap_or(0);
@@ -462,6 +479,7 @@ impl Runtime {
         audio: Vec<i16>,
         limits: Limits,
     ) -> Result<recording::RecordingPlan, InvokeError> {
+        let samples = audio.len();
         self.run(move |rt| {
             let Pre::Recording(pre) = &plugin.pre else {
                 return Err(wrong_world(&plugin, World::Recording));
@@ -471,6 +489,14 @@ impl Runtime {
                 instance.call_process(&mut *store, &ctx, &audio)
             })?;
             let mut plan = plan.map_err(plugin_error)?;
+            if let recording::Action::Keep(k) = &plan.action
+                && (k.start > k.end || k.end as usize > samples)
+            {
+                return Err(InvokeError::InvalidOutput(format!(
+                    "keep [{}, {}) is outside the recording of {samples} samples",
+                    k.start, k.end
+                )));
+            }
             check_requests(
                 plan.notify
                     .iter()
@@ -808,6 +834,10 @@ pub mod test_guests {
     pub const ABUSE: &str = env!("CALLFLOW_TEST_GUEST_ABUSE");
     /// A call flow that imports `wasi:filesystem`.
     pub const FS_IMPORT: &str = env!("CALLFLOW_TEST_GUEST_FS_IMPORT");
+    /// A call flow that imports `wasi:sockets`.
+    pub const NET_IMPORT: &str = env!("CALLFLOW_TEST_GUEST_NET_IMPORT");
+    /// A recording plugin that keeps samples that do not exist.
+    pub const BAD_KEEP: &str = env!("CALLFLOW_TEST_GUEST_BAD_KEEP");
 }
 
 #[cfg(test)]

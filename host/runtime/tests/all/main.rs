@@ -278,6 +278,40 @@ fn forbidden_imports_are_refused_at_load() {
         matches!(&err, LoadError::ForbiddenImport(i) if i.starts_with("wasi:filesystem/")),
         "{err}"
     );
+    let err = rt
+        .load(&std::fs::read(callflow_runtime::test_guests::NET_IMPORT).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::ForbiddenImport(i) if i.contains("wasi:sockets/")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_keep_range_outside_the_audio_is_invalid_output() {
+    let rt = runtime();
+    let plugin = rt
+        .load(&std::fs::read(callflow_runtime::test_guests::BAD_KEEP).unwrap())
+        .unwrap();
+    assert_eq!(plugin.world, World::Recording);
+    let ctx = callflow_runtime::recording::RecordingContext {
+        account_sid: "AC1".into(),
+        call_sid: "CA1".into(),
+        now_ms: 0,
+        seed: 0,
+        config: "{}".into(),
+        sample_rate: 8_000,
+        reason: "silence".into(),
+        digits: String::new(),
+    };
+    let err = rt
+        .process_recording(plugin, ctx, vec![0i16; 800], roomy())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, InvokeError::InvalidOutput(m) if m.contains("800 samples")),
+        "{err:?}"
+    );
 }
 
 #[test]
