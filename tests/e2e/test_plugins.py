@@ -1,5 +1,6 @@
 """Plugins through the CLI against the real server: upload, list, bind, and a refused upload."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -51,6 +52,20 @@ def test_upload_bind_and_list_with_the_cli(callflow):
         timeout=10,
     ).json()["bindings"]
     assert [(b["plugin"], b["world"], b["config"]) for b in bindings] == [(sid, "call-flow", {"greeting": "hi"})]
+
+
+def test_the_cli_runs_an_uploaded_flow_in_the_sandbox(callflow):
+    up = cli(callflow, "upload", str(wasm("callflow_example_menu")))
+    assert up.returncode == 0, up.stderr
+    sid = up.stdout.split()[0]
+    config = '{"greeting": "Welcome.", "options": {"1": {"label": "levels", "say": "The river is low."}}}'
+    start = cli(callflow, "run", sid, "--config", config)
+    assert start.returncode == 0, start.stderr
+    step = json.loads(start.stdout)
+    assert "Gather" in step["commands"][0], step
+    pressed = cli(callflow, "run", sid, "--event", "gathered", "--digits", "1", "--state", step["state"], "--config", config)
+    assert pressed.returncode == 0, pressed.stderr
+    assert "The river is low." in pressed.stdout
 
 
 def test_a_plugin_that_imports_the_filesystem_is_refused_with_the_reason(callflow):

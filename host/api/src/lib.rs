@@ -207,6 +207,10 @@ pub fn router(state: ApiState) -> Router {
             get(plugins::fetch).delete(plugins::delete),
         )
         .route(
+            &format!("{V1}/Plugins/{{sid}}/Invocations"),
+            axum::routing::post(plugins::invoke),
+        )
+        .route(
             &format!("{V1}/PluginBindings/{{sid}}"),
             get(plugins::fetch_binding).delete(plugins::delete_binding),
         )

@@ -426,3 +426,114 @@ pub async fn pin_for_call(
     }
     Ok(Value::Object(pins).to_string())
 }
+
+/// Runs one event through an uploaded call-flow plugin in the real sandbox and answers with what
+/// it did, so plugin authors can see the host run their plugin before any call does.
+///
+/// `Event` is `start`, `prompt-done`, `gathered` (with `Digits`, `TimedOut`), `fetched` (with
+/// `Status`, `Body`) or `hangup`; `State` is the `state` a previous invocation returned; `Config`
+/// the JSON object the binding would pass.
+pub async fn invoke(
+    State(state): State<ApiState>,
+    scoped: Scoped,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    use callflow_runtime::flow::{
+        CallContext, FetchResponse, FetchResult, FlowEvent, GatherResult, HttpMethod,
+    };
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
+    let version = state
+        .store()
+        .plugin(&account.sid, sid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("/Plugins/{sid}")))?;
+    if version.world != World::CallFlow.as_str() {
+        return Err(ApiError::param(
+            "Plugin",
+            &format!(
+                "only call-flow plugins can be invoked here; this one is {}",
+                version.world
+            ),
+        ));
+    }
+    let event = match params.text("Event").unwrap_or("start") {
+        "start" => FlowEvent::Start,
+        "prompt-done" => FlowEvent::PromptDone,
+        "hangup" => FlowEvent::Hangup,
+        "gathered" => FlowEvent::Gathered(GatherResult {
+            digits: params.get("Digits").unwrap_or("").to_owned(),
+            timed_out: params.bool("TimedOut")?.unwrap_or(false),
+        }),
+        "fetched" => FlowEvent::Fetched(FetchResult::Response(FetchResponse {
+            status: u16::try_from(params.int("Status", 100, 599)?.unwrap_or(200)).unwrap_or(200),
+            content_type: Some("application/xml".into()),
+            body: params.get("Body").unwrap_or("").to_owned(),
+            url: "https://example.invalid/".into(),
+        })),
+        _ => {
+            return Err(ApiError::param(
+                "Event",
+                "must be start, prompt-done, gathered, fetched or hangup",
+            ));
+        }
+    };
+    let config = params
+        .get("Config")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .unwrap_or("{}")
+        .to_owned();
+    if config.len() > MAX_CONFIG_BYTES
+        || !serde_json::from_str::<Value>(&config).is_ok_and(|v| v.is_object())
+    {
+        return Err(ApiError::param(
+            "Config",
+            "must be a JSON object of at most 64 KiB",
+        ));
+    }
+    let plugin_state = params.get("State").unwrap_or("").as_bytes().to_vec();
+    let wasm = tokio::fs::read(plugin_path(&state, &version.sha256))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, plugin = %version.sid, "plugin bytes missing");
+            ApiError::internal()
+        })?;
+    let runtime = state.runtime().clone();
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(&wasm))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(load_error)?;
+    let now = now_ms();
+    let ctx = CallContext {
+        account_sid: account.sid.clone(),
+        call_sid: "CA00000000000000000000000000000000".into(),
+        parent_call_sid: None,
+        direction: "outbound-api".into(),
+        from: params.get("From").unwrap_or("+15005550006").to_owned(),
+        to: params.get("To").unwrap_or("+15558675310").to_owned(),
+        status: "in-progress".into(),
+        answered_by: None,
+        now_ms: now,
+        seed: u64::try_from(now).unwrap_or(0),
+        config,
+        url: None,
+        method: HttpMethod::Post,
+        fallback_url: None,
+        fallback_method: HttpMethod::Post,
+        document: None,
+    };
+    let limits = callflow_runtime::Limits::default();
+    match state
+        .runtime()
+        .call_flow(plugin, ctx, plugin_state, event, limits)
+        .await
+    {
+        Ok(step) => Ok(Json(json!({
+            "plugin": version.sid,
+            "commands": step.commands,
+            "state": String::from_utf8_lossy(&step.state),
+            "logs": step.logs,
+        }))),
+        Err(e) => Err(ApiError::invalid(20001, format!("the plugin failed: {e}"))),
+    }
+}

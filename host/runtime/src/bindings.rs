@@ -3,28 +3,28 @@
 
 /// The `call-flow` world.
 pub mod flow {
-    wasmtime::component::bindgen!({ world: "call-flow", path: "../../wit" });
+    wasmtime::component::bindgen!({ world: "call-flow", path: "../../wit", additional_derives: [serde::Serialize] });
     pub use callflow::plugin::flow_types::*;
     pub use callflow::plugin::types::{HttpMethod, LogLevel, LogLine, Param};
 }
 
 /// The `retry-policy` world.
 pub mod retry {
-    wasmtime::component::bindgen!({ world: "retry-policy", path: "../../wit" });
+    wasmtime::component::bindgen!({ world: "retry-policy", path: "../../wit", additional_derives: [serde::Serialize] });
     pub use callflow::plugin::retry_types::*;
     pub use callflow::plugin::types::{LogLevel, LogLine};
 }
 
 /// The `recording` world.
 pub mod recording {
-    wasmtime::component::bindgen!({ world: "recording", path: "../../wit" });
+    wasmtime::component::bindgen!({ world: "recording", path: "../../wit", additional_derives: [serde::Serialize] });
     pub use callflow::plugin::recording_types::*;
     pub use callflow::plugin::types::{HttpMethod, HttpRequest, LogLevel, LogLine, Param};
 }
 
 /// The `call-events` world.
 pub mod events {
-    wasmtime::component::bindgen!({ world: "call-events", path: "../../wit" });
+    wasmtime::component::bindgen!({ world: "call-events", path: "../../wit", additional_derives: [serde::Serialize] });
     pub use callflow::plugin::event_types::*;
     pub use callflow::plugin::types::{HttpMethod, HttpRequest, LogLevel, LogLine, Param};
 }

@@ -59,6 +59,22 @@ pub enum PluginCommand {
     },
     /// List the account's bindings.
     Bindings,
+    /// Run one event through an uploaded call-flow plugin in the server's sandbox; prints the
+    /// commands, the new state (pass it back with --state) and the log lines, as JSON.
+    Run {
+        plugin: String,
+        /// start, prompt-done, gathered, fetched or hangup.
+        #[arg(long, default_value = "start")]
+        event: String,
+        /// With --event gathered: the digits pressed.
+        #[arg(long)]
+        digits: Option<String>,
+        /// The state a previous run printed.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        config: Option<String>,
+    },
 }
 
 pub async fn run(conn: Connection, cmd: PluginCommand) -> anyhow::Result<()> {
@@ -129,6 +145,27 @@ pub async fn run(conn: Connection, cmd: PluginCommand) -> anyhow::Result<()> {
             number,
         } => {
             bind_plugin(&http, &base, &account, &token, &plugin, config, number).await?;
+        }
+        PluginCommand::Run {
+            plugin,
+            event,
+            digits,
+            state,
+            config,
+        } => {
+            let mut form = vec![("Event", event)];
+            for (name, value) in [("Digits", digits), ("State", state), ("Config", config)] {
+                if let Some(v) = value {
+                    form.push((name, v));
+                }
+            }
+            let resp = http
+                .post(format!("{base}/Plugins/{plugin}/Invocations"))
+                .basic_auth(&account, Some(&token))
+                .form(&form)
+                .send()
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&answer(resp).await?)?);
         }
         PluginCommand::Bindings => {
             let resp = http

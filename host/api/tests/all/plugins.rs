@@ -356,3 +356,39 @@ async fn a_call_pins_the_plugins_bound_when_it_was_created() {
     .await;
     assert_eq!(pinned(&api).await, pins);
 }
+
+#[tokio::test]
+async fn an_uploaded_flow_can_be_run_through_the_sandbox() {
+    let api = TestApi::new().await;
+    let wasm = std::fs::read(callflow_runtime::test_guests::ABUSE).unwrap();
+    let v = api
+        .upload(&api.root, "", wasm, "application/wasm")
+        .await
+        .json();
+    let path = format!(
+        "/v1/Accounts/{}/Plugins/{}/Invocations",
+        api.root.sid,
+        v["sid"].as_str().unwrap()
+    );
+    let r = api.post(&path, &api.root, &[("Event", "start")]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let step = r.json();
+    assert_eq!(
+        step["commands"][0]["Say"]["text"], "event for CA00000000000000000000000000000000",
+        "{step}"
+    );
+    assert_eq!(step["state"], r#""""#);
+    // a plugin that loops is stopped and reported
+    let r = api
+        .post(
+            &path,
+            &api.root,
+            &[("Event", "start"), ("Config", r#"{"abuse":"loop"}"#)],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().unwrap().contains("deadline"));
+    api.post(&path, &api.root, &[("Event", "dance")])
+        .await
+        .assert_error(400, 20001);
+}
