@@ -23,6 +23,9 @@ use crate::params::{Params, read_body};
 /// Configuration handed to a plugin is bounded: it travels in every invocation's context.
 const MAX_CONFIG_BYTES: usize = 64 << 10;
 const MAX_NAME: usize = 64;
+/// Per-event deadlines a binding may ask for, in milliseconds (larger values are capped).
+const DEFAULT_DEADLINE_MS: i64 = 10;
+const MAX_DEADLINE_MS: i64 = 100;
 
 fn base(account: &str) -> String {
     format!("/v1/Accounts/{account}")
@@ -51,6 +54,7 @@ fn render_binding(b: &Binding) -> Value {
         "phone_number_sid": (b.scope == "number").then_some(&b.scope_sid),
         "callout_sid": (b.scope == "callout").then_some(&b.scope_sid),
         "config": config,
+        "deadline_ms": b.deadline_ms,
         "date_created": rfc2822(b.date_created),
         "date_updated": rfc2822(b.date_updated),
         "uri": format!("{}/PluginBindings/{}", base(&b.account_sid), b.sid),
@@ -327,11 +331,16 @@ pub async fn bind(
         }
         (None, None) => BindingScope::Account,
     };
+    // an account may give its plugin more (or less) time per event than the default 10 ms
+    let deadline_ms = params
+        .int("DeadlineMs", 1, MAX_DEADLINE_MS)?
+        .unwrap_or(DEFAULT_DEADLINE_MS);
     let new = NewBinding {
         world,
         plugin: plugin.to_owned(),
         scope,
         config: config.to_owned(),
+        deadline_ms,
     };
     let (binding, created) = state
         .store()
@@ -421,7 +430,7 @@ pub async fn pin_for_call(
         let config: Value = serde_json::from_str(&b.config).unwrap_or_else(|_| json!({}));
         pins.insert(
             world.as_str().to_owned(),
-            json!({ "plugin": b.plugin, "sha256": sha256, "config": config }),
+            json!({ "plugin": b.plugin, "sha256": sha256, "config": config, "deadline_ms": b.deadline_ms }),
         );
     }
     Ok(Value::Object(pins).to_string())

@@ -60,6 +60,8 @@ pub struct Binding {
     pub scope_sid: String,
     /// JSON handed to the plugin in every context.
     pub config: String,
+    /// The plugin's per-event deadline, in milliseconds.
+    pub deadline_ms: i64,
     pub date_created: i64,
     pub date_updated: i64,
 }
@@ -70,11 +72,11 @@ pub struct NewBinding {
     pub plugin: String,
     pub scope: BindingScope,
     pub config: String,
+    pub deadline_ms: i64,
 }
 
 const PLUGIN_COLUMNS: &str = "seq, sid, account_sid, name, world, sha256, size, date_created";
-const BINDING_COLUMNS: &str =
-    "seq, sid, account_sid, world, plugin, scope, scope_sid, config, date_created, date_updated";
+const BINDING_COLUMNS: &str = "seq, sid, account_sid, world, plugin, scope, scope_sid, config, deadline_ms, date_created, date_updated";
 
 impl Store {
     /// Records a version. The same bytes uploaded again by the same account give back the
@@ -205,22 +207,24 @@ impl Store {
             .await?;
         if let Some(existing) = existing {
             let sql = format!(
-                "UPDATE plugin_bindings SET plugin = $1, config = $2, date_updated = $3 WHERE sid = $4
-                 RETURNING {BINDING_COLUMNS}"
+                "UPDATE plugin_bindings SET plugin = $1, config = $2, deadline_ms = $5, date_updated = $3
+                 WHERE sid = $4 RETURNING {BINDING_COLUMNS}"
             );
             let updated = sqlx::query_as(&sql)
                 .bind(&b.plugin)
                 .bind(&b.config)
                 .bind(now)
                 .bind(&existing.sid)
+                .bind(b.deadline_ms)
                 .fetch_one(&self.writer)
                 .await?;
             return Ok((updated, false));
         }
         let sid = Sid::generate(SidKind::PluginBinding);
         let sql = format!(
-            "INSERT INTO plugin_bindings (sid, account_sid, world, plugin, scope, scope_sid, config, date_created, date_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {BINDING_COLUMNS}"
+            "INSERT INTO plugin_bindings (sid, account_sid, world, plugin, scope, scope_sid, config, deadline_ms,
+                date_created, date_updated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8) RETURNING {BINDING_COLUMNS}"
         );
         let created = sqlx::query_as(&sql)
             .bind(sid.as_str())
@@ -231,6 +235,7 @@ impl Store {
             .bind(scope_sid)
             .bind(&b.config)
             .bind(now)
+            .bind(b.deadline_ms)
             .fetch_one(&self.writer)
             .await
             .map_err(|e| {
@@ -334,6 +339,7 @@ mod tests {
             plugin: plugin.into(),
             scope,
             config: "{}".into(),
+            deadline_ms: 10,
         }
     }
 

@@ -202,6 +202,19 @@ async fn bindings_choose_a_plugin_per_world_and_scope() {
         (Some("call-flow"), Some("hi"))
     );
     assert_eq!(b["phone_number_sid"], Value::Null);
+    assert_eq!(b["deadline_ms"], 10);
+    let slow = api
+        .post(
+            &base,
+            &api.root,
+            &[("Plugin", plugin), ("DeadlineMs", "500")],
+        )
+        .await
+        .json();
+    assert_eq!(slow["deadline_ms"], 100, "capped at 100 ms");
+    api.post(&base, &api.root, &[("Plugin", plugin), ("DeadlineMs", "0")])
+        .await
+        .assert_error(400, 20001);
     // the same place again replaces it
     let r = api
         .post(&base, &api.root, &[("Plugin", "builtin:hello")])
@@ -343,6 +356,7 @@ async fn a_call_pins_the_plugins_bound_when_it_was_created() {
         callflow_runtime::sha256_hex(HELLO)
     );
     assert_eq!(pins["call-flow"]["config"]["greeting"], "number");
+    assert_eq!(pins["call-flow"]["deadline_ms"], 10);
 
     // rebinding later does not change a call that exists
     api.post(
