@@ -10,21 +10,39 @@ pub mod flow {
 
 /// The `retry-policy` world.
 pub mod retry {
-    wasmtime::component::bindgen!({ world: "retry-policy", path: "../../wit", additional_derives: [serde::Serialize] });
+    wasmtime::component::bindgen!({
+        world: "retry-policy",
+        path: "../../wit",
+        additional_derives: [serde::Serialize],
+        // one set of shared types for every world
+        with: { "callflow:plugin/types": super::flow::callflow::plugin::types },
+    });
     pub use callflow::plugin::retry_types::*;
     pub use callflow::plugin::types::{LogLevel, LogLine};
 }
 
 /// The `recording` world.
 pub mod recording {
-    wasmtime::component::bindgen!({ world: "recording", path: "../../wit", additional_derives: [serde::Serialize] });
+    wasmtime::component::bindgen!({
+        world: "recording",
+        path: "../../wit",
+        additional_derives: [serde::Serialize],
+        // one set of shared types for every world
+        with: { "callflow:plugin/types": super::flow::callflow::plugin::types },
+    });
     pub use callflow::plugin::recording_types::*;
     pub use callflow::plugin::types::{HttpMethod, HttpRequest, LogLevel, LogLine, Param};
 }
 
 /// The `call-events` world.
 pub mod events {
-    wasmtime::component::bindgen!({ world: "call-events", path: "../../wit", additional_derives: [serde::Serialize] });
+    wasmtime::component::bindgen!({
+        world: "call-events",
+        path: "../../wit",
+        additional_derives: [serde::Serialize],
+        // one set of shared types for every world
+        with: { "callflow:plugin/types": super::flow::callflow::plugin::types },
+    });
     pub use callflow::plugin::event_types::*;
     pub use callflow::plugin::types::{HttpMethod, HttpRequest, LogLevel, LogLine, Param};
 }

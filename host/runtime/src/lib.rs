@@ -463,12 +463,7 @@ impl Runtime {
                     let instance = pre.instantiate(&mut *store)?;
                     instance.call_decide(&mut *store, &ctx)
                 })?;
-            cap_logs(&mut decision.logs, limits.max_log_bytes, |m| {
-                retry::LogLine {
-                    level: retry::LogLevel::Warn,
-                    message: m,
-                }
-            });
+            cap_logs(&mut decision.logs, limits.max_log_bytes);
             Ok(decision)
         })
         .await
@@ -506,12 +501,7 @@ impl Runtime {
                     .map(|r| (r.url.len() + r.body.len(), r.headers.len())),
                 &limits,
             )?;
-            cap_logs(&mut plan.logs, limits.max_log_bytes, |m| {
-                recording::LogLine {
-                    level: recording::LogLevel::Warn,
-                    message: m,
-                }
-            });
+            cap_logs(&mut plan.logs, limits.max_log_bytes);
             Ok(plan)
         })
         .await
@@ -540,12 +530,7 @@ impl Runtime {
                     .map(|r| (r.url.len() + r.body.len(), r.headers.len())),
                 &limits,
             )?;
-            cap_logs(&mut outcome.logs, limits.max_log_bytes, |m| {
-                events::LogLine {
-                    level: events::LogLevel::Warn,
-                    message: m,
-                }
-            });
+            cap_logs(&mut outcome.logs, limits.max_log_bytes);
             Ok(outcome)
         })
         .await
@@ -587,32 +572,7 @@ fn wrong_world(plugin: &Plugin, expected: World) -> InvokeError {
     }
 }
 
-/// A plugin-reported error of any world.
-struct AnyPluginError {
-    code: String,
-    message: String,
-}
-
-impl From<flow::PluginError> for AnyPluginError {
-    fn from(e: flow::PluginError) -> Self {
-        AnyPluginError {
-            code: e.code,
-            message: e.message,
-        }
-    }
-}
-
-impl From<recording::PluginError> for AnyPluginError {
-    fn from(e: recording::PluginError) -> Self {
-        AnyPluginError {
-            code: e.code,
-            message: e.message,
-        }
-    }
-}
-
-fn plugin_error(e: impl Into<AnyPluginError>) -> InvokeError {
-    let e = e.into();
+fn plugin_error(e: flow::PluginError) -> InvokeError {
     InvokeError::Plugin {
         code: truncate(&e.code, 100),
         message: truncate(&e.message, 1_000),
@@ -699,10 +659,7 @@ fn check_flow_output(step: &mut flow::FlowStep, limits: &Limits) -> Result<(), I
             limits.max_output_bytes
         )));
     }
-    cap_logs(&mut step.logs, limits.max_log_bytes, |m| flow::LogLine {
-        level: flow::LogLevel::Warn,
-        message: m,
-    });
+    cap_logs(&mut step.logs, limits.max_log_bytes);
     Ok(())
 }
 
@@ -773,46 +730,27 @@ fn check_requests(
     Ok(())
 }
 
-/// Keeps log lines up to `max` bytes in all and notes what was cut.
-fn cap_logs<L: HasMessage>(logs: &mut Vec<L>, max: usize, note: impl Fn(String) -> L) {
+/// Keeps log lines up to `max` bytes in all and notes what was cut. (Every world shares the one
+/// `LogLine` type of the `types` interface.)
+fn cap_logs(logs: &mut Vec<flow::LogLine>, max: usize) {
     let mut total = 0usize;
     let mut keep = logs.len();
-    for (i, l) in logs.iter_mut().enumerate() {
-        let len = l.message().len();
-        if total + len > max {
+    for (i, l) in logs.iter().enumerate() {
+        if total + l.message.len() > max {
             keep = i;
             break;
         }
-        total += len;
+        total += l.message.len();
     }
     if keep < logs.len() {
         let cut = logs.len() - keep;
         logs.truncate(keep);
-        logs.push(note(format!(
-            "{cut} log lines cut: a plugin may log {max} bytes per event"
-        )));
+        logs.push(flow::LogLine {
+            level: flow::LogLevel::Warn,
+            message: format!("{cut} log lines cut: a plugin may log {max} bytes per event"),
+        });
     }
 }
-
-trait HasMessage {
-    fn message(&self) -> &str;
-}
-
-macro_rules! has_message {
-    ($($t:ty),*) => {
-        $(impl HasMessage for $t {
-            fn message(&self) -> &str {
-                &self.message
-            }
-        })*
-    };
-}
-has_message!(
-    flow::LogLine,
-    retry::LogLine,
-    recording::LogLine,
-    events::LogLine
-);
 
 /// The built-in plugins, compiled from `plugins/` by this crate's build script and embedded, so
 /// the binary needs nothing else. Bindings name them `builtin:<name>`.
@@ -879,10 +817,7 @@ mod tests {
                 message: "x".repeat(100),
             })
             .collect();
-        cap_logs(&mut logs, 350, |m| flow::LogLine {
-            level: flow::LogLevel::Warn,
-            message: m,
-        });
+        cap_logs(&mut logs, 350);
         assert_eq!(logs.len(), 4);
         assert!(logs[3].message.starts_with("7 log lines cut"));
     }
