@@ -3,12 +3,13 @@
 //! for the account, one of its numbers, or one of its callouts.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use callflow_engine::clock::{now_ms, rfc2822};
-use callflow_runtime::{LoadError, World};
+use callflow_runtime::{LoadError, Plugin, World};
 use callflow_store::{
     Binding, BindingScope, NewBinding, NewPlugin, PluginVersion, Sid, SidKind, StoreError,
 };
@@ -99,12 +100,7 @@ pub async fn create(
     if name.is_empty() || name.chars().count() > MAX_NAME {
         return Err(ApiError::param("Name", "must be 1 to 64 characters"));
     }
-    let runtime = state.runtime().clone();
-    let (plugin, wasm) =
-        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(|p| (p, wasm)))
-            .await
-            .map_err(|_| ApiError::internal())?
-            .map_err(load_error)?;
+    let (plugin, wasm) = load(&state, wasm).await?;
     store_bytes(&state, &plugin.sha256, &wasm).await?;
     let new = NewPlugin {
         name,
@@ -150,6 +146,16 @@ async fn from_multipart(
     let wasm =
         wasm.ok_or_else(|| ApiError::param("File", "the multipart body has no File part"))?;
     Ok((wasm, name.or(file_name)))
+}
+
+/// Validates and compiles `wasm` with the runtime, off the async threads (compiling takes tens of
+/// milliseconds), and hands the bytes back with the plugin.
+async fn load(state: &ApiState, wasm: Vec<u8>) -> ApiResult<(Arc<Plugin>, Vec<u8>)> {
+    let runtime = state.runtime().clone();
+    tokio::task::spawn_blocking(move || runtime.load(&wasm).map(|p| (p, wasm)))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(load_error)
 }
 
 fn load_error(e: LoadError) -> ApiError {
@@ -260,14 +266,9 @@ pub async fn bind(
                 &format!("there is no built-in plugin called {name}"),
             )
         })?;
-        let runtime = state.runtime().clone();
-        let loaded = tokio::task::spawn_blocking(move || runtime.load(bytes))
-            .await
-            .map_err(|_| ApiError::internal())?
-            .map_err(|e| {
-                tracing::error!(error = %e, "a built-in plugin does not load");
-                ApiError::internal()
-            })?;
+        let (loaded, _) = load(&state, bytes.to_vec()).await.inspect_err(|e| {
+            tracing::error!(error = %e.message, "a built-in plugin does not load");
+        })?;
         loaded.world.as_str().to_owned()
     } else {
         state
@@ -507,11 +508,7 @@ pub async fn invoke(
             tracing::error!(error = %e, plugin = %version.sid, "plugin bytes missing");
             ApiError::internal()
         })?;
-    let runtime = state.runtime().clone();
-    let plugin = tokio::task::spawn_blocking(move || runtime.load(&wasm))
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(load_error)?;
+    let (plugin, _) = load(&state, wasm).await?;
     let now = now_ms();
     let ctx = CallContext {
         account_sid: account.sid.clone(),
