@@ -1,7 +1,7 @@
 //! callflow's SIP layer, the pure part: message parsing on rsip with stateless error responses,
-//! digest authentication, SDP offer/answer and the mapping of call outcomes to Twilio statuses.
-//! No sockets, no clock, no randomness: the transaction/dialog core and the tokio driver build
-//! on these.
+//! digest authentication, SDP offer/answer, the mapping of call outcomes to Twilio statuses and
+//! RFC 3261 transactions as a sans-IO state machine ([`transaction::Transactions`]).
+//! No sockets, no clock, no randomness: the dialog core and the tokio driver build on these.
 //!
 //! rsip (0.4.0, the last release) provides the message types. What it gets wrong is handled
 //! here before it sees a message: compact header names, folded lines, bare LF line ends,
@@ -18,6 +18,7 @@ mod robustness;
 mod scan;
 pub mod sdp;
 mod status;
+pub mod transaction;
 
 pub use message::{Frame, MAX_MESSAGE_BYTES, ParseError, frame, parse};
 pub use reject::{bad_request, error_response};
