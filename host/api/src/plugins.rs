@@ -417,7 +417,7 @@ pub async fn pin_for_call(
             continue;
         };
         let sha256 = match b.plugin.strip_prefix("builtin:") {
-            Some(name) => callflow_runtime::builtin::get(name).map(callflow_runtime::sha256_hex),
+            Some(name) => callflow_runtime::builtin::sha256(name).map(str::to_owned),
             None => state
                 .store()
                 .plugin(account, &b.plugin)

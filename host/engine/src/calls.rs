@@ -93,17 +93,13 @@ impl Engine {
             .iter()
             .filter(|d| d.webhook.kind == STATUS_CALLBACK)
             .count();
-        let mut next = call.clone();
-        next.status = callflow_store::StoredStatus(t.to);
-        next.end_time = t.to.is_final().then_some(t.at);
-        next.duration =
-            t.to.is_final()
-                .then(|| call.start_time.map_or(0, |s| (t.at - s).max(0) / 1000));
-        next.sip_response_code = t.sip_response_code.or(call.sip_response_code);
-        let hooks: Vec<NewDelivery> = status_callback(&next, sequence, t.at).into_iter().collect();
         let updated = match self
             .store
-            .transition_call(&call.account_sid, &call.sid, &t, &hooks)
+            .transition_call(&call.account_sid, &call.sid, &t, |stored| {
+                status_callback(stored, sequence, t.at)
+                    .into_iter()
+                    .collect()
+            })
             .await
         {
             Ok(c) => c,
@@ -118,9 +114,8 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        if !hooks.is_empty() {
-            self.outbox.wake();
-        }
+        // a callback may have been enqueued; waking an idle outbox costs nothing
+        self.outbox.wake();
         Ok(updated)
     }
 }

@@ -765,6 +765,22 @@ pub mod builtin {
     pub fn get(name: &str) -> Option<&'static [u8]> {
         ALL.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
     }
+
+    /// The SHA-256 of the built-in plugin called `name`, computed once per process (calls pin
+    /// it when they are created).
+    pub fn sha256(name: &str) -> Option<&'static str> {
+        static DIGESTS: std::sync::OnceLock<Vec<(&'static str, String)>> =
+            std::sync::OnceLock::new();
+        let digests = DIGESTS.get_or_init(|| {
+            ALL.iter()
+                .map(|(n, b)| (*n, crate::sha256_hex(b)))
+                .collect()
+        });
+        digests
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| d.as_str())
+    }
 }
 
 /// Paths of the misbehaving guest components the build script builds for tests (here and in the

@@ -44,7 +44,13 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
             guard.recv()
         };
         match job {
-            Ok(job) => job(),
+            // a panicking job drops its result sender (its caller sees an internal error); the
+            // thread stays, so the pool never shrinks
+            Ok(job) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    tracing::error!("a plugin job panicked");
+                }
+            }
             Err(_) => return,
         }
     }
@@ -53,6 +59,18 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_job_does_not_take_its_thread_with_it() {
+        let pool = Pool::new(1, 4).unwrap();
+        pool.submit(|| panic!("on purpose")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.submit(move || tx.send(7).unwrap()).unwrap();
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+            7
+        );
+    }
 
     #[test]
     fn runs_jobs_and_refuses_when_full() {

@@ -235,14 +235,15 @@ impl Store {
     }
 
     /// Moves a call to a new status and, in the same transaction, logs it and enqueues the
-    /// webhooks it triggers. An illegal move (see `CallStatus::can_become`) is a conflict and
+    /// webhooks `webhooks` derives from the updated row (so callbacks describe exactly what was
+    /// stored: end time, duration, SIP code). An illegal move (see `CallStatus::can_become`) is a conflict and
     /// changes nothing.
     pub async fn transition_call(
         &self,
         account: &str,
         sid: &str,
         t: &Transition,
-        webhooks: &[NewDelivery],
+        webhooks: impl FnOnce(&Call) -> Vec<NewDelivery>,
     ) -> Result<Call> {
         let mut tx = self.writer.begin().await?;
         let call = fetch_call(&mut tx, account, sid).await?;
@@ -281,8 +282,8 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         insert_event(&mut tx, sid, t.at, t.to.as_str(), &t.detail).await?;
-        for w in webhooks {
-            insert_delivery(&mut tx, w, t.at).await?;
+        for w in webhooks(&updated) {
+            insert_delivery(&mut tx, &w, t.at).await?;
         }
         self.cache.put_call(&updated);
         if let Err(e) = tx.commit().await {
@@ -392,16 +393,28 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(call.status(), CallStatus::Queued);
         store
-            .transition_call(&a.sid, &call.sid, &to(CallStatus::Ringing, 2_000), &[])
+            .transition_call(&a.sid, &call.sid, &to(CallStatus::Ringing, 2_000), |_| {
+                Vec::new()
+            })
             .await
             .unwrap();
         let up = store
-            .transition_call(&a.sid, &call.sid, &to(CallStatus::InProgress, 3_000), &[])
+            .transition_call(
+                &a.sid,
+                &call.sid,
+                &to(CallStatus::InProgress, 3_000),
+                |_| Vec::new(),
+            )
             .await
             .unwrap();
         assert_eq!(up.start_time, Some(3_000));
         let done = store
-            .transition_call(&a.sid, &call.sid, &to(CallStatus::Completed, 45_500), &[])
+            .transition_call(
+                &a.sid,
+                &call.sid,
+                &to(CallStatus::Completed, 45_500),
+                |_| Vec::new(),
+            )
             .await
             .unwrap();
         assert_eq!((done.end_time, done.duration), (Some(45_500), Some(42)));
@@ -432,21 +445,15 @@ pub(crate) mod tests {
             params: vec![("CallStatus".into(), "canceled".into())],
         };
         store
-            .transition_call(
-                &a.sid,
-                &call.sid,
-                &to(CallStatus::Canceled, 2_000),
-                std::slice::from_ref(&hook),
-            )
+            .transition_call(&a.sid, &call.sid, &to(CallStatus::Canceled, 2_000), |_| {
+                vec![hook.clone()]
+            })
             .await
             .unwrap();
         let err = store
-            .transition_call(
-                &a.sid,
-                &call.sid,
-                &to(CallStatus::Completed, 3_000),
-                &[hook],
-            )
+            .transition_call(&a.sid, &call.sid, &to(CallStatus::Completed, 3_000), |_| {
+                vec![hook]
+            })
             .await;
         assert!(matches!(err, Err(StoreError::Conflict(_))));
         assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 1);

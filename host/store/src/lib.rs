@@ -311,7 +311,7 @@ mod file_backed {
             detail: "{}".into(),
         };
         store
-            .transition_call(&root.sid, &call.sid, &t, &[])
+            .transition_call(&root.sid, &call.sid, &t, |_| Vec::new())
             .await
             .unwrap();
         assert_eq!(
