@@ -1,7 +1,9 @@
-//! Per-account request rate limiting: a token bucket per account, time passed in.
+//! Per-account request rate limiting: a token bucket ([`TokenBucket`]) per account, time passed in.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use callflow_engine::rate::TokenBucket;
 
 /// Requests per second with a burst allowance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -10,41 +12,19 @@ pub struct RateLimit {
     pub burst: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last_ms: i64,
-}
-
-impl Bucket {
-    /// Refills for the time since the last request, then takes one token if there is one.
-    fn take(&mut self, now_ms: i64, limit: RateLimit) -> bool {
-        let elapsed = (now_ms - self.last_ms).max(0) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
-        self.last_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Buckets for every account seen. Bounded by the number of accounts, which are ours.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 impl Limiter {
     pub fn allow(&self, account: &str, now_ms: i64, limit: RateLimit) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets.entry(account.to_owned()).or_insert(Bucket {
-            tokens: limit.burst,
-            last_ms: now_ms,
-        });
-        bucket.take(now_ms, limit)
+        let bucket = buckets
+            .entry(account.to_owned())
+            .or_insert_with(|| TokenBucket::new(limit.per_second, limit.burst, now_ms));
+        bucket.try_take(now_ms)
     }
 }
 

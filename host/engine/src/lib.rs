@@ -1,13 +1,14 @@
 //! callflow's call engine.
 //!
 //! Today it owns the parts of a call's life that need no SIP or media: ending queued calls, status
-//! callbacks, the webhook client every outgoing HTTP request goes through, and the persisted
-//! delivery outbox. The call state machine, the dispatcher and plugin execution join it as the SIP,
+//! callbacks, the webhook client every outgoing HTTP request goes through, the persisted delivery
+//! outbox, and the token bucket rate limits are built on (`rate`). The call state machine, the dispatcher and plugin execution join it as the SIP,
 //! media and plugin layers land.
 
 mod calls;
 pub mod clock;
 mod outbox;
+pub mod rate;
 pub mod webhook;
 
 pub use calls::{EndRequest, Engine, EngineError};

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use callflow_sip::trunk::{TrunkSpec, Trunks};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +21,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
+    /// SIP trunks (`[[trunks]]`); validated at load, passwords redacted when printed.
+    pub trunks: Vec<TrunkSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -74,6 +77,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             api: ApiSettings::default(),
             webhooks: WebhookSettings::default(),
+            trunks: Vec::new(),
         }
     }
 }
@@ -200,7 +204,16 @@ impl Config {
         {
             bail!("database_url {url:?}: only sqlite: URLs are supported in this version");
         }
+        Trunks::new(self.trunks.clone()).context("invalid [[trunks]]")?;
         Ok(())
+    }
+
+    /// A copy fit for printing: trunk passwords replaced by `***`.
+    pub fn redacted(&self) -> Config {
+        Config {
+            trunks: self.trunks.iter().map(TrunkSpec::redacted).collect(),
+            ..self.clone()
+        }
     }
 
     pub fn database_url(&self) -> String {
@@ -268,5 +281,64 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::load(&pg).is_err());
+    }
+
+    const TWO_TRUNKS: &str = r#"
+[[trunks]]
+name = "carrier"
+host = "sip.carrier.example"
+username = "acct"
+password = "trunk-secret"
+cps = 5
+inbound_sources = ["192.0.2.0/24", "2001:db8::/32"]
+default = true
+dial = { plus = "strip", rewrite = [{ prefix = "+855", replace = "0" }] }
+
+[[trunks]]
+name = "pbx"
+host = "10.0.0.2"
+transport = "tcp"
+"#;
+
+    fn load_text(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callflow.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn trunks_load_and_print_redacted() {
+        let c = load_text(TWO_TRUNKS).unwrap();
+        let names: Vec<&str> = c.trunks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["carrier", "pbx"]);
+        assert_eq!(c.trunks[0].cps, 5.0);
+        assert_eq!(c.trunks[0].password.as_deref(), Some("trunk-secret"));
+        assert_eq!(c.trunks[1].port, 5060);
+        assert!(Config::default().trunks.is_empty());
+
+        // what `callflow config` prints: no password, and it loads back as the same settings
+        let printed = toml::to_string_pretty(&c.redacted()).unwrap();
+        assert!(!printed.contains("trunk-secret"), "{printed}");
+        assert!(printed.contains("password = \"***\""), "{printed}");
+        let back: Config = toml::from_str(&printed).unwrap();
+        assert_eq!(back, c.redacted());
+        assert!(!format!("{c:?}").contains("trunk-secret"));
+    }
+
+    #[test]
+    fn bad_trunks_are_refused_naming_the_trunk() {
+        let dup = format!("{TWO_TRUNKS}\n[[trunks]]\nname = \"pbx\"\nhost = \"10.0.0.3\"\n");
+        let err = format!("{:#}", load_text(&dup).unwrap_err());
+        assert!(err.contains("two trunks are named \"pbx\""), "{err}");
+        let cidr = TWO_TRUNKS.replace("192.0.2.0/24", "192.0.2.0/33");
+        let err = format!("{:#}", load_text(&cidr).unwrap_err());
+        assert!(
+            err.contains("trunk \"carrier\": inbound_sources entry \"192.0.2.0/33\""),
+            "{err}"
+        );
     }
 }

@@ -62,7 +62,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config(o) => {
             let config = config::Config::load(&o)?;
-            print!("{}", toml::to_string_pretty(&config)?);
+            // secrets never leave redacted: trunk passwords print as `***`
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
     }

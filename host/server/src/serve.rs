@@ -11,6 +11,7 @@ use callflow_engine::clock::now_ms;
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
 use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
 use callflow_runtime::{Runtime, RuntimeConfig};
+use callflow_sip::trunk::TrunkSpec;
 use callflow_store::{RootOutcome, Sid, SidKind, Store};
 use tokio::sync::watch;
 
@@ -28,6 +29,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("opening the database")?;
     ensure_root(&store).await?;
+    store_trunks(&store, &config.trunks).await?;
 
     let webhooks = WebhookClient::new(WebhookConfig {
         connect_timeout: Duration::from_millis(config.webhooks.connect_timeout_ms),
@@ -173,6 +175,23 @@ async fn ensure_root(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records every configured trunk in the store under its name (the sid stays across restarts).
+/// Only names are logged: a spec holds the trunk's password.
+async fn store_trunks(store: &Store, trunks: &[TrunkSpec]) -> anyhow::Result<()> {
+    for spec in trunks {
+        let json = serde_json::to_string(spec)?;
+        store
+            .upsert_trunk(&spec.name, &json, now_ms())
+            .await
+            .with_context(|| format!("storing trunk {:?}", spec.name))?;
+    }
+    if !trunks.is_empty() {
+        let names: Vec<&str> = trunks.iter().map(|t| t.name.as_str()).collect();
+        tracing::info!(trunks = ?names, "trunks configured");
+    }
+    Ok(())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
@@ -206,4 +225,27 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn configured_trunks_are_stored_by_name_and_keep_their_sid() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let spec = |host: &str| TrunkSpec {
+            name: "carrier".into(),
+            host: host.into(),
+            ..TrunkSpec::default()
+        };
+        store_trunks(&store, &[spec("a.example")]).await.unwrap();
+        let first = store.trunk_by_name("carrier").await.unwrap().unwrap();
+        store_trunks(&store, &[spec("b.example")]).await.unwrap();
+        let all = store.list_trunks().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].sid, first.sid);
+        let back: TrunkSpec = serde_json::from_str(&all[0].spec).unwrap();
+        assert_eq!(back, spec("b.example"));
+    }
 }

@@ -11,6 +11,7 @@
 //! (misread), and rsip renders bodies through `String::from_utf8_lossy`.
 
 pub mod digest;
+pub mod driver;
 mod message;
 mod reject;
 #[cfg(test)]
@@ -19,6 +20,8 @@ mod scan;
 pub mod sdp;
 mod status;
 pub mod transaction;
+pub mod trunk;
+pub mod ua;
 
 pub use message::{Frame, MAX_MESSAGE_BYTES, ParseError, frame, parse};
 pub use reject::{bad_request, error_response};

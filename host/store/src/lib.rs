@@ -14,6 +14,7 @@ mod numbers;
 mod plugins;
 mod recordings;
 pub mod sid;
+mod trunks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -29,6 +30,7 @@ pub use numbers::{NewNumber, NumberFilter, NumberUpdate};
 pub use plugins::{Binding, BindingScope, NewBinding, NewPlugin, PluginVersion};
 pub use recordings::NewRecording;
 pub use sid::{Sid, SidKind};
+pub use trunks::Trunk;
 
 /// Errors from the store. `NotFound` and `Conflict` are expected outcomes callers map to protocol
 /// errors; `Database` is everything else.

@@ -14,6 +14,7 @@ pub enum SidKind {
     Plugin,
     PluginBinding,
     Callout,
+    Trunk,
 }
 
 impl SidKind {
@@ -26,6 +27,7 @@ impl SidKind {
             SidKind::Plugin => "ZP",
             SidKind::PluginBinding => "ZB",
             SidKind::Callout => "CO",
+            SidKind::Trunk => "TK",
         }
     }
 }
@@ -83,6 +85,7 @@ mod tests {
             SidKind::Call,
             SidKind::PhoneNumber,
             SidKind::Recording,
+            SidKind::Trunk,
         ] {
             let sid = Sid::generate(kind);
             assert_eq!(sid.as_str().len(), 34);

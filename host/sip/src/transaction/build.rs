@@ -9,7 +9,7 @@ use rsip::{Header, Headers, Method, Request, Response, StatusCode};
 /// A response to `req` with `status` (RFC 3261 §8.2.6.2): every Via in order, From, To, Call-ID
 /// and CSeq copied, `Content-Length: 0`. `to_tag` is added to To when To has no tag yet (a
 /// 100 Trying carries none; every other response to a dialog-creating request needs one).
-/// The reason phrase is rsip's (the variant name, e.g. `486 BusyHere`).
+/// The reason phrase is the RFC's (rsip would print its variant name, `BusyHere`).
 pub fn response_to(req: &Request, status: u16, to_tag: Option<&str>) -> Response {
     let mut headers = Headers::default();
     for h in req.headers.iter() {
@@ -32,7 +32,7 @@ pub fn response_to(req: &Request, status: u16, to_tag: Option<&str>) -> Response
     }
     headers.push(Header::ContentLength(headers::ContentLength::new("0")));
     Response {
-        status_code: StatusCode::from(status),
+        status_code: StatusCode::Other(status, crate::ua::msg::reason(status).into()),
         version: rsip::Version::V2,
         headers,
         body: Vec::new(),
@@ -104,7 +104,7 @@ mod tests {
     fn response_and_ack() {
         let resp = response_to(&invite(), 486, Some("b9"));
         expect![[r#"
-            SIP/2.0 486 BusyHere
+            SIP/2.0 486 Busy Here
             Via: SIP/2.0/UDP a.example:5060;branch=z9hG4bK1
             Via: SIP/2.0/UDP proxy.example;branch=z9hG4bKp
             From: <sip:alice@a.example>;tag=a1

@@ -453,6 +453,12 @@ impl Transactions {
         self.transmit(to, transport, msg.to_string().into_bytes(), None);
     }
 
+    /// Queues bytes for `to` outside any transaction: a response built for a message we could
+    /// not parse, the UAS core's 2xx retransmissions, the UAC core's ACK for a 2xx.
+    pub fn send_raw(&mut self, bytes: Vec<u8>, to: SocketAddr, transport: Transport) {
+        self.transmit(to, transport, bytes, None);
+    }
+
     /// Feeds one parsed message (see [`crate::parse`]) received from `from`.
     pub fn handle_incoming(&mut self, now: Instant, msg: SipMessage, from: SocketAddr) {
         match msg {
