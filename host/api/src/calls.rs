@@ -132,6 +132,7 @@ pub async fn create(
         .store()
         .create_call(&account.sid, &new, now_ms())
         .await?;
+    state.engine().calls_queued();
     metrics::counter!("callflow_calls_created_total").increment(1);
     tracing::info!(call = %call.sid, account = %account.sid, "call queued");
     Ok((StatusCode::CREATED, Json(render::call(&call))))

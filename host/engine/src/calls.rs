@@ -1,7 +1,12 @@
 //! Call control that needs no SIP yet: ending calls on request, with the status callbacks that
 //! a final status triggers.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use callflow_store::{Call, CallStatus, NewDelivery, Store, StoreError, Transition};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::clock::rfc2822;
 use crate::outbox::Outbox;
@@ -36,13 +41,41 @@ impl From<StoreError> for EngineError {
 
 #[derive(Debug, Clone)]
 pub struct Engine {
-    store: Store,
+    pub(crate) store: Store,
     outbox: Outbox,
+    /// Calls a SIP leg is working on: requests to end them go to that leg.
+    pub(crate) live: LiveCalls,
+    /// Wakes the outbound dispatcher when calls are queued.
+    pub(crate) dispatch: Arc<Notify>,
 }
+
+/// What a live call's task is asked to do.
+#[derive(Debug)]
+pub(crate) enum Control {
+    End(EndRequest, oneshot::Sender<Result<Call, EngineError>>),
+}
+
+/// Live calls by sid: the channel to the task driving each.
+pub(crate) type LiveCalls = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Control>>>>;
 
 impl Engine {
     pub fn new(store: Store, outbox: Outbox) -> Self {
-        Engine { store, outbox }
+        Engine {
+            store,
+            outbox,
+            live: LiveCalls::default(),
+            dispatch: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Tells the outbound dispatcher that calls were queued.
+    pub fn calls_queued(&self) {
+        self.dispatch.notify_one();
+    }
+
+    /// Calls with a SIP leg in progress.
+    pub fn live_calls(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Ends a call as asked. A call that was never answered ends `canceled` either way (Twilio's
@@ -63,6 +96,27 @@ impl Engine {
         let status = call.status();
         if status.is_final() {
             return Err(EngineError::NotLive(status));
+        }
+        // A call with a SIP leg is ended by its leg (CANCEL or BYE), which records the outcome.
+        let leg = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+            .cloned();
+        if let Some(leg) = leg {
+            let (tx, rx) = oneshot::channel();
+            if leg.send(Control::End(req, tx)).is_ok()
+                && let Ok(Ok(r)) = tokio::time::timeout(END_WAIT, rx).await
+            {
+                return r;
+            }
+            // The leg ended meanwhile or did not answer in time: report what is stored.
+            return self
+                .store
+                .call(account, sid)
+                .await?
+                .ok_or(EngineError::NotFound);
         }
         let to = match (status, req) {
             (CallStatus::InProgress, EndRequest::Canceled) => return Ok(call),
@@ -85,7 +139,7 @@ impl Engine {
     }
 
     /// Applies a status change with its status callback, atomically, and wakes the outbox.
-    async fn transition(&self, call: &Call, t: Transition) -> Result<Call, EngineError> {
+    pub(crate) async fn transition(&self, call: &Call, t: Transition) -> Result<Call, EngineError> {
         let sequence = self
             .store
             .call_deliveries(&call.sid)
@@ -119,6 +173,10 @@ impl Engine {
         Ok(updated)
     }
 }
+
+/// How long `end_call` waits for a SIP leg to confirm the end (CANCEL and BYE are answered
+/// in milliseconds; a peer that never answers is given up on by the transaction layer).
+const END_WAIT: Duration = Duration::from_secs(5);
 
 const STATUS_CALLBACK: &str = "status-callback";
 

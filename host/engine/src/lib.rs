@@ -9,6 +9,7 @@ mod calls;
 pub mod clock;
 mod outbox;
 pub mod rate;
+pub mod telephony;
 pub mod webhook;
 
 pub use calls::{EndRequest, Engine, EngineError};

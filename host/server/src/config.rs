@@ -21,6 +21,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
+    pub sip: SipSettings,
     /// SIP trunks (`[[trunks]]`); validated at load, passwords redacted when printed.
     pub trunks: Vec<TrunkSpec>,
 }
@@ -55,6 +56,27 @@ pub struct ApiSettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct SipSettings {
+    /// The address peers reach our SIP at (Via, Contact, SDP), when it is not `sip_addr`
+    /// (behind NAT, or listening on 0.0.0.0).
+    pub advertised_addr: Option<SocketAddr>,
+    /// The RTP port range SDP answers and offers name.
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+}
+
+impl Default for SipSettings {
+    fn default() -> Self {
+        SipSettings {
+            advertised_addr: None,
+            rtp_port_min: 10_000,
+            rtp_port_max: 19_998,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
     pub connect_timeout_ms: u64,
     pub timeout_ms: u64,
@@ -77,6 +99,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             api: ApiSettings::default(),
             webhooks: WebhookSettings::default(),
+            sip: SipSettings::default(),
             trunks: Vec::new(),
         }
     }

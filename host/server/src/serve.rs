@@ -8,10 +8,13 @@ use std::sync::Arc;
 
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
 use callflow_engine::clock::now_ms;
+use callflow_engine::telephony::{MediaPorts, Telephony};
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
 use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
 use callflow_runtime::{Runtime, RuntimeConfig};
-use callflow_sip::trunk::TrunkSpec;
+use callflow_sip::driver::Sip;
+use callflow_sip::trunk::{TrunkSpec, Trunks};
+use callflow_sip::ua::UaConfig;
 use callflow_store::{RootOutcome, Sid, SidKind, Store};
 use tokio::sync::watch;
 
@@ -55,7 +58,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let engine = Engine::new(store.clone(), outbox.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let outbox_task = tokio::spawn(outbox.run(stop_rx));
+    let outbox_task = tokio::spawn(outbox.run(stop_rx.clone()));
+    let (sip, sip_tasks) = start_sip(&config, engine.clone(), stop_rx).await?;
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -92,7 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let parts = ApiParts {
         store: store.clone(),
-        engine,
+        engine: engine.clone(),
         runtime,
         data_dir: config.data_dir.clone(),
         metrics: Some(metrics),
@@ -103,9 +107,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP API to {}", config.http_addr))?;
     tracing::info!(
         http = %listener.local_addr()?,
+        sip = %sip.local_addr(),
         data = %config.data_dir.display(),
-        "callflow is ready (SIP on {} arrives with the SIP layer)",
-        config.sip_addr
+        trunks = config.trunks.len(),
+        "callflow is ready"
     );
     let service = callflow_api::service(state);
     let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
@@ -113,8 +118,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
 
-    tracing::info!("shutting down: finishing webhook deliveries in flight");
+    tracing::info!("shutting down: draining SIP (OPTIONS and new INVITEs get 503)");
+    sip.set_draining(true);
     let _ = stop_tx.send(true);
+    let drain_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.live_calls() > 0 && tokio::time::Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sip.shutdown();
+    for t in sip_tasks {
+        t.abort();
+    }
+    tracing::info!("finishing webhook deliveries in flight");
     if tokio::time::timeout(Duration::from_secs(10), outbox_task)
         .await
         .is_err()
@@ -126,6 +141,55 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     upkeep.abort();
     store.close().await;
     Ok(())
+}
+
+/// Binds SIP (UDP and TCP on `sip_addr`) and starts the telephony tasks: inbound calls from
+/// the trunks' sources, queued calls out through the default trunk.
+async fn start_sip(
+    config: &Config,
+    engine: Engine,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(Sip, Vec<tokio::task::JoinHandle<()>>)> {
+    let trunks = Trunks::new(config.trunks.clone()).context("invalid [[trunks]]")?;
+    let filter = trunks.clone();
+    let advertised = config.sip.advertised_addr.unwrap_or(config.sip_addr);
+    let ua = UaConfig {
+        advertised,
+        seed: seed(),
+        ..UaConfig::default()
+    };
+    let (sip, events) = Sip::start(config.sip_addr, ua, move |ip| {
+        filter.by_source(ip).is_some()
+    })
+    .await
+    .with_context(|| format!("binding SIP to {}", config.sip_addr))?;
+    let media_ip = if advertised.ip().is_unspecified() {
+        sip.local_addr().ip()
+    } else {
+        advertised.ip()
+    };
+    let media = MediaPorts {
+        ip: media_ip,
+        first: config.sip.rtp_port_min,
+        last: config.sip.rtp_port_max,
+    };
+    let (_telephony, tasks) = Telephony::start(sip.clone(), events, engine, trunks, media, stop)
+        .await
+        .context("starting telephony")?;
+    Ok((sip, tasks))
+}
+
+/// Entropy for SIP tags, branches and Call-IDs (they must be unique, not secret).
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Makes sure the root account exists. Its credentials come from `CALLFLOW_ROOT_ACCOUNT_SID` and

@@ -142,6 +142,30 @@ impl Store {
         Ok(call.filter(|c| c.account_sid == account))
     }
 
+    /// Outbound API calls waiting in `queued` after `after_seq`, oldest first: the dispatcher's
+    /// queue (through the `calls_status` index, so its cost does not grow with the backlog).
+    pub async fn queued_calls(&self, after_seq: i64, limit: u32) -> Result<Vec<Call>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM calls
+             WHERE status = 'queued' AND seq > $1 AND direction = 'outbound-api'
+             ORDER BY seq LIMIT $2"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Calls in `ringing` or `in-progress`, of every account: at start these are calls a
+    /// previous run did not finish.
+    pub async fn live_calls(&self) -> Result<Vec<Call>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM calls WHERE status IN ('ringing', 'in-progress') ORDER BY seq"
+        );
+        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+    }
+
     pub async fn list_calls(
         &self,
         account: &str,
@@ -426,6 +450,35 @@ pub(crate) mod tests {
             .map(|e| e.kind)
             .collect();
         assert_eq!(kinds, ["created", "ringing", "in-progress", "completed"]);
+    }
+
+    #[tokio::test]
+    async fn the_dispatch_queue_is_queued_outbound_calls_after_a_cursor() {
+        let store = store().await;
+        let a = account(&store).await;
+        let mut sids = Vec::new();
+        for i in 0..4 {
+            let c = store
+                .create_call(&a.sid, &new_call(&format!("+1555{i}")), 1_000)
+                .await
+                .unwrap();
+            sids.push((c.seq, c.sid));
+        }
+        store
+            .transition_call(&a.sid, &sids[1].1, &to(CallStatus::Ringing, 2_000), |_| {
+                Vec::new()
+            })
+            .await
+            .unwrap();
+        let q: Vec<_> = store.queued_calls(0, 10).await.unwrap();
+        let q: Vec<_> = q.into_iter().map(|c| c.sid).collect();
+        assert_eq!(q, [sids[0].1.clone(), sids[2].1.clone(), sids[3].1.clone()]);
+        let after: Vec<_> = store.queued_calls(sids[2].0, 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(store.queued_calls(0, 1).await.unwrap().len(), 1);
+        let live: Vec<_> = store.live_calls().await.unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].sid, sids[1].1);
     }
 
     #[tokio::test]

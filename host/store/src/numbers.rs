@@ -97,6 +97,16 @@ impl Store {
             .await?)
     }
 
+    /// The number record for `phone_number` in whichever account has it (numbers are unique
+    /// across accounts): where an inbound call goes.
+    pub async fn number_owner(&self, phone_number: &str) -> Result<Option<IncomingNumber>> {
+        let sql = format!("SELECT {COLUMNS} FROM incoming_phone_numbers WHERE phone_number = $1");
+        Ok(sqlx::query_as(&sql)
+            .bind(phone_number)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     pub async fn list_numbers(
         &self,
         account: &str,
@@ -220,6 +230,9 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
         assert!(store.number(&b.sid, &n.sid).await.unwrap().is_none());
+        let owner = store.number_owner("+15005550006").await.unwrap().unwrap();
+        assert_eq!(owner.account_sid, a.sid);
+        assert!(store.number_owner("+15005550007").await.unwrap().is_none());
         assert!(matches!(
             store.delete_number(&b.sid, &n.sid).await,
             Err(StoreError::NotFound)

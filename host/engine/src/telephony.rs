@@ -1,0 +1,656 @@
+//! Calls over SIP: inbound INVITEs become call records of the number's account, queued API
+//! calls leave through a trunk, and every SIP outcome becomes the call's status. One task per
+//! live call applies its SIP events to the store in order; a router task hands the SIP stack's
+//! events to them; the dispatcher task takes queued calls out, in order, within each trunk's
+//! calls-per-second and channel limits.
+//!
+//! Until the engine runs call-flow plugins (issue 6), every answered call runs the trivial
+//! flow: answer, stay up until either side hangs up, the API ends it, or its `TimeLimit`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use callflow_sip::driver::Sip;
+use callflow_sip::sdp::LocalMedia;
+use callflow_sip::trunk::{TrunkSpec, TrunkTransport, Trunks};
+use callflow_sip::ua::{Auth, CallKey, Outgoing, UaEvent};
+use callflow_sip::{CallEnd, end_status, rsip};
+use callflow_store::{Call, CallStatus, Direction, NewCall, Store, Transition};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::calls::{Control, EngineError};
+use crate::clock::now_ms;
+use crate::rate::TokenBucket;
+use crate::{EndRequest, Engine};
+
+/// Where answered calls' media will be (the media layer owns the ports; until it lands the
+/// SDP names ports from this range, round robin, even numbers as RTP wants).
+#[derive(Debug, Clone)]
+pub struct MediaPorts {
+    pub ip: IpAddr,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Default for MediaPorts {
+    fn default() -> Self {
+        MediaPorts {
+            ip: [127, 0, 0, 1].into(),
+            first: 10_000,
+            last: 19_998,
+        }
+    }
+}
+
+/// The SIP side of the engine.
+#[derive(Clone)]
+pub struct Telephony {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sip: Sip,
+    engine: Engine,
+    trunks: Trunks,
+    media: MediaPorts,
+    next_port: AtomicU16,
+    /// Event channels of live calls by SIP handle; events for a handle not registered yet
+    /// (an outbound call whose INVITE just left) wait in `early`.
+    routes: Mutex<Routes>,
+    /// Live calls per trunk name, for `max_channels`.
+    channels: Mutex<HashMap<String, u32>>,
+    /// Signalled when a call ends (a channel frees up).
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct Routes {
+    live: HashMap<CallKey, mpsc::UnboundedSender<UaEvent>>,
+    early: HashMap<CallKey, Vec<UaEvent>>,
+}
+
+impl std::fmt::Debug for Telephony {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telephony")
+            .field("sip", &self.inner.sip)
+            .finish()
+    }
+}
+
+fn key_of(e: &UaEvent) -> CallKey {
+    match e {
+        UaEvent::Incoming(i) => i.call,
+        UaEvent::Progress { call, .. }
+        | UaEvent::Media { call, .. }
+        | UaEvent::Answered { call }
+        | UaEvent::Ended { call, .. } => *call,
+    }
+}
+
+impl Telephony {
+    /// Starts routing the SIP stack's events and, when a trunk is configured, the outbound
+    /// dispatcher. Calls a previous run left ringing or in progress are ended first (their SIP
+    /// dialogs died with that process). The tasks stop when `stop` turns true.
+    pub async fn start(
+        sip: Sip,
+        events: mpsc::UnboundedReceiver<UaEvent>,
+        engine: Engine,
+        trunks: Trunks,
+        media: MediaPorts,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(Telephony, Vec<JoinHandle<()>>), EngineError> {
+        let tel = Telephony {
+            inner: Arc::new(Inner {
+                sip,
+                engine,
+                trunks,
+                next_port: AtomicU16::new(media.first),
+                media,
+                routes: Mutex::new(Routes::default()),
+                channels: Mutex::new(HashMap::new()),
+                freed: Notify::new(),
+            }),
+        };
+        tel.end_orphans().await?;
+        let mut tasks = vec![tokio::spawn(tel.clone().route(events))];
+        if tel.inner.trunks.default_trunk().is_some() {
+            tasks.push(tokio::spawn(tel.clone().dispatch(stop)));
+        } else {
+            tracing::warn!("no SIP trunk is configured: outbound calls stay queued");
+        }
+        Ok((tel, tasks))
+    }
+
+    pub fn sip(&self) -> &Sip {
+        &self.inner.sip
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.engine.store
+    }
+
+    async fn end_orphans(&self) -> Result<(), EngineError> {
+        let now = now_ms();
+        for call in self.store().live_calls().await? {
+            let to = if call.status() == CallStatus::InProgress {
+                CallStatus::Completed
+            } else {
+                CallStatus::Failed
+            };
+            let detail = r#"{"reason":"callflow restarted during the call"}"#.to_owned();
+            let t = Transition {
+                to,
+                at: now,
+                sip_response_code: None,
+                answered_by: None,
+                detail,
+            };
+            if let Err(e) = self.inner.engine.transition(&call, t).await {
+                tracing::warn!(call = %call.sid, error = %e, "could not end a call left live");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands each SIP event to its call's task; a new inbound call gets a task.
+    async fn route(self, mut events: mpsc::UnboundedReceiver<UaEvent>) {
+        while let Some(ev) = events.recv().await {
+            let key = key_of(&ev);
+            if let UaEvent::Incoming(inc) = ev {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.lock_routes().live.insert(key, tx);
+                tokio::spawn(self.clone().inbound(inc, rx));
+                continue;
+            }
+            let mut routes = self.lock_routes();
+            match routes.live.get(&key) {
+                Some(tx) => {
+                    let _ = tx.send(ev);
+                }
+                None => routes.early.entry(key).or_default().push(ev),
+            }
+        }
+    }
+
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.inner.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an outbound call's handle, delivering anything that arrived before.
+    fn register(&self, key: CallKey) -> mpsc::UnboundedReceiver<UaEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut routes = self.lock_routes();
+        for ev in routes.early.remove(&key).unwrap_or_default() {
+            let _ = tx.send(ev);
+        }
+        routes.live.insert(key, tx);
+        rx
+    }
+
+    fn unregister(&self, key: CallKey) {
+        let mut routes = self.lock_routes();
+        routes.live.remove(&key);
+        routes.early.remove(&key);
+    }
+
+    fn media(&self) -> LocalMedia {
+        let m = &self.inner.media;
+        let span = (m.last.saturating_sub(m.first) / 2).max(1);
+        let n = self.inner.next_port.fetch_add(1, Ordering::Relaxed);
+        let port = m.first + (n.wrapping_sub(m.first) % span) * 2;
+        LocalMedia {
+            ip: m.ip,
+            port,
+            session_id: now_ms().unsigned_abs(),
+            session_version: 1,
+        }
+    }
+
+    fn take_channel(&self, trunk: &TrunkSpec) -> bool {
+        let mut ch = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = ch.entry(trunk.name.clone()).or_insert(0);
+        if trunk.max_channels != 0 && *n >= trunk.max_channels {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release_channel(&self, trunk: &str) {
+        let mut ch = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = ch.get_mut(trunk) {
+            *n = n.saturating_sub(1);
+        }
+        drop(ch);
+        self.inner.freed.notify_waiters();
+    }
+
+    fn register_live(&self, sid: &str) -> mpsc::UnboundedReceiver<Control> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner
+            .engine
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sid.to_owned(), tx);
+        rx
+    }
+
+    fn unregister_live(&self, sid: &str) {
+        self.inner
+            .engine
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sid);
+    }
+
+    /// Moves a call on, logging (not failing) when the store refuses: the SIP outcome is what
+    /// it is whatever the API did meanwhile.
+    async fn set_status(
+        &self,
+        call: &Call,
+        to: CallStatus,
+        code: Option<u16>,
+        detail: serde_json::Value,
+    ) -> Option<Call> {
+        let t = Transition {
+            to,
+            at: now_ms(),
+            sip_response_code: code.map(i64::from),
+            answered_by: None,
+            detail: detail.to_string(),
+        };
+        match self.inner.engine.transition(call, t).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(call = %call.sid, %to, error = %e, "status not applied");
+                None
+            }
+        }
+    }
+
+    /// An inbound INVITE: find the number's account, record the call, run the trivial flow.
+    async fn inbound(
+        self,
+        inc: callflow_sip::ua::Incoming,
+        mut events: mpsc::UnboundedReceiver<UaEvent>,
+    ) {
+        let sip = self.inner.sip.clone();
+        let key = inc.call;
+        let reject = |code: u16, why: &'static str| {
+            let sip = sip.clone();
+            async move {
+                tracing::info!(%key, code, why, "inbound call refused");
+                let _ = sip.reject(key, code).await;
+            }
+        };
+        let Some(trunk) = self.inner.trunks.by_source(inc.source.ip()).cloned() else {
+            reject(403, "unknown source").await;
+            return self.unregister(key);
+        };
+        let to = inc.to_user.as_deref().map(|u| trunk.inbound.apply(u));
+        let from = inc.from_user.as_deref().map(|u| trunk.inbound.apply(u));
+        let number = match &to {
+            Some(to) => self.store().number_owner(to).await,
+            None => Ok(None),
+        };
+        let number = match number {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                reject(404, "unknown number").await;
+                return self.unregister(key);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "number lookup failed");
+                reject(500, "store error").await;
+                return self.unregister(key);
+            }
+        };
+        if inc.offer.is_err() {
+            reject(488, "no usable SDP offer").await;
+            return self.unregister(key);
+        }
+        if !self.take_channel(&trunk) {
+            reject(503, "trunk channels full").await;
+            return self.unregister(key);
+        }
+        let new = NewCall {
+            direction: Direction::Inbound,
+            parent_call_sid: None,
+            to: number.phone_number.clone(),
+            from: from.unwrap_or_else(|| "anonymous".into()),
+            phone_number_sid: Some(number.sid.clone()),
+            status: CallStatus::Ringing,
+            url: number.voice_url.clone(),
+            method: number.voice_method.clone(),
+            twiml: None,
+            fallback_url: number.voice_fallback_url.clone(),
+            fallback_method: number.voice_fallback_method.clone(),
+            status_callback: number.status_callback.clone(),
+            status_callback_method: number.status_callback_method.clone(),
+            status_callback_event: "completed".into(),
+            timeout: 60,
+            time_limit: 14_400,
+            send_digits: None,
+            record: false,
+            machine_detection: None,
+            request_params: "[]".into(),
+            plugins: "{}".into(),
+        };
+        let call = match self
+            .store()
+            .create_call(&number.account_sid, &new, now_ms())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "could not record an inbound call");
+                self.release_channel(&trunk.name);
+                reject(500, "store error").await;
+                return self.unregister(key);
+            }
+        };
+        tracing::info!(call = %call.sid, account = %call.account_sid, %key, "inbound call");
+        let control = self.register_live(&call.sid);
+        let media = self.media();
+        if let Err(e) = self.inner.sip.answer(key, media).await {
+            tracing::warn!(call = %call.sid, error = %e, "could not answer");
+        }
+        self.follow(call, key, &trunk.name, &mut events, control)
+            .await;
+    }
+
+    /// Applies a live call's SIP events to its record until it ends, and the API's requests
+    /// to end it to its SIP leg.
+    async fn follow(
+        &self,
+        mut call: Call,
+        key: CallKey,
+        trunk: &str,
+        events: &mut mpsc::UnboundedReceiver<UaEvent>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        let mut reply: Option<oneshot::Sender<Result<Call, EngineError>>> = None;
+        let limit = Duration::from_secs(call.time_limit.max(1) as u64);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    match ev {
+                        UaEvent::Progress { status, .. } => {
+                            if call.status() == CallStatus::Queued
+                                && let Some(c) = self
+                                    .set_status(&call, CallStatus::Ringing, None,
+                                        serde_json::json!({"sip": status}))
+                                    .await
+                            {
+                                call = c;
+                            }
+                        }
+                        UaEvent::Answered { .. } => {
+                            deadline = Some(tokio::time::Instant::now() + limit);
+                            if let Some(c) = self
+                                .set_status(&call, CallStatus::InProgress, Some(200),
+                                    serde_json::json!({"sip": 200}))
+                                .await
+                            {
+                                call = c;
+                            }
+                        }
+                        UaEvent::Media { .. } | UaEvent::Incoming(_) => {}
+                        UaEvent::Ended { end, code, by_peer, .. } => {
+                            let mut status = status_of(end);
+                            if status == CallStatus::Completed
+                                && call.status() != CallStatus::InProgress
+                            {
+                                // Answered but never confirmed (no ACK): it never got going.
+                                status = CallStatus::Failed;
+                            }
+                            let code = code.or(match end {
+                                CallEnd::Answered => Some(200),
+                                CallEnd::Canceled | CallEnd::RingTimeout => Some(487),
+                                CallEnd::TransportFailure => Some(408),
+                                CallEnd::Rejected(c) => Some(c),
+                            });
+                            let detail = serde_json::json!({
+                                "sip": code, "end": format!("{end:?}"), "by_peer": by_peer,
+                            });
+                            let ended = self.set_status(&call, status, code, detail).await;
+                            let stored = match ended {
+                                Some(c) => Ok(c),
+                                None => self
+                                    .store()
+                                    .call(&call.account_sid, &call.sid)
+                                    .await
+                                    .map_err(EngineError::from)
+                                    .and_then(|c| c.ok_or(EngineError::NotFound)),
+                            };
+                            if let Some(r) = reply.take() {
+                                let _ = r.send(stored);
+                            }
+                            break;
+                        }
+                    }
+                }
+                Some(Control::End(req, r)) = control.recv() => {
+                    let answered = call.status() == CallStatus::InProgress;
+                    if answered && req == EndRequest::Canceled {
+                        let _ = r.send(Ok(call.clone()));
+                        continue;
+                    }
+                    reply = Some(r);
+                    if let Err(e) = self.inner.sip.hangup(key).await {
+                        tracing::debug!(call = %call.sid, error = %e, "hangup refused");
+                    }
+                }
+                () = timer => {
+                    deadline = None;
+                    tracing::info!(call = %call.sid, "time limit reached");
+                    let _ = self.inner.sip.hangup(key).await;
+                }
+            }
+        }
+        self.unregister_live(&call.sid);
+        self.unregister(key);
+        self.release_channel(trunk);
+    }
+
+    /// Takes queued API calls out through the default trunk, oldest first, within its
+    /// calls-per-second and channels.
+    async fn dispatch(self, mut stop: watch::Receiver<bool>) {
+        let Some(trunk) = self.inner.trunks.default_trunk().cloned() else {
+            return;
+        };
+        let mut bucket = TokenBucket::new(trunk.cps, trunk.cps.max(1.0), now_ms());
+        let mut cursor = 0i64;
+        loop {
+            let batch = match self.store().queued_calls(cursor, 100).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the call queue failed");
+                    Vec::new()
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.inner.engine.dispatch.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+            for call in batch {
+                cursor = cursor.max(call.seq);
+                // Smooth rate: wait for a token, then for a free channel.
+                loop {
+                    let now = now_ms();
+                    if bucket.try_take(now) {
+                        break;
+                    }
+                    let wait = (bucket.ready_at(now) - now).clamp(1, 1_000) as u64;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                loop {
+                    let freed = self.inner.freed.notified();
+                    if self.take_channel(&trunk) {
+                        break;
+                    }
+                    tokio::select! {
+                        () = freed => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::spawn(self.clone().outbound(call, trunk.clone()));
+            }
+        }
+    }
+
+    /// One queued call out through `trunk` (whose channel is already taken).
+    async fn outbound(self, call: Call, trunk: TrunkSpec) {
+        let control = self.register_live(&call.sid);
+        // The API may have cancelled it between the queue read and now.
+        let fresh = match self.store().call(&call.account_sid, &call.sid).await {
+            Ok(Some(c)) if c.status() == CallStatus::Queued => c,
+            _ => {
+                self.unregister_live(&call.sid);
+                return self.release_channel(&trunk.name);
+            }
+        };
+        let out = match self.outgoing(&fresh, &trunk).await {
+            Ok(o) => o,
+            Err(why) => {
+                self.set_status(
+                    &fresh,
+                    CallStatus::Failed,
+                    None,
+                    serde_json::json!({"error": why}),
+                )
+                .await;
+                self.unregister_live(&call.sid);
+                return self.release_channel(&trunk.name);
+            }
+        };
+        let key = match self.inner.sip.invite(out).await {
+            Ok(k) => k,
+            Err(e) => {
+                let why = e.to_string();
+                self.set_status(
+                    &fresh,
+                    CallStatus::Failed,
+                    None,
+                    serde_json::json!({"error": why}),
+                )
+                .await;
+                self.unregister_live(&call.sid);
+                return self.release_channel(&trunk.name);
+            }
+        };
+        tracing::info!(call = %fresh.sid, %key, trunk = %trunk.name, "outbound call placed");
+        let mut events = self.register(key);
+        self.follow(fresh, key, &trunk.name, &mut events, control)
+            .await;
+    }
+
+    async fn outgoing(&self, call: &Call, trunk: &TrunkSpec) -> Result<Outgoing, String> {
+        let gateway: SocketAddr = tokio::net::lookup_host((trunk.host.as_str(), trunk.port))
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot resolve trunk {} host {}: {e}",
+                    trunk.name, trunk.host
+                )
+            })?
+            .next()
+            .ok_or_else(|| format!("trunk {} host {} has no address", trunk.name, trunk.host))?;
+        let host = if trunk.port == 5060 {
+            trunk.host.clone()
+        } else {
+            format!("{}:{}", trunk.host, trunk.port)
+        };
+        let dial = trunk.dial.apply(&call.to_number);
+        let caller = trunk.caller_id.apply(&call.from_number);
+        let auth = match (&trunk.username, &trunk.password) {
+            (Some(u), Some(p)) => Some(Auth {
+                username: u.clone(),
+                password: p.clone(),
+                realm: trunk.realm.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Outgoing {
+            gateway,
+            transport: match trunk.transport {
+                TrunkTransport::Udp => rsip::common::Transport::Udp,
+                TrunkTransport::Tcp => rsip::common::Transport::Tcp,
+            },
+            uri: format!("sip:{}@{host}", escape_user(&dial)),
+            from: format!("sip:{}@{}", escape_user(&caller), trunk.from_host()),
+            auth,
+            media: self.media(),
+            ring_timeout: Duration::from_secs(call.timeout.clamp(1, 600) as u64),
+        })
+    }
+}
+
+/// Keeps a SIP URI user part to the characters RFC 3261 allows unescaped that numbers use.
+fn escape_user(user: &str) -> String {
+    user.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '*' | '#' | '-' | '.' | '_'))
+        .map(|c| {
+            if c == '#' {
+                "%23".to_owned()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn status_of(end: CallEnd) -> CallStatus {
+    match end_status(end) {
+        callflow_sip::EndStatus::Completed => CallStatus::Completed,
+        callflow_sip::EndStatus::Busy => CallStatus::Busy,
+        callflow_sip::EndStatus::NoAnswer => CallStatus::NoAnswer,
+        callflow_sip::EndStatus::Failed => CallStatus::Failed,
+        callflow_sip::EndStatus::Canceled => CallStatus::Canceled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sip_end_maps_to_a_store_status() {
+        assert_eq!(status_of(CallEnd::Answered), CallStatus::Completed);
+        assert_eq!(status_of(CallEnd::Rejected(486)), CallStatus::Busy);
+        assert_eq!(status_of(CallEnd::RingTimeout), CallStatus::NoAnswer);
+        assert_eq!(status_of(CallEnd::Rejected(503)), CallStatus::Failed);
+        assert_eq!(status_of(CallEnd::Canceled), CallStatus::Canceled);
+        assert_eq!(escape_user("+1 555#"), "+1555%23");
+    }
+}
