@@ -116,7 +116,10 @@ impl Telephony {
             }),
         };
         tel.end_orphans().await?;
-        let mut tasks = vec![tokio::spawn(tel.clone().route(events))];
+        let mut tasks = vec![
+            tokio::spawn(tel.clone().route(events)),
+            tokio::spawn(tel.clone().gauges()),
+        ];
         if tel.inner.trunks.default_trunk().is_some() {
             tasks.push(tokio::spawn(tel.clone().dispatch(stop)));
         } else {
@@ -154,6 +157,20 @@ impl Telephony {
             }
         }
         Ok(())
+    }
+
+    /// Publishes the SIP stack's live counts every second (`/metrics`): what the benchmark
+    /// checks returns to zero after a run.
+    async fn gauges(self) {
+        loop {
+            if let Ok(s) = self.inner.sip.stats().await {
+                metrics::gauge!("callflow_sip_dialogs").set(s.calls as f64);
+                metrics::gauge!("callflow_sip_transactions").set(s.transactions as f64);
+                metrics::counter!("callflow_sip_retransmissions_total").absolute(s.retransmissions);
+            }
+            metrics::gauge!("callflow_live_calls").set(self.inner.engine.live_calls() as f64);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Hands each SIP event to its call's task; a new inbound call gets a task.
