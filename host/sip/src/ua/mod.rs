@@ -53,6 +53,9 @@ pub struct UaConfig {
     pub codecs: Vec<Codec>,
     /// Live calls; a new INVITE over the cap is answered `503` and `invite` fails.
     pub max_calls: usize,
+    /// An inbound call neither answered nor rejected in this time is rejected with `480` (a
+    /// safety net: the engine decides much sooner).
+    pub answer_timeout: Duration,
 }
 
 impl Default for UaConfig {
@@ -64,6 +67,7 @@ impl Default for UaConfig {
             seed: 0,
             codecs: vec![Codec::Pcmu, Codec::Pcma],
             max_calls: 10_000,
+            answer_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -751,6 +755,7 @@ impl UserAgent {
         );
         if (200..300).contains(&status) {
             call.phase = Phase::Accepting;
+            call.ring_deadline = None;
             let seq = msg::cseq(&invite.headers).map_or(0, |c| c.0);
             call.ok = Some(OkRetransmit {
                 bytes: resp.to_string().into_bytes(),
@@ -838,9 +843,12 @@ impl UserAgent {
         }
         if let Some(call) = self.calls.get(&key)
             && call.ring_deadline.is_some_and(|d| d <= now)
-            && call.phase == Phase::Inviting
         {
-            let _ = self.cancel(now, key, CallEnd::RingTimeout);
+            match call.phase {
+                Phase::Inviting => drop(self.cancel(now, key, CallEnd::RingTimeout)),
+                Phase::Offered => drop(self.respond_invite(now, key, 480, None)),
+                _ => {}
+            }
         }
         self.schedule(key);
         self.reap(key);
@@ -1024,7 +1032,7 @@ impl UserAgent {
             invite_tx: Some(tx),
             ack: None,
             ok: None,
-            ring_deadline: None,
+            ring_deadline: Some(now + self.config.answer_timeout),
             cancel_pending: false,
             provisional: false,
             cancelled: None,
@@ -1039,6 +1047,7 @@ impl UserAgent {
         self.owners.insert(tx, (key, Purpose::Server));
         self.dialogs.insert((call_id, local_tag), key);
         self.calls.insert(key, call);
+        self.schedule(key);
         self.events.push_back(UaEvent::Incoming(incoming));
     }
 

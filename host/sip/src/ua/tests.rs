@@ -733,3 +733,28 @@ fn whole_calls_survive_loss_and_reordering() {
         );
     }
 }
+
+#[test]
+fn an_inbound_call_nobody_answers_is_rejected_480_by_the_safety_net() {
+    let mut raw = Raw::new();
+    raw.feed(&inbound_invite(OFFER, ""));
+    let inc = match raw.events().remove(0) {
+        UaEvent::Incoming(i) => i,
+        e => panic!("{e:?}"),
+    };
+    raw.ua.ring(raw.now, inc.call).unwrap();
+    raw.sent();
+    raw.ua.handle_timeout(raw.now + Duration::from_secs(179));
+    assert!(raw.events().is_empty());
+    raw.ua.handle_timeout(raw.now + Duration::from_secs(181));
+    assert!(raw.sent().iter().any(|m| m.starts_with("SIP/2.0 480")));
+    assert_eq!(
+        raw.events(),
+        vec![UaEvent::Ended {
+            call: inc.call,
+            end: CallEnd::Rejected(480),
+            code: Some(480),
+            by_peer: false
+        }]
+    );
+}
