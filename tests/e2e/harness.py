@@ -127,7 +127,9 @@ class CallflowServer:
     """One `callflow serve` process on loopback ports, with its own data dir and log files.
 
     Each start writes `callflow-run<N>.log` (stdout and stderr) in the data dir, so a test can tell
-    what one run printed from what an earlier one did.
+    what one run printed from what an earlier one did. With `config_toml` (settable until
+    `start()`), each start writes it to `callflow.toml` in the data dir and passes `--config` with
+    that path.
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class CallflowServer:
         root_credentials: bool = True,
         account_sid: str = ROOT_ACCOUNT_SID,
         auth_token: str = ROOT_AUTH_TOKEN,
+        config_toml: Optional[str] = None,
     ):
         self.binary = Path(binary) if binary else callflow_binary()
         self._own_dir = data_dir is None
@@ -146,6 +149,7 @@ class CallflowServer:
         self.http_port = free_port()
         self.sip_port = free_port(udp_too=True)
         self.extra_env = dict(env or {})
+        self.config_toml = config_toml
         # With root_credentials=False the server generates its own and prints them once.
         self.root_credentials = root_credentials
         self.account_sid = account_sid if root_credentials else None
@@ -165,12 +169,17 @@ class CallflowServer:
         return f"127.0.0.1:{self.sip_port}"
 
     @property
+    def config_path(self) -> Path:
+        """Where `config_toml` is written (only when it is set)."""
+        return self.data_dir / "callflow.toml"
+
+    @property
     def log_path(self) -> Path:
         """Log of the current (or last) run."""
         return self.data_dir / f"callflow-run{self.runs}.log"
 
     def command(self) -> list:
-        return [
+        cmd = [
             str(self.binary),
             "serve",
             "--http",
@@ -180,6 +189,9 @@ class CallflowServer:
             "--data",
             str(self.data_dir),
         ]
+        if self.config_toml is not None:
+            cmd += ["--config", str(self.config_path)]
+        return cmd
 
     def environment(self) -> dict:
         # Hermetic: no CALLFLOW_* setting leaks in from the caller's shell.
@@ -196,6 +208,8 @@ class CallflowServer:
         if self.running:
             raise HarnessError("server already running")
         self.runs += 1
+        if self.config_toml is not None:
+            self.config_path.write_text(self.config_toml)
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             self.command(),

@@ -1,0 +1,320 @@
+"""SIP end to end: SIPp plays the telco on both sides of the real `callflow` binary.
+
+Inbound, SIPp calls callflow's SIP address (tests/sipp/uac_*.xml); outbound, a trunk points at a
+SIPp server (tests/sipp/uas_*.xml) and the call is placed through the REST API with Twilio's
+library. Every test checks SIPp's own verdict (exactly one successful call, none failed: the
+scenario saw the messages it expects, in order, with the checks written in it) as well as what the
+API and the status callbacks say. The TwiML of the calls is a 10 s <Pause> served by a local
+WebhookReceiver, so that callflow keeps a call up until SIPp hangs up (a dead Url would end it).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import DEFAULT_FROM, WebhookReceiver, free_port, wait_until
+from sipp import SippServer, run_sipp, sipp_path
+
+# The caller in tests/sipp/uac_*.xml (their From user).
+SIPP_CALLER = "+15551110000"
+# An E.164 number no account owns.
+UNKNOWN_NUMBER = "+15005550199"
+# Where outbound calls go (the Request-URI user SippServer gets).
+CALLEE = "+15551230001"
+
+# Bounds for waits on a slow shared 2-core machine.
+WAIT_S = 20.0
+SIPP_TIMEOUT_S = 20.0
+HOLD_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Pause length="10"/></Response>'
+FINAL_STATUSES = {"completed", "busy", "no-answer", "failed", "canceled"}
+ALL_EVENTS = ["initiated", "ringing", "answered", "completed"]
+
+
+@pytest.fixture(autouse=True)
+def _sipp_installed():
+    if sipp_path() is None:
+        pytest.fail("sipp is not installed: `apt-get install sip-tester` (tests/run does it)")
+
+
+def trunk_toml(port: int, auth: bool = False) -> str:
+    """callflow's config: one UDP trunk at 127.0.0.1:port taking inbound calls from 127.0.0.1."""
+    credentials = 'username = "callflow"\npassword = "secret"\n' if auth else ""
+    return (
+        "[[trunks]]\n"
+        'name = "telco"\n'
+        'host = "127.0.0.1"\n'
+        f"port = {port}\n"
+        'transport = "udp"\n'
+        f"{credentials}"
+        'inbound_sources = ["127.0.0.1/32"]\n'
+        "cps = 50.0\n"
+        "max_channels = 20\n"
+    )
+
+
+@pytest.fixture
+def twiml():
+    """Serves the calls' TwiML (a long <Pause>) and records the voice webhooks."""
+    rec = WebhookReceiver()
+    rec.body = HOLD_TWIML.encode()
+    rec.start()
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture
+def start_callflow(callflow_factory):
+    """`start_callflow(trunk_port, auth=False)`: a callflow with the trunk config, running."""
+
+    def start(trunk_port: int, auth: bool = False):
+        server = callflow_factory(start=False)
+        server.config_toml = trunk_toml(trunk_port, auth)
+        return server.start()
+
+    return start
+
+
+@pytest.fixture
+def sipp_dir(tmp_path):
+    """A fresh folder under pytest's tmp dir for each SIPp run's files (kept for inspection)."""
+    counter = iter(range(1000))
+
+    def make(name: str):
+        path = tmp_path / f"sipp-{next(counter)}-{name}"
+        path.mkdir()
+        return path
+
+    return make
+
+
+@pytest.fixture
+def far_end(sipp_dir):
+    """`far_end(scenario, **kw)`: a started SippServer, stopped at teardown."""
+    servers = []
+
+    def make(scenario: str, **kwargs) -> SippServer:
+        server = SippServer(
+            scenario, timeout_s=kwargs.pop("timeout_s", 60.0), workdir=sipp_dir(scenario), **kwargs
+        )
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def provision_number(client, twiml):
+    """The root account's number, whose VoiceUrl holds the call (a <Pause>)."""
+    return client.incoming_phone_numbers.create(
+        phone_number=DEFAULT_FROM, voice_url=twiml.url("/voice"), voice_method="POST"
+    )
+
+
+def fetch_until(client, sid: str, statuses, timeout: float = WAIT_S):
+    """Fetch the call until its status is in `statuses` (bounded); returns the last fetch."""
+    last = {}
+
+    def check():
+        call = client.calls(sid).fetch()
+        last["call"] = call
+        return call if call.status in statuses else None
+
+    wait_until(check, timeout, interval=0.2)
+    return last["call"]
+
+
+def callbacks_for(receiver: WebhookReceiver, sid: str) -> list:
+    return [r.form for r in receiver.requests if r.form.get("CallSid") == sid]
+
+
+def final_callback(receiver: WebhookReceiver, sid: str, timeout: float = WAIT_S):
+    """The status callback of the call's final status (bounded wait), or None."""
+
+    def find():
+        for form in callbacks_for(receiver, sid):
+            if form.get("CallStatus") in FINAL_STATUSES:
+                return form
+        return None
+
+    return wait_until(find, timeout, interval=0.1)
+
+
+def assert_one_good_call(result, what: str = "SIPp") -> None:
+    assert result.counts() == (1, 0) and result.ok, f"{what} did not pass:\n{result.describe()}"
+
+
+# -- inbound: SIPp calls callflow ------------------------------------------------------------
+
+
+def test_inbound_call_is_answered_and_completed(start_callflow, twiml, sipp_dir):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)
+
+    result = run_sipp(
+        "uac_answer_bye",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        extra=["-d", "1000"],  # hold the call 1 s between the ACK and the BYE
+        timeout_s=SIPP_TIMEOUT_S,
+        workdir=sipp_dir("uac_answer_bye"),
+    )
+    assert_one_good_call(result)
+
+    def completed_inbound():
+        calls = [c for c in client.calls.list(limit=20) if c.direction == "inbound"]
+        return calls if calls and all(c.status == "completed" for c in calls) else None
+
+    calls = wait_until(completed_inbound, WAIT_S, interval=0.2)
+    listed = [(c.sid, c.direction, c.status) for c in client.calls.list(limit=20)]
+    assert calls, f"no completed inbound call listed after {WAIT_S:.0f} s: {listed}"
+    assert len(calls) == 1, listed
+    call = calls[0]
+    assert call._from == SIPP_CALLER
+    assert call.to == DEFAULT_FROM
+    assert call.direction == "inbound"
+    assert call.status == "completed"
+    assert call.duration is not None and int(call.duration) >= 1, call.duration
+
+
+def test_inbound_call_to_unknown_number_is_rejected_404(start_callflow, twiml, sipp_dir):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)  # some number exists, just not the one called
+
+    result = run_sipp(
+        "uac_expect_404",
+        callflow.sip_addr,
+        service=UNKNOWN_NUMBER,
+        timeout_s=SIPP_TIMEOUT_S,
+        workdir=sipp_dir("uac_expect_404"),
+    )
+    assert_one_good_call(result)
+    assert client.calls.list(limit=20) == []
+
+
+def test_inbound_call_from_unknown_source_is_rejected_403(start_callflow, twiml, sipp_dir):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)
+
+    # 127.0.0.2 is loopback too, but outside the trunk's inbound_sources (127.0.0.1/32)
+    result = run_sipp(
+        "uac_expect_403",
+        callflow.sip_addr,
+        local_ip="127.0.0.2",
+        service=DEFAULT_FROM,
+        timeout_s=SIPP_TIMEOUT_S,
+        workdir=sipp_dir("uac_expect_403"),
+    )
+    assert_one_good_call(result)
+    assert client.calls.list(limit=20) == []
+
+
+def test_options_from_a_trunk_is_answered_200(start_callflow, sipp_dir):
+    callflow = start_callflow(free_port(udp_too=True))
+    result = run_sipp(
+        "uac_options",
+        callflow.sip_addr,
+        timeout_s=SIPP_TIMEOUT_S,
+        workdir=sipp_dir("uac_options"),
+    )
+    assert_one_good_call(result)
+
+
+# -- outbound: callflow calls a SIPp server through the trunk --------------------------------
+
+
+def place_call(client, receiver, twiml, **kwargs):
+    return client.calls.create(
+        to=CALLEE,
+        from_=DEFAULT_FROM,
+        url=twiml.url("/twiml"),
+        status_callback=receiver.url("/status"),
+        status_callback_event=ALL_EVENTS,
+        **kwargs,
+    )
+
+
+def outbound(start_callflow, far_end, twiml, scenario: str, auth: bool = False):
+    """The far end playing `scenario`, and a client of a callflow whose trunk points at it."""
+    sipp = far_end(scenario)
+    callflow = start_callflow(sipp.port, auth=auth)
+    client = callflow.client()
+    provision_number(client, twiml)
+    return sipp, client
+
+
+def assert_answered_and_completed(client, receiver, sid, sipp):
+    call = fetch_until(client, sid, FINAL_STATUSES)
+    sipp_result = sipp.wait(WAIT_S)
+    assert call.status == "completed", f"status {call.status}\n{sipp_result.describe()}"
+    assert call.duration is not None and int(call.duration) >= 1, call.duration
+    assert_one_good_call(sipp_result, "SIPp (far end)")
+    final = final_callback(receiver, sid)
+    statuses = [f.get("CallStatus") for f in callbacks_for(receiver, sid)]
+    assert final is not None, f"no final status callback; got {statuses}"
+    assert final["CallStatus"] == "completed", statuses
+    assert int(final["CallDuration"]) >= 1, final
+    # SIPp sent 180 then 200: the ringing and answered events came before the final one
+    assert "ringing" in statuses and "in-progress" in statuses, statuses
+
+
+def test_outbound_call_answered_then_hung_up_by_far_end(
+    start_callflow, far_end, twiml, receiver
+):
+    sipp, client = outbound(start_callflow, far_end, twiml, "uas_answer")
+    call = place_call(client, receiver, twiml, timeout=15)
+    assert_answered_and_completed(client, receiver, call.sid, sipp)
+
+
+def test_outbound_call_with_digest_authentication(start_callflow, far_end, twiml, receiver):
+    sipp, client = outbound(start_callflow, far_end, twiml, "uas_auth", auth=True)
+    call = place_call(client, receiver, twiml, timeout=15)
+    assert_answered_and_completed(client, receiver, call.sid, sipp)
+
+
+@pytest.mark.parametrize(
+    "scenario, timeout, status, sip_code",
+    [
+        ("uas_busy", 15, "busy", "486"),
+        ("uas_no_answer", 2, "no-answer", "487"),  # callflow CANCELs at the ring timeout
+        ("uas_503", 15, "failed", "503"),
+    ],
+)
+def test_outbound_call_not_answered(
+    start_callflow, far_end, twiml, receiver, scenario, timeout, status, sip_code
+):
+    sipp, client = outbound(start_callflow, far_end, twiml, scenario)
+    call = place_call(client, receiver, twiml, timeout=timeout)
+    fetched = fetch_until(client, call.sid, FINAL_STATUSES)
+    sipp_result = sipp.wait(WAIT_S)
+    assert fetched.status == status, f"status {fetched.status}\n{sipp_result.describe()}"
+    assert_one_good_call(sipp_result, "SIPp (far end)")
+    final = final_callback(receiver, call.sid)
+    statuses = [f.get("CallStatus") for f in callbacks_for(receiver, call.sid)]
+    assert final is not None, f"no final status callback; got {statuses}"
+    assert final["CallStatus"] == status, statuses
+    assert final.get("SipResponseCode") == sip_code, final
+    assert "in-progress" not in statuses, statuses
+
+
+def test_outbound_ringing_call_canceled_through_the_api(
+    start_callflow, far_end, twiml, receiver
+):
+    sipp, client = outbound(start_callflow, far_end, twiml, "uas_no_answer")
+    call = place_call(client, receiver, twiml, timeout=30)
+
+    ringing = fetch_until(client, call.sid, {"ringing"} | FINAL_STATUSES)
+    assert ringing.status == "ringing", f"status {ringing.status}\n{sipp.stop().describe()}"
+    client.calls(call.sid).update(status="canceled")
+
+    fetched = fetch_until(client, call.sid, FINAL_STATUSES)
+    sipp_result = sipp.wait(WAIT_S)
+    assert fetched.status == "canceled", f"status {fetched.status}\n{sipp_result.describe()}"
+    # SIPp got a CANCEL (uas_no_answer); the 30 s ring timeout would have made it `no-answer`
+    assert_one_good_call(sipp_result, "SIPp (far end)")
+    final = final_callback(receiver, call.sid)
+    statuses = [f.get("CallStatus") for f in callbacks_for(receiver, call.sid)]
+    assert final is not None and final["CallStatus"] == "canceled", statuses
