@@ -140,13 +140,22 @@ impl Engine {
 
     /// Applies a status change with its status callback, atomically, and wakes the outbox.
     pub(crate) async fn transition(&self, call: &Call, t: Transition) -> Result<Call, EngineError> {
-        let sequence = self
-            .store
-            .call_deliveries(&call.sid)
-            .await?
-            .iter()
-            .filter(|d| d.webhook.kind == STATUS_CALLBACK)
-            .count();
+        // Twilio's SequenceNumber counts this call's earlier callbacks; no callback, no count.
+        let wanted = call.status_callback.is_some()
+            && call
+                .status_callback_event
+                .split_whitespace()
+                .any(|e| e == callback_event(t.to));
+        let sequence = if wanted {
+            self.store
+                .call_deliveries(&call.sid)
+                .await?
+                .iter()
+                .filter(|d| d.webhook.kind == STATUS_CALLBACK)
+                .count()
+        } else {
+            0
+        };
         let updated = match self
             .store
             .transition_call(&call.account_sid, &call.sid, &t, |stored| {

@@ -1,6 +1,7 @@
 //! callflow's plugin runtime: runs untrusted WebAssembly components, one fresh instance per event.
 //!
-//! - **One engine** (wasmtime, pooling allocator, epoch interruption with a 1 ms ticker thread).
+//! - **One engine** (wasmtime, pooling allocator, epoch interruption with a 1 ms ticker thread
+//!   that ticks only while a guest runs).
 //! - **Loading** ([`Runtime::load`]): size cap, component check, import allowlist, world
 //!   detection, resource admission, then compilation through the on-disk cache and a type-checked
 //!   `InstancePre` kept in memory by the wasm's SHA-256. Versions are immutable, so a digest names
@@ -17,6 +18,7 @@ mod bindings;
 mod cache;
 mod pool;
 mod sandbox;
+mod ticker;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -208,6 +210,7 @@ enum Pre {
 /// The plugin runtime; share one per process (`Arc`).
 pub struct Runtime {
     engine: Engine,
+    ticker: ticker::Ticker,
     linker: wasmtime::component::Linker<sandbox::Sandbox>,
     config: RuntimeConfig,
     pool: pool::Pool,
@@ -254,21 +257,12 @@ impl Runtime {
         c.epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&c)?;
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("callflow-epoch".into())
-            .spawn(move || {
-                // one tick per millisecond while the engine lives
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            })?;
+        let ticker = ticker::Ticker::start(&engine)?;
         let linker = sandbox::linker(&engine)?;
         let pool = pool::Pool::new(config.threads, config.queue)?;
         Ok(Runtime {
             engine,
+            ticker,
             linker,
             config,
             pool,
@@ -549,9 +543,11 @@ impl Runtime {
         let ticks = u64::try_from(limits.deadline.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let running = self.ticker.running();
         let mut store = sandbox::store(&self.engine, now_ms, seed, limits.memory_bytes, ticks);
         let result = call(&mut store);
         drop(store);
+        drop(running);
         let outcome = match &result {
             Ok(_) => "ok",
             Err(_) => "error",

@@ -270,41 +270,33 @@ impl Store {
         webhooks: impl FnOnce(&Call) -> Vec<NewDelivery>,
     ) -> Result<Call> {
         let mut tx = self.writer.begin().await?;
-        let call = fetch_call(&mut tx, account, sid).await?;
-        if !call.status().can_become(t.to) {
-            return Err(StoreError::Conflict(format!(
-                "call cannot go from {} to {}",
-                call.status(),
-                t.to
-            )));
-        }
-        let start_time = match (call.start_time, t.to) {
-            (None, CallStatus::InProgress) => Some(t.at),
-            (s, _) => s,
+        // The cache holds this process's last write of the row (we are the only writer), which
+        // saves a read per transition; the UPDATE below checks the status it was based on.
+        let cached = self
+            .cache
+            .call(sid)
+            .filter(|c| c.account_sid == account)
+            .map(|c| (*c).clone());
+        let updated = match cached {
+            Some(call) => match update_status(&mut tx, &call, t).await? {
+                Some(updated) => updated,
+                None => {
+                    // The cached row was not the stored one (it cannot be, but a cache is
+                    // not the database): read the row and go on from it.
+                    self.cache.forget_call(sid);
+                    let call = fetch_call(&mut tx, account, sid).await?;
+                    update_status(&mut tx, &call, t).await?.ok_or_else(|| {
+                        StoreError::Conflict("the call changed while being updated".into())
+                    })?
+                }
+            },
+            None => {
+                let call = fetch_call(&mut tx, account, sid).await?;
+                update_status(&mut tx, &call, t).await?.ok_or_else(|| {
+                    StoreError::Conflict("the call changed while being updated".into())
+                })?
+            }
         };
-        let (end_time, duration) = if t.to.is_final() {
-            let secs = start_time.map_or(0, |s| (t.at - s).max(0) / 1000);
-            (Some(t.at), Some(secs))
-        } else {
-            (None, None)
-        };
-        let sql = format!(
-            "UPDATE calls SET status = $1, start_time = $2, end_time = $3, duration = $4,
-                sip_response_code = COALESCE($5, sip_response_code), answered_by = COALESCE($6, answered_by),
-                date_updated = $7
-             WHERE sid = $8 RETURNING {COLUMNS}"
-        );
-        let updated: Call = sqlx::query_as(&sql)
-            .bind(t.to.as_str())
-            .bind(start_time)
-            .bind(end_time)
-            .bind(duration)
-            .bind(t.sip_response_code)
-            .bind(&t.answered_by)
-            .bind(t.at)
-            .bind(sid)
-            .fetch_one(&mut *tx)
-            .await?;
         insert_event(&mut tx, sid, t.at, t.to.as_str(), &t.detail).await?;
         for w in webhooks(&updated) {
             insert_delivery(&mut tx, &w, t.at).await?;
@@ -337,6 +329,50 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Moves `call` (as last read) to `t.to` if it is still in the status it was read with:
+/// `Ok(None)` when the stored status differs, a conflict when the move is illegal.
+async fn update_status(
+    conn: &mut SqliteConnection,
+    call: &Call,
+    t: &Transition,
+) -> Result<Option<Call>> {
+    if !call.status().can_become(t.to) {
+        return Err(StoreError::Conflict(format!(
+            "call cannot go from {} to {}",
+            call.status(),
+            t.to
+        )));
+    }
+    let start_time = match (call.start_time, t.to) {
+        (None, CallStatus::InProgress) => Some(t.at),
+        (s, _) => s,
+    };
+    let (end_time, duration) = if t.to.is_final() {
+        let secs = start_time.map_or(0, |s| (t.at - s).max(0) / 1000);
+        (Some(t.at), Some(secs))
+    } else {
+        (None, None)
+    };
+    let sql = format!(
+        "UPDATE calls SET status = $1, start_time = $2, end_time = $3, duration = $4,
+            sip_response_code = COALESCE($5, sip_response_code), answered_by = COALESCE($6, answered_by),
+            date_updated = $7
+         WHERE sid = $8 AND status = $9 RETURNING {COLUMNS}"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(t.to.as_str())
+        .bind(start_time)
+        .bind(end_time)
+        .bind(duration)
+        .bind(t.sip_response_code)
+        .bind(&t.answered_by)
+        .bind(t.at)
+        .bind(&call.sid)
+        .bind(call.status().as_str())
+        .fetch_optional(conn)
+        .await?)
 }
 
 async fn fetch_call(conn: &mut SqliteConnection, account: &str, sid: &str) -> Result<Call> {

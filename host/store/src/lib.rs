@@ -147,6 +147,9 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool_options = || {
             SqlitePoolOptions::new()
+                // A local file cannot drop a connection: pinging it before every use (sqlx's
+                // default) cost a round trip to the connection's thread per query.
+                .test_before_acquire(false)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)

@@ -35,7 +35,8 @@ pub struct Config {
     pub t4: Duration,
     /// Live transactions, client and server together. A new request over the cap is refused
     /// with a stateless `503` ([`TxEvent::Refused`]); [`Transactions::send_request`] returns
-    /// [`TxError::TooMany`].
+    /// [`TxError::TooMany`]. Finished transactions stay for 64·T1 (timers J and L, 32 s by
+    /// default) to absorb retransmissions, so a steady 400 calls/s keeps about 26,000 alive.
     pub max_transactions: usize,
     /// Send `100 Trying` as soon as an INVITE server transaction is created (§17.2.1 asks for
     /// it within 200 ms unless the TU answers first; sending at once is simpler and stops the
@@ -49,7 +50,7 @@ impl Default for Config {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
-            max_transactions: 10_000,
+            max_transactions: 200_000,
             send_trying: true,
         }
     }

@@ -51,7 +51,7 @@ pub struct UaConfig {
     pub seed: u64,
     /// Codecs we accept, in order of preference.
     pub codecs: Vec<Codec>,
-    /// Live calls; a new INVITE over the cap is answered `503` and `invite` fails.
+    /// Calls not ended yet; a new INVITE over the cap is answered `503` and `invite` fails.
     pub max_calls: usize,
     /// An inbound call neither answered nor rejected in this time is rejected with `480` (a
     /// safety net: the engine decides much sooner).
@@ -180,7 +180,10 @@ pub enum UaError {
 /// Live counts, for metrics and the benchmark's "back to zero".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UaStats {
+    /// Calls held, ended ones included until their transactions finish.
     pub calls: usize,
+    /// Calls not ended yet (what `max_calls` bounds).
+    pub live_calls: usize,
     pub transactions: usize,
     pub retransmissions: u64,
 }
@@ -296,6 +299,8 @@ pub struct UserAgent {
     rng: StdRng,
     next_call: u64,
     calls: HashMap<CallKey, Call>,
+    /// Calls not over yet (`calls` also holds ended calls until their transactions finish).
+    live: usize,
     /// (Call-ID, our tag) → call, for in-dialog requests and stray responses.
     dialogs: HashMap<(String, String), CallKey>,
     owners: HashMap<TxKey, (CallKey, Purpose)>,
@@ -324,6 +329,7 @@ impl UserAgent {
             config,
             next_call: 0,
             calls: HashMap::new(),
+            live: 0,
             dialogs: HashMap::new(),
             owners: HashMap::new(),
             events: VecDeque::new(),
@@ -347,6 +353,7 @@ impl UserAgent {
     pub fn stats(&self) -> UaStats {
         UaStats {
             calls: self.calls.len(),
+            live_calls: self.live,
             transactions: self.tx.len(),
             retransmissions: self.tx.stats().retransmissions,
         }
@@ -424,10 +431,8 @@ impl UserAgent {
 
     /// Places an outbound call: INVITE with our SDP offer to the gateway.
     pub fn invite(&mut self, now: Instant, out: Outgoing) -> Result<CallKey, UaError> {
-        if self.calls.len() >= self.config.max_calls {
-            return Err(UaError::TooMany {
-                live: self.calls.len(),
-            });
+        if self.live >= self.config.max_calls {
+            return Err(UaError::TooMany { live: self.live });
         }
         if msg::uri_user(&out.uri).is_none() && msg::uri_addr(&out.uri).is_none() {
             // Only a sanity check: rsip parses the rest.
@@ -478,6 +483,7 @@ impl UserAgent {
         self.dialogs
             .insert((call.call_id.clone(), call.local_tag.clone()), key);
         self.calls.insert(key, call);
+        self.live += 1;
         self.schedule(key);
         self.pump(now);
         Ok(key)
@@ -790,6 +796,7 @@ impl UserAgent {
         }
         call.phase = Phase::Over;
         call.ring_deadline = None;
+        self.live -= 1;
         self.events.push_back(UaEvent::Ended {
             call: key,
             end,
@@ -975,7 +982,7 @@ impl UserAgent {
         if !(self.allow_source)(from.ip()) {
             return self.simple_response(now, tx, &req, 403);
         }
-        if self.draining || self.calls.len() >= self.config.max_calls {
+        if self.draining || self.live >= self.config.max_calls {
             return self.simple_response(now, tx, &req, 503);
         }
         let (Some(from_v), Some(to_v), Some(call_id)) = (
@@ -1047,6 +1054,7 @@ impl UserAgent {
         self.owners.insert(tx, (key, Purpose::Server));
         self.dialogs.insert((call_id, local_tag), key);
         self.calls.insert(key, call);
+        self.live += 1;
         self.schedule(key);
         self.events.push_back(UaEvent::Incoming(incoming));
     }
