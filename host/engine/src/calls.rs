@@ -156,15 +156,20 @@ impl Engine {
         } else {
             0
         };
-        let updated = match self
-            .store
-            .transition_call(&call.account_sid, &call.sid, &t, |stored| {
-                status_callback(stored, sequence, t.at)
-                    .into_iter()
-                    .collect()
-            })
-            .await
-        {
+        let stored = if wanted {
+            self.store
+                .transition_call(&call.account_sid, &call.sid, &t, |stored| {
+                    status_callback(stored, sequence, t.at)
+                        .into_iter()
+                        .collect()
+                })
+                .await
+        } else {
+            self.store
+                .transition_call_quietly(&call.account_sid, &call.sid, &t)
+                .await
+        };
+        let updated = match stored {
             Ok(c) => c,
             // lost a race with another change: report the status it has now
             Err(StoreError::Conflict(_)) => {

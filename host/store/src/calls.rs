@@ -80,15 +80,16 @@ impl Store {
     /// Stores a new call and logs its creation.
     pub async fn create_call(&self, account: &str, c: &NewCall, now: i64) -> Result<Call> {
         let sid = Sid::generate(SidKind::Call);
-        let mut tx = self.writer.begin().await?;
+        // One statement: the `calls_log_created` trigger logs it (migration 0006).
         let sql = format!(
             "INSERT INTO calls (sid, account_sid, parent_call_sid, direction, to_number, from_number,
                 phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
                 status_callback_method, status_callback_event, timeout, time_limit, send_digits, record,
-                machine_detection, request_params, plugins, date_created, date_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
+                machine_detection, request_params, plugins, date_created, date_updated, event_detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $24, $25)
              RETURNING {COLUMNS}"
         );
+        let detail = serde_json::json!({ "status": c.status.as_str() }).to_string();
         let call: Call = sqlx::query_as(&sql)
             .bind(sid.as_str())
             .bind(account)
@@ -114,16 +115,10 @@ impl Store {
             .bind(&c.request_params)
             .bind(&c.plugins)
             .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
+            .bind(&detail)
+            .fetch_one(&self.writer)
             .await?;
-        let detail = serde_json::json!({ "status": c.status.as_str() }).to_string();
-        insert_event(&mut tx, &call.sid, now, "created", &detail).await?;
         self.cache.put_call(&call);
-        if let Err(e) = tx.commit().await {
-            self.cache.forget_call(&call.sid);
-            return Err(e.into());
-        }
         Ok(call)
     }
 
@@ -270,34 +265,7 @@ impl Store {
         webhooks: impl FnOnce(&Call) -> Vec<NewDelivery>,
     ) -> Result<Call> {
         let mut tx = self.writer.begin().await?;
-        // The cache holds this process's last write of the row (we are the only writer), which
-        // saves a read per transition; the UPDATE below checks the status it was based on.
-        let cached = self
-            .cache
-            .call(sid)
-            .filter(|c| c.account_sid == account)
-            .map(|c| (*c).clone());
-        let updated = match cached {
-            Some(call) => match update_status(&mut tx, &call, t).await? {
-                Some(updated) => updated,
-                None => {
-                    // The cached row was not the stored one (it cannot be, but a cache is
-                    // not the database): read the row and go on from it.
-                    self.cache.forget_call(sid);
-                    let call = fetch_call(&mut tx, account, sid).await?;
-                    update_status(&mut tx, &call, t).await?.ok_or_else(|| {
-                        StoreError::Conflict("the call changed while being updated".into())
-                    })?
-                }
-            },
-            None => {
-                let call = fetch_call(&mut tx, account, sid).await?;
-                update_status(&mut tx, &call, t).await?.ok_or_else(|| {
-                    StoreError::Conflict("the call changed while being updated".into())
-                })?
-            }
-        };
-        insert_event(&mut tx, sid, t.at, t.to.as_str(), &t.detail).await?;
+        let updated = self.apply_transition(&mut tx, account, sid, t).await?;
         for w in webhooks(&updated) {
             insert_delivery(&mut tx, &w, t.at).await?;
         }
@@ -307,6 +275,48 @@ impl Store {
             return Err(e.into());
         }
         Ok(updated)
+    }
+
+    /// [`Store::transition_call`] for a change that sends no webhook: one statement (the
+    /// `calls_log_status` trigger logs it), no transaction.
+    pub async fn transition_call_quietly(
+        &self,
+        account: &str,
+        sid: &str,
+        t: &Transition,
+    ) -> Result<Call> {
+        let mut conn = self.writer.acquire().await?;
+        let updated = self.apply_transition(&mut conn, account, sid, t).await?;
+        self.cache.put_call(&updated);
+        Ok(updated)
+    }
+
+    /// Moves the call, starting from the cached row when there is one: the cache holds this
+    /// process's last write of it (we are the only writer), which saves a read; the UPDATE
+    /// checks the status it was based on and, should the cache be wrong, the stored row is
+    /// read and used instead.
+    async fn apply_transition(
+        &self,
+        conn: &mut SqliteConnection,
+        account: &str,
+        sid: &str,
+        t: &Transition,
+    ) -> Result<Call> {
+        let cached = self
+            .cache
+            .call(sid)
+            .filter(|c| c.account_sid == account)
+            .map(|c| (*c).clone());
+        if let Some(call) = cached {
+            if let Some(updated) = update_status(&mut *conn, &call, t).await? {
+                return Ok(updated);
+            }
+            self.cache.forget_call(sid);
+        }
+        let call = fetch_call(&mut *conn, account, sid).await?;
+        update_status(conn, &call, t)
+            .await?
+            .ok_or_else(|| StoreError::Conflict("the call changed while being updated".into()))
     }
 
     /// Appends an entry to a call's event log.
@@ -358,7 +368,7 @@ async fn update_status(
     let sql = format!(
         "UPDATE calls SET status = $1, start_time = $2, end_time = $3, duration = $4,
             sip_response_code = COALESCE($5, sip_response_code), answered_by = COALESCE($6, answered_by),
-            date_updated = $7
+            date_updated = $7, event_detail = $10
          WHERE sid = $8 AND status = $9 RETURNING {COLUMNS}"
     );
     Ok(sqlx::query_as(&sql)
@@ -371,6 +381,7 @@ async fn update_status(
         .bind(t.at)
         .bind(&call.sid)
         .bind(call.status().as_str())
+        .bind(&t.detail)
         .fetch_optional(conn)
         .await?)
 }
