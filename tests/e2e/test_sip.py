@@ -178,6 +178,32 @@ def test_inbound_call_is_answered_and_completed(start_callflow, twiml, sipp_dir)
     assert call.duration is not None and int(call.duration) >= 1, call.duration
 
 
+def test_inbound_call_over_tcp(start_callflow, twiml, sipp_dir):
+    """The same call over TCP (one connection, messages framed by Content-Length)."""
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)
+
+    result = run_sipp(
+        "uac_answer_bye",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        extra=["-t", "t1", "-d", "1000"],
+        timeout_s=SIPP_TIMEOUT_S,
+        workdir=sipp_dir("uac_answer_bye_tcp"),
+    )
+    assert_one_good_call(result)
+
+    def completed():
+        calls = client.calls.list(limit=20)
+        return calls if calls and all(c.status == "completed" for c in calls) else None
+
+    calls = wait_until(completed, WAIT_S, interval=0.2)
+    assert calls and len(calls) == 1, [(c.sid, c.status) for c in client.calls.list(limit=20)]
+    assert calls[0].direction == "inbound"
+    assert int(calls[0].duration) >= 1, calls[0].duration
+
+
 def test_inbound_call_to_unknown_number_is_rejected_404(start_callflow, twiml, sipp_dir):
     callflow = start_callflow(free_port(udp_too=True))
     client = callflow.client()
