@@ -241,6 +241,8 @@ struct Call {
     cancel_pending: bool,
     /// A provisional response (100 included) arrived for our INVITE: CANCEL may be sent.
     provisional: bool,
+    /// We hung up an inbound call between our 2xx and its ACK: BYE when the ACK comes.
+    bye_after_ack: bool,
     /// How we ended it before the final response arrived (our CANCEL): the outcome to report.
     cancelled: Option<CallEnd>,
     auth: Option<Auth>,
@@ -464,6 +466,7 @@ impl UserAgent {
             ring_deadline: Some(now + out.ring_timeout),
             cancel_pending: false,
             provisional: false,
+            bye_after_ack: false,
             cancelled: None,
             auth: out.auth,
             auth_tries: 0,
@@ -542,7 +545,16 @@ impl UserAgent {
         match call.phase {
             Phase::Inviting => self.cancel(now, key, CallEnd::Canceled),
             Phase::Offered => self.respond_invite(now, key, 487, None),
-            Phase::Accepting | Phase::Confirmed => {
+            Phase::Accepting => {
+                // §15: no BYE before the ACK for our 2xx (or the 64·T1 wait) is over.
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.bye_after_ack = true;
+                }
+                self.end(key, CallEnd::Answered, None, false);
+                self.pump(now);
+                Ok(())
+            }
+            Phase::Confirmed => {
                 self.send_bye(now, key);
                 self.end(key, CallEnd::Answered, None, false);
                 self.pump(now);
@@ -836,8 +848,8 @@ impl UserAgent {
             if ok.give_up <= now {
                 // §13.3.1.4: no ACK in 64·T1: end the dialog with a BYE.
                 call.ok = None;
-                let answered = call.phase == Phase::Accepting;
-                if answered {
+                if call.phase == Phase::Accepting || call.bye_after_ack {
+                    call.bye_after_ack = false;
                     self.send_bye(now, key);
                     self.end(key, CallEnd::Answered, None, false);
                 }
@@ -1042,6 +1054,7 @@ impl UserAgent {
             ring_deadline: Some(now + self.config.answer_timeout),
             cancel_pending: false,
             provisional: false,
+            bye_after_ack: false,
             cancelled: None,
             auth: None,
             auth_tries: 0,
@@ -1136,7 +1149,7 @@ impl UserAgent {
         self.schedule(key);
     }
 
-    fn on_ack(&mut self, _now: Instant, req: Request, _from: SocketAddr) {
+    fn on_ack(&mut self, now: Instant, req: Request, _from: SocketAddr) {
         let Some(tag) = msg::tag(&req.headers, "to") else {
             return;
         };
@@ -1154,6 +1167,10 @@ impl UserAgent {
         if call.phase == Phase::Accepting {
             call.phase = Phase::Confirmed;
             self.events.push_back(UaEvent::Answered { call: key });
+        }
+        if call.bye_after_ack {
+            call.bye_after_ack = false;
+            self.send_bye(now, key);
         }
         self.reap(key);
     }
@@ -1269,6 +1286,8 @@ impl UserAgent {
         call.invite = Some(req);
         call.invite_tx = Some(tx);
         call.remote_tag = None;
+        // A CANCEL must wait for a provisional response to this INVITE, not the last one.
+        call.provisional = false;
         true
     }
 

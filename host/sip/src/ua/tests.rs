@@ -758,3 +758,42 @@ fn an_inbound_call_nobody_answers_is_rejected_480_by_the_safety_net() {
         }]
     );
 }
+
+#[test]
+fn hanging_up_before_the_ack_waits_for_it_to_send_bye() {
+    let mut raw = Raw::new();
+    raw.feed(&inbound_invite(OFFER, ""));
+    let inc = match raw.events().remove(0) {
+        UaEvent::Incoming(i) => i,
+        e => panic!("{e:?}"),
+    };
+    raw.ua.answer(raw.now, inc.call, media(5000)).unwrap();
+    let ok = raw
+        .sent()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 200"))
+        .unwrap();
+    raw.ua.hangup(raw.now, inc.call).unwrap();
+    assert!(
+        !raw.sent().iter().any(|m| m.starts_with("BYE")),
+        "no BYE before the ACK"
+    );
+    let tag = msg::param(header_of(&ok, "To"), "tag").unwrap().to_owned();
+    raw.feed(&format!(
+        "ACK sip:callflow@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKak\r\n\
+         From: <sip:+15551110000@10.0.0.2>;tag=far\r\nTo: <sip:+15005550006@10.0.0.1>;tag={tag}\r\n\
+         Call-ID: in1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let sent = raw.sent();
+    assert!(
+        sent.iter()
+            .any(|m| m.starts_with("BYE sip:far@10.0.0.2:5060")),
+        "{sent:?}"
+    );
+    let ended: Vec<_> = raw
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, UaEvent::Ended { .. }))
+        .collect();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+}
