@@ -557,31 +557,16 @@ impl Telephony {
                 return self.release_channel(&trunk.name);
             }
         };
-        let out = match self.outgoing(&fresh, &trunk).await {
-            Ok(o) => o,
-            Err(why) => {
-                self.set_status(
-                    &fresh,
-                    CallStatus::Failed,
-                    None,
-                    serde_json::json!({"error": why}),
-                )
-                .await;
-                self.unregister_live(&call.sid);
-                return self.release_channel(&trunk.name);
-            }
+        let placed = match self.outgoing(&fresh, &trunk).await {
+            Ok(out) => self.inner.sip.invite(out).await.map_err(|e| e.to_string()),
+            Err(why) => Err(why),
         };
-        let key = match self.inner.sip.invite(out).await {
+        let key = match placed {
             Ok(k) => k,
-            Err(e) => {
-                let why = e.to_string();
-                self.set_status(
-                    &fresh,
-                    CallStatus::Failed,
-                    None,
-                    serde_json::json!({"error": why}),
-                )
-                .await;
+            Err(why) => {
+                let detail = serde_json::json!({ "error": why });
+                self.set_status(&fresh, CallStatus::Failed, None, detail)
+                    .await;
                 self.unregister_live(&call.sid);
                 return self.release_channel(&trunk.name);
             }

@@ -627,7 +627,20 @@ impl UserAgent {
     fn in_dialog(&mut self, key: CallKey, method: &str) -> Option<(Request, SocketAddr)> {
         let call = self.calls.get_mut(&key)?;
         call.local_cseq += 1;
-        let (transport, seq) = (call.transport, call.local_cseq);
+        let seq = call.local_cseq;
+        self.dialog_request(key, method, seq, true)
+    }
+
+    /// A request within the dialog of `key` (§12.2.1.1): Request-URI the remote target, From
+    /// and To with the tags, the route set as Route headers; and where it goes.
+    fn dialog_request(
+        &mut self,
+        key: CallKey,
+        method: &str,
+        seq: u32,
+        user_agent: bool,
+    ) -> Option<(Request, SocketAddr)> {
+        let transport = self.calls.get(&key)?.transport;
         let via = self.via(transport);
         let call = &self.calls[&key];
         let from = call.local_with_tag();
@@ -640,8 +653,10 @@ impl UserAgent {
             ("To", to.as_str()),
             ("Call-ID", call.call_id.as_str()),
             ("CSeq", cseq.as_str()),
-            ("User-Agent", self.config.user_agent.as_str()),
         ];
+        if user_agent {
+            headers.push(("User-Agent", self.config.user_agent.as_str()));
+        }
         for r in &call.route_set {
             headers.push(("Route", r.as_str()));
         }
@@ -1316,26 +1331,11 @@ impl UserAgent {
         routes.reverse();
         call.route_set = routes;
         let seq = msg::cseq(&resp.headers).map_or(call.local_cseq, |c| c.0);
-        let from = call.local_with_tag();
-        let to = call.remote_with_tag();
-        let cseq = format!("{seq} ACK");
         let transport = call.transport;
-        let via = self.via(transport);
-        let call = &self.calls[&key];
-        let mut headers = vec![
-            ("Via", via.as_str()),
-            ("Max-Forwards", "70"),
-            ("From", from.as_str()),
-            ("To", to.as_str()),
-            ("Call-ID", call.call_id.as_str()),
-            ("CSeq", cseq.as_str()),
-        ];
-        for r in &call.route_set {
-            headers.push(("Route", r.as_str()));
-        }
-        let ack = msg::request("ACK", &call.remote_target, &headers, None);
+        let Some((ack, hop)) = self.dialog_request(key, "ACK", seq, false) else {
+            return;
+        };
         let ack_bytes = ack.to_string().into_bytes();
-        let (hop, transport) = (call.next_hop(), call.transport);
         self.tx.send_raw(ack_bytes.clone(), hop, transport);
         let call = self.calls.get_mut(&key).expect("present");
         call.ack = Some(ack_bytes);
