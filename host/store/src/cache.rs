@@ -7,19 +7,25 @@
 //! for SQLite. A multi-node backend must invalidate it on other nodes' writes or switch it off.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::{Account, Call};
+use crate::{Account, Call, IncomingNumber};
 
 /// Calls kept; the oldest inserted go first (a status poll keeps touching a live call's row by
 /// way of its writes, so insertion order is close enough to recency).
 const CALLS: usize = 10_000;
 const ACCOUNTS: usize = 10_000;
+const NUMBERS: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct Cache {
     calls: Mutex<Bounded<Arc<Call>>>,
     accounts: Mutex<Bounded<Arc<Account>>>,
+    /// Numbers by phone number, for routing inbound calls. Filled by reads only; every write
+    /// of a number bumps `numbers_written`, and a read that raced a write does not fill it.
+    numbers: Mutex<Bounded<Arc<IncomingNumber>>>,
+    numbers_written: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -106,6 +112,30 @@ impl Cache {
 
     pub fn forget_account(&self, sid: &str) {
         lock(&self.accounts).forget(sid);
+    }
+
+    pub fn number(&self, phone: &str) -> Option<Arc<IncomingNumber>> {
+        lock(&self.numbers).get(phone)
+    }
+
+    /// Taken before a read of a number: pass it to [`Cache::offer_number`].
+    pub fn numbers_version(&self) -> u64 {
+        self.numbers_written.load(Ordering::Acquire)
+    }
+
+    /// After a read begun at `version`: cache the row unless a number was written since.
+    pub fn offer_number(&self, number: &IncomingNumber, version: u64) {
+        let mut numbers = lock(&self.numbers);
+        if self.numbers_written.load(Ordering::Acquire) == version {
+            numbers.put(&number.phone_number, Arc::new(number.clone()), NUMBERS);
+        }
+    }
+
+    /// Before and after any write of a number (create, update, delete): drops the cached rows.
+    pub fn numbers_changed(&self) {
+        let mut numbers = lock(&self.numbers);
+        self.numbers_written.fetch_add(1, Ordering::AcqRel);
+        *numbers = Bounded::default();
     }
 }
 

@@ -100,11 +100,19 @@ impl Store {
     /// The number record for `phone_number` in whichever account has it (numbers are unique
     /// across accounts): where an inbound call goes.
     pub async fn number_owner(&self, phone_number: &str) -> Result<Option<IncomingNumber>> {
+        if let Some(n) = self.cache.number(phone_number) {
+            return Ok(Some((*n).clone()));
+        }
+        let version = self.cache.numbers_version();
         let sql = format!("SELECT {COLUMNS} FROM incoming_phone_numbers WHERE phone_number = $1");
-        Ok(sqlx::query_as(&sql)
+        let number: Option<IncomingNumber> = sqlx::query_as(&sql)
             .bind(phone_number)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        if let Some(n) = &number {
+            self.cache.offer_number(n, version);
+        }
+        Ok(number)
     }
 
     pub async fn list_numbers(
@@ -170,20 +178,22 @@ impl Store {
                 status_callback_method = $7, date_updated = $8
              WHERE account_sid = $9 AND sid = $10 RETURNING {COLUMNS}"
         );
-        sqlx::query_as(&sql)
-            .bind(&n.friendly_name)
-            .bind(&n.voice_url)
-            .bind(&n.voice_method)
-            .bind(&n.voice_fallback_url)
-            .bind(&n.voice_fallback_method)
-            .bind(&n.status_callback)
-            .bind(&n.status_callback_method)
-            .bind(now)
-            .bind(account)
-            .bind(sid)
-            .fetch_optional(&self.writer)
-            .await?
-            .ok_or(StoreError::NotFound)
+        let updated: std::result::Result<Option<IncomingNumber>, sqlx::Error> =
+            sqlx::query_as(&sql)
+                .bind(&n.friendly_name)
+                .bind(&n.voice_url)
+                .bind(&n.voice_method)
+                .bind(&n.voice_fallback_url)
+                .bind(&n.voice_fallback_method)
+                .bind(&n.status_callback)
+                .bind(&n.status_callback_method)
+                .bind(now)
+                .bind(account)
+                .bind(sid)
+                .fetch_optional(&self.writer)
+                .await;
+        self.cache.numbers_changed();
+        updated?.ok_or(StoreError::NotFound)
     }
 
     pub async fn delete_number(&self, account: &str, sid: &str) -> Result<()> {
@@ -192,8 +202,9 @@ impl Store {
                 .bind(account)
                 .bind(sid)
                 .execute(&self.writer)
-                .await?;
-        if done.rows_affected() == 0 {
+                .await;
+        self.cache.numbers_changed();
+        if done?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
@@ -233,6 +244,14 @@ mod tests {
         let owner = store.number_owner("+15005550006").await.unwrap().unwrap();
         assert_eq!(owner.account_sid, a.sid);
         assert!(store.number_owner("+15005550007").await.unwrap().is_none());
+        // cached now; an update and a delete must show through the cache
+        let upd = NumberUpdate {
+            voice_url: Some(Some("http://example.com/routed".into())),
+            ..Default::default()
+        };
+        store.update_number(&a.sid, &n.sid, &upd, 2).await.unwrap();
+        let owner = store.number_owner("+15005550006").await.unwrap().unwrap();
+        assert_eq!(owner.voice_url.as_deref(), Some("http://example.com/routed"));
         assert!(matches!(
             store.delete_number(&b.sid, &n.sid).await,
             Err(StoreError::NotFound)
@@ -258,5 +277,6 @@ mod tests {
         );
         store.delete_number(&a.sid, &n.sid).await.unwrap();
         assert!(store.number(&a.sid, &n.sid).await.unwrap().is_none());
+        assert!(store.number_owner("+15005550006").await.unwrap().is_none());
     }
 }
