@@ -251,7 +251,10 @@ mod tests {
         };
         store.update_number(&a.sid, &n.sid, &upd, 2).await.unwrap();
         let owner = store.number_owner("+15005550006").await.unwrap().unwrap();
-        assert_eq!(owner.voice_url.as_deref(), Some("http://example.com/routed"));
+        assert_eq!(
+            owner.voice_url.as_deref(),
+            Some("http://example.com/routed")
+        );
         assert!(matches!(
             store.delete_number(&b.sid, &n.sid).await,
             Err(StoreError::NotFound)

@@ -481,6 +481,12 @@ impl Transactions {
         }
     }
 
+    /// The TU gives up on `key` (e.g. an INVITE we cancelled whose final response never
+    /// came): it ends now, with its `Terminated` event.
+    pub fn abandon(&mut self, _now: Instant, key: TxKey) {
+        self.terminate(key);
+    }
+
     /// The driver could not send a transmit of `key`: the transaction ends.
     pub fn handle_transport_error(&mut self, _now: Instant, key: TxKey) {
         if self.txs.contains_key(&key) {

@@ -243,6 +243,9 @@ struct Call {
     provisional: bool,
     /// We hung up an inbound call between our 2xx and its ACK: BYE when the ACK comes.
     bye_after_ack: bool,
+    /// After our CANCEL, how long we wait for the INVITE's final response before dropping its
+    /// transaction (§9.1: 64·T1), so a peer that never sends 487 leaks nothing.
+    cancel_deadline: Option<Instant>,
     /// How we ended it before the final response arrived (our CANCEL): the outcome to report.
     cancelled: Option<CallEnd>,
     auth: Option<Auth>,
@@ -266,10 +269,10 @@ struct OkRetransmit {
 impl Call {
     fn wake(&self) -> Option<Instant> {
         let ok = self.ok.as_ref().map(|o| o.next.min(o.give_up));
-        match (ok, self.ring_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [ok, self.ring_deadline, self.cancel_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The name-addr with our tag / theirs, for From / To of in-dialog requests.
@@ -467,6 +470,7 @@ impl UserAgent {
             cancel_pending: false,
             provisional: false,
             bye_after_ack: false,
+            cancel_deadline: None,
             cancelled: None,
             auth: out.auth,
             auth_tries: 0,
@@ -477,7 +481,9 @@ impl UserAgent {
             deadline_since: None,
         };
         let body = sdp::offer(&out.media, &self.config.codecs, Direction::SendRecv);
-        let req = self.build_invite(&InviteParts::of(&call), &out.uri, body.as_bytes(), None);
+        let req = self
+            .build_invite(&InviteParts::of(&call), &out.uri, body.as_bytes(), None)
+            .ok_or_else(|| UaError::Uri(out.uri.clone()))?;
         let tx = self.tx.send_request(now, req.clone(), out.gateway)?;
         call.invite = Some(req);
         call.invite_tx = Some(tx);
@@ -602,7 +608,7 @@ impl UserAgent {
         uri: &str,
         body: &[u8],
         authorization: Option<(&str, &str)>,
-    ) -> Request {
+    ) -> Option<Request> {
         let via = self.via(parts.transport);
         let cseq = format!("{} INVITE", parts.cseq);
         let contact = self.contact(parts.transport);
@@ -660,7 +666,7 @@ impl UserAgent {
         for r in &call.route_set {
             headers.push(("Route", r.as_str()));
         }
-        let req = msg::request(method, &call.remote_target, &headers, None);
+        let req = msg::request(method, &call.remote_target, &headers, None)?;
         Some((req, call.next_hop()))
     }
 
@@ -722,6 +728,7 @@ impl UserAgent {
             return;
         };
         call.cancel_pending = false;
+        call.cancel_deadline = Some(now + 64 * self.config.tx.t1);
         let Some(invite) = call.invite.clone() else {
             return;
         };
@@ -743,8 +750,10 @@ impl UserAgent {
             headers.push(("Route", r));
         }
         let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let req = msg::request("CANCEL", &invite.uri.to_string(), &refs, None);
-        self.start_client(now, key, req, peer, Purpose::Cancel);
+        if let Some(req) = msg::request("CANCEL", &invite.uri.to_string(), &refs, None) {
+            self.start_client(now, key, req, peer, Purpose::Cancel);
+        }
+        self.schedule(key);
     }
 
     /// A response to the inbound INVITE of `key`.
@@ -763,6 +772,10 @@ impl UserAgent {
             return Err(UaError::State(key));
         }
         let (Some(invite), Some(tx)) = (call.invite.as_ref(), call.invite_tx) else {
+            // The INVITE's transaction is gone (it could not be answered in time, or a send
+            // failed): the call cannot be answered any more; end it so nothing waits on it.
+            self.end(key, CallEnd::TransportFailure, None, false);
+            self.reap(key);
             return Err(UaError::State(key));
         };
         let contact = if call.transport == Transport::Udp {
@@ -786,31 +799,35 @@ impl UserAgent {
             &extra,
             body.as_deref().map(|b| ("application/sdp", b)),
         );
-        if (200..300).contains(&status) {
-            call.phase = Phase::Accepting;
-            call.ring_deadline = None;
-            let seq = msg::cseq(&invite.headers).map_or(0, |c| c.0);
-            call.ok = Some(OkRetransmit {
-                bytes: resp.to_string().into_bytes(),
-                seq,
-                next: now + t1,
-                interval: t1,
-                give_up: now + 64 * t1,
-            });
-        }
-        self.tx.send_response(now, tx, resp)?;
-        if status >= 300 {
-            let by_peer = false;
-            let end = if status == 487 {
-                CallEnd::Canceled
-            } else {
-                CallEnd::Rejected(status)
+        let sent = match resp {
+            Some(resp) => {
+                if (200..300).contains(&status) {
+                    call.phase = Phase::Accepting;
+                    call.ring_deadline = None;
+                    let seq = msg::cseq(&invite.headers).map_or(0, |c| c.0);
+                    call.ok = Some(OkRetransmit {
+                        bytes: resp.to_string().into_bytes(),
+                        seq,
+                        next: now + t1,
+                        interval: t1,
+                        give_up: now + 64 * t1,
+                    });
+                }
+                self.tx.send_response(now, tx, resp).map_err(UaError::from)
+            }
+            None => Err(UaError::State(key)),
+        };
+        if status >= 300 || sent.is_err() {
+            let end = match (status, &sent) {
+                (_, Err(_)) => CallEnd::TransportFailure,
+                (487, _) => CallEnd::Canceled,
+                _ => CallEnd::Rejected(status),
             };
-            self.end(key, end, Some(status), by_peer);
+            self.end(key, end, Some(status), false);
         }
         self.schedule(key);
         self.pump(now);
-        Ok(())
+        sent
     }
 
     /// Marks a call over and reports it, once.
@@ -875,6 +892,14 @@ impl UserAgent {
                 self.tx.send_raw(bytes, peer, transport);
             }
         }
+        if let Some(call) = self.calls.get_mut(&key)
+            && call.cancel_deadline.is_some_and(|d| d <= now)
+        {
+            call.cancel_deadline = None;
+            if let Some(tx) = call.invite_tx {
+                self.tx.abandon(now, tx);
+            }
+        }
         if let Some(call) = self.calls.get(&key)
             && call.ring_deadline.is_some_and(|d| d <= now)
         {
@@ -910,6 +935,12 @@ impl UserAgent {
                             c.live_txs = c.live_txs.saturating_sub(1);
                             if c.invite_tx == Some(key) {
                                 c.invite_tx = None;
+                                // An INVITE transaction gone before the call was decided (a
+                                // send failed, or we gave up after our CANCEL): it is over.
+                                if matches!(c.phase, Phase::Offered | Phase::Inviting) {
+                                    let end = c.cancelled.unwrap_or(CallEnd::TransportFailure);
+                                    self.end(call, end, None, false);
+                                }
                             }
                         }
                         self.reap(call);
@@ -926,7 +957,9 @@ impl UserAgent {
             _ => Vec::new(),
         };
         let tag = self.token(4);
-        let resp = msg::response(req, code, Some(&tag), &extra, None);
+        let Some(resp) = msg::response(req, code, Some(&tag), &extra, None) else {
+            return;
+        };
         if let Err(e) = self.tx.send_response(now, tx, resp) {
             tracing::debug!(error = %e, "response not sent");
         }
@@ -974,6 +1007,29 @@ impl UserAgent {
                 None => self.simple_response(now, tx, &req, 481),
             },
             Method::Bye => match dialog {
+                // A BYE in an early dialog (before answer): the caller gave up (our INVITE
+                // server transaction still needs its final response), or the callee did.
+                Some(key)
+                    if self
+                        .calls
+                        .get(&key)
+                        .is_some_and(|c| c.phase == Phase::Offered) =>
+                {
+                    self.simple_response(now, tx, &req, 200);
+                    let _ = self.respond_invite(now, key, 487, None);
+                    if let Some(UaEvent::Ended { by_peer, .. }) = self.events.back_mut() {
+                        *by_peer = true;
+                    }
+                }
+                Some(key)
+                    if self
+                        .calls
+                        .get(&key)
+                        .is_some_and(|c| c.phase == Phase::Inviting) =>
+                {
+                    self.simple_response(now, tx, &req, 200);
+                    let _ = self.cancel(now, key, CallEnd::Rejected(487));
+                }
                 Some(key) => {
                     self.simple_response(now, tx, &req, 200);
                     if let Some(call) = self.calls.get_mut(&key) {
@@ -1039,6 +1095,10 @@ impl UserAgent {
         let remote_target = msg::header(&req.headers, "contact")
             .map(|c| msg::uri_of(c).to_owned())
             .unwrap_or_else(|| msg::uri_of(&from_v).to_owned());
+        if !msg::usable_target(&remote_target) {
+            // We could never send this caller a BYE: refuse the call now.
+            return self.simple_response(now, tx, &req, 400);
+        }
         let incoming = Incoming {
             call: key,
             source: from,
@@ -1070,6 +1130,7 @@ impl UserAgent {
             cancel_pending: false,
             provisional: false,
             bye_after_ack: false,
+            cancel_deadline: None,
             cancelled: None,
             auth: None,
             auth_tries: 0,
@@ -1101,18 +1162,22 @@ impl UserAgent {
         let seq = msg::cseq(&req.headers).map_or(0, |c| c.0);
         if call.phase != Phase::Confirmed || call.ok.is_some() {
             // §14.2: a re-INVITE while ours or an earlier one is pending.
-            let resp = msg::response(&req, 491, None, &[], None);
-            let _ = self.tx.send_response(now, tx, resp);
+            if let Some(resp) = msg::response(&req, 491, None, &[], None) {
+                let _ = self.tx.send_response(now, tx, resp);
+            }
             return;
         }
         if call.remote_cseq.is_some_and(|r| seq <= r) {
-            let resp = msg::response(&req, 500, None, &[], None);
-            let _ = self.tx.send_response(now, tx, resp);
+            if let Some(resp) = msg::response(&req, 500, None, &[], None) {
+                let _ = self.tx.send_response(now, tx, resp);
+            }
             return;
         }
         call.remote_cseq = Some(seq);
-        if let Some(c) = msg::header(&req.headers, "contact") {
-            call.remote_target = msg::uri_of(c).to_owned();
+        if let Some(c) = msg::header(&req.headers, "contact").map(msg::uri_of)
+            && msg::usable_target(c)
+        {
+            call.remote_target = c.to_owned();
         }
         let Some(mut media) = call.media else {
             return;
@@ -1139,20 +1204,23 @@ impl UserAgent {
                     body
                 }
                 Err(_) => {
-                    let resp = msg::response(&req, 488, None, &[], None);
-                    let _ = self.tx.send_response(now, tx, resp);
+                    if let Some(resp) = msg::response(&req, 488, None, &[], None) {
+                        let _ = self.tx.send_response(now, tx, resp);
+                    }
                     return;
                 }
             }
         };
         call.media = Some(media);
-        let resp = msg::response(
+        let Some(resp) = msg::response(
             &req,
             200,
             None,
             &[("Contact", contact.as_str()), ("Allow", ALLOW)],
             Some(("application/sdp", body.as_bytes())),
-        );
+        ) else {
+            return;
+        };
         call.ok = Some(OkRetransmit {
             bytes: resp.to_string().into_bytes(),
             seq,
@@ -1292,7 +1360,10 @@ impl UserAgent {
         let header =
             digest::authorization_header_name(resp.status_code.code()).expect("401 or 407");
         let parts = InviteParts::of(&self.calls[&key]);
-        let req = self.build_invite(&parts, &uri, &invite.body, Some((header, &value)));
+        let Some(req) = self.build_invite(&parts, &uri, &invite.body, Some((header, &value)))
+        else {
+            return false;
+        };
         let peer = self.calls[&key].peer;
         let Some(tx) = self.start_client(now, key, req.clone(), peer, Purpose::Invite) else {
             return false;
@@ -1323,8 +1394,11 @@ impl UserAgent {
             return;
         }
         call.remote_tag = remote_tag;
-        if let Some(c) = msg::header(&resp.headers, "contact") {
-            call.remote_target = msg::uri_of(c).to_owned();
+        // An unusable Contact leaves the target where the INVITE went.
+        if let Some(c) = msg::header(&resp.headers, "contact").map(msg::uri_of)
+            && msg::usable_target(c)
+        {
+            call.remote_target = c.to_owned();
         }
         // §12.1.2: the UAC's route set is the Record-Route values in reverse order.
         let mut routes = msg::header_list(&resp.headers, "record-route");

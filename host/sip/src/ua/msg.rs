@@ -185,7 +185,7 @@ pub(super) fn response(
     to_tag: Option<&str>,
     extra: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
-) -> Response {
+) -> Option<Response> {
     let mut s = format!("SIP/2.0 {code} {}\r\n", reason(code));
     for h in req.headers.iter() {
         match h {
@@ -205,13 +205,13 @@ pub(super) fn response(
             _ => {}
         }
     }
-    match finish(s, extra, body) {
+    match finish(s, extra, body)? {
         SipMessage::Response(mut r) => {
             // rsip parses known codes into variants that print without spaces ("BusyHere").
             r.status_code = rsip::StatusCode::Other(code, reason(code).into());
-            r
+            Some(r)
         }
-        SipMessage::Request(_) => unreachable!("a status line parses as a response"),
+        SipMessage::Request(_) => None,
     }
 }
 
@@ -221,11 +221,11 @@ pub(super) fn request(
     uri: &str,
     headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
-) -> Request {
+) -> Option<Request> {
     let s = format!("{method} {uri} SIP/2.0\r\n");
-    match finish(s, headers, body) {
-        SipMessage::Request(r) => r,
-        SipMessage::Response(_) => unreachable!("a request line parses as a request"),
+    match finish(s, headers, body)? {
+        SipMessage::Request(r) => Some(r),
+        SipMessage::Response(_) => None,
     }
 }
 
@@ -236,7 +236,13 @@ fn push(s: &mut String, name: &str, value: &str) {
     s.push_str("\r\n");
 }
 
-fn finish(mut s: String, extra: &[(&str, &str)], body: Option<(&str, &[u8])>) -> SipMessage {
+/// `None` when the text does not parse back: some part taken from a peer (a Contact, a Route)
+/// was something our parser refuses, and the message is not sent.
+fn finish(
+    mut s: String,
+    extra: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Option<SipMessage> {
     for (n, v) in extra {
         push(&mut s, n, v);
     }
@@ -251,14 +257,33 @@ fn finish(mut s: String, extra: &[(&str, &str)], body: Option<(&str, &[u8])>) ->
     s.push_str("\r\n");
     let mut bytes = s.into_bytes();
     bytes.extend_from_slice(body);
-    // Everything above is ours and well formed; a failure here is a bug in this module, and
-    // `parse` never panics, so surface it loudly in tests and debug builds.
-    crate::parse(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "built an unparsable SIP message ({e}): {}",
-            String::from_utf8_lossy(&bytes)
+    match crate::parse(&bytes) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::debug!(error = %e, "a message built from peer values does not parse; not sent");
+            None
+        }
+    }
+}
+
+/// Whether `uri` can be the Request-URI of our in-dialog requests: a SIP URI our parser reads
+/// back whole (a peer's Contact is checked before we store it).
+pub(super) fn usable_target(uri: &str) -> bool {
+    (uri.starts_with("sip:") || uri.starts_with("sips:"))
+        && !uri.contains(char::is_whitespace)
+        && request(
+            "OPTIONS",
+            uri,
+            &[
+                ("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKx"),
+                ("From", "<sip:x@x>;tag=x"),
+                ("To", "<sip:x@x>"),
+                ("Call-ID", "x"),
+                ("CSeq", "1 OPTIONS"),
+            ],
+            None,
         )
-    })
+        .is_some()
 }
 
 /// Adds RFC 3581 `received`/`rport` to the top Via of a request that arrived from `from`
@@ -328,6 +353,22 @@ mod tests {
     }
 
     #[test]
+    fn targets_a_peer_may_give_us() {
+        assert!(usable_target("sip:far@10.0.0.2:5060"));
+        assert!(usable_target("sip:+1555@gw.example;transport=tcp"));
+        for bad in [
+            "sip:a b@10.0.0.1",
+            "sip:a@10.0.0.1:99999",
+            "sip:",
+            "*",
+            "tel:+1555",
+            "http://x",
+        ] {
+            assert!(!usable_target(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn via_gets_received_and_rport() {
         let mut req = request(
             "OPTIONS",
@@ -340,7 +381,8 @@ mod tests {
                 ("CSeq", "1 OPTIONS"),
             ],
             None,
-        );
+        )
+        .unwrap();
         stamp_via(&mut req, "203.0.113.7:40000".parse().unwrap());
         assert_eq!(
             header(&req.headers, "via"),

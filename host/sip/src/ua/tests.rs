@@ -797,3 +797,103 @@ fn hanging_up_before_the_ack_waits_for_it_to_send_bye() {
         .collect();
     assert_eq!(ended.len(), 1, "{ended:?}");
 }
+
+#[test]
+fn a_caller_we_could_never_send_a_bye_to_is_refused_400() {
+    for contact in ["<sip:a b@10.0.0.2>", "<sip:a@10.0.0.2:99999>", "<sip:>"] {
+        let mut raw = Raw::new();
+        let invite = inbound_invite(OFFER, "").replace(
+            "Contact: <sip:far@10.0.0.2:5060>",
+            &format!("Contact: {contact}"),
+        );
+        raw.feed(&invite);
+        assert!(raw.events().is_empty(), "{contact}");
+        let sent = raw.sent();
+        assert!(
+            sent.iter().any(|m| m.starts_with("SIP/2.0 400")),
+            "{contact}: {sent:?}"
+        );
+        assert_eq!(raw.ua.stats().live_calls, 0);
+    }
+}
+
+#[test]
+fn a_cancelled_invite_whose_487_never_comes_is_dropped_after_64_t1() {
+    let mut raw = Raw::new();
+    let out = Outgoing {
+        gateway: raw.peer,
+        transport: Transport::Udp,
+        uri: "sip:012345678@10.0.0.2".into(),
+        from: "sip:15005550006@10.0.0.2".into(),
+        auth: None,
+        media: media(4000),
+        ring_timeout: Duration::from_secs(60),
+    };
+    let call = raw.ua.invite(raw.now, out).unwrap();
+    let invite = raw.sent().remove(0);
+    raw.feed(&reply(&invite, "180 Ringing", ""));
+    raw.ua.hangup(raw.now, call).unwrap();
+    let cancel = raw
+        .sent()
+        .into_iter()
+        .find(|m| m.starts_with("CANCEL"))
+        .unwrap();
+    raw.feed(&reply(&cancel, "200 OK", ""));
+    // no 487 ever
+    let mut now = raw.now;
+    for _ in 0..70 {
+        now += Duration::from_millis(500);
+        raw.ua.handle_timeout(now);
+    }
+    let s = raw.ua.stats();
+    assert_eq!((s.calls, s.transactions), (0, 0), "{s:?}");
+    let ended: Vec<_> = raw
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, UaEvent::Ended { .. }))
+        .collect();
+    assert_eq!(ended.len(), 1);
+}
+
+#[test]
+fn a_bye_before_answer_ends_the_inbound_call_with_487() {
+    let mut raw = Raw::new();
+    raw.feed(&inbound_invite(OFFER, ""));
+    let inc = match raw.events().remove(0) {
+        UaEvent::Incoming(i) => i,
+        e => panic!("{e:?}"),
+    };
+    raw.ua.ring(raw.now, inc.call).unwrap();
+    let ringing = raw
+        .sent()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 180"))
+        .unwrap();
+    let tag = msg::param(header_of(&ringing, "To"), "tag")
+        .unwrap()
+        .to_owned();
+    raw.feed(&format!(
+        "BYE sip:callflow@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKeb\r\n\
+         From: <sip:+15551110000@10.0.0.2>;tag=far\r\nTo: <sip:+15005550006@10.0.0.1>;tag={tag}\r\n\
+         Call-ID: in1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let sent = raw.sent();
+    assert!(
+        sent.iter()
+            .any(|m| m.starts_with("SIP/2.0 200") && m.contains("2 BYE")),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(|m| m.starts_with("SIP/2.0 487")),
+        "{sent:?}"
+    );
+    assert_eq!(
+        raw.events(),
+        vec![UaEvent::Ended {
+            call: inc.call,
+            end: CallEnd::Canceled,
+            code: Some(487),
+            by_peer: true
+        }]
+    );
+}
