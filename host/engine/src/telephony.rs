@@ -208,6 +208,20 @@ impl Telephony {
         rx
     }
 
+    /// Forgets a refused inbound call's route once the SIP stack has reported it ended (its
+    /// `Ended` follows the reject), so no event is left behind in `early`.
+    async fn close_route(&self, key: CallKey, events: &mut mpsc::UnboundedReceiver<UaEvent>) {
+        let ended = async {
+            while let Some(ev) = events.recv().await {
+                if matches!(ev, UaEvent::Ended { .. }) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        self.unregister(key);
+    }
+
     fn unregister(&self, key: CallKey) {
         let mut routes = self.lock_routes();
         routes.live.remove(&key);
@@ -265,6 +279,15 @@ impl Telephony {
         rx
     }
 
+    fn is_live(&self, sid: &str) -> bool {
+        self.inner
+            .engine
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(sid)
+    }
+
     fn unregister_live(&self, sid: &str) {
         self.inner
             .engine
@@ -290,13 +313,23 @@ impl Telephony {
             answered_by: None,
             detail: detail.to_string(),
         };
-        match self.inner.engine.transition(call, t).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::debug!(call = %call.sid, %to, error = %e, "status not applied");
-                None
+        // A busy or failing store is retried (the SIP outcome must not be lost); a conflict
+        // (the API ended the call meanwhile) is final.
+        for attempt in 0..5u32 {
+            match self.inner.engine.transition(call, t.clone()).await {
+                Ok(c) => return Some(c),
+                Err(e @ (EngineError::NotLive(_) | EngineError::NotFound)) => {
+                    tracing::debug!(call = %call.sid, %to, error = %e, "status not applied");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(call = %call.sid, %to, error = %e, attempt, "status not stored; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
             }
         }
+        tracing::error!(call = %call.sid, %to, "status lost after retries");
+        None
     }
 
     /// An inbound INVITE: find the number's account, record the call, run the trivial flow.
@@ -316,7 +349,7 @@ impl Telephony {
         };
         let Some(trunk) = self.inner.trunks.by_source(inc.source.ip()).cloned() else {
             reject(403, "unknown source").await;
-            return self.unregister(key);
+            return self.close_route(key, &mut events).await;
         };
         let to = inc.to_user.as_deref().map(|u| trunk.inbound.apply(u));
         let from = inc.from_user.as_deref().map(|u| trunk.inbound.apply(u));
@@ -328,21 +361,21 @@ impl Telephony {
             Ok(Some(n)) => n,
             Ok(None) => {
                 reject(404, "unknown number").await;
-                return self.unregister(key);
+                return self.close_route(key, &mut events).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "number lookup failed");
                 reject(500, "store error").await;
-                return self.unregister(key);
+                return self.close_route(key, &mut events).await;
             }
         };
         if inc.offer.is_err() {
             reject(488, "no usable SDP offer").await;
-            return self.unregister(key);
+            return self.close_route(key, &mut events).await;
         }
         if !self.take_channel(&trunk) {
             reject(503, "trunk channels full").await;
-            return self.unregister(key);
+            return self.close_route(key, &mut events).await;
         }
         let new = NewCall {
             direction: Direction::Inbound,
@@ -377,7 +410,7 @@ impl Telephony {
                 tracing::error!(error = %e, "could not record an inbound call");
                 self.release_channel(&trunk.name);
                 reject(500, "store error").await;
-                return self.unregister(key);
+                return self.close_route(key, &mut events).await;
             }
         };
         tracing::info!(call = %call.sid, account = %call.account_sid, %key, "inbound call");
@@ -401,6 +434,8 @@ impl Telephony {
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         let mut reply: Option<oneshot::Sender<Result<Call, EngineError>>> = None;
+        // Whether the SIP leg was answered, whatever the store managed to record.
+        let mut answered = false;
         let limit = Duration::from_secs(call.time_limit.max(1) as u64);
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -415,31 +450,33 @@ impl Telephony {
                     let Some(ev) = ev else { break };
                     match ev {
                         UaEvent::Progress { status, .. } => {
-                            if call.status() == CallStatus::Queued
-                                && let Some(c) = self
+                            if call.status() == CallStatus::Queued {
+                                match self
                                     .set_status(&call, CallStatus::Ringing, None,
                                         serde_json::json!({"sip": status}))
                                     .await
-                            {
-                                call = c;
+                                {
+                                    Some(c) => call = c,
+                                    None => self.hang_up_if_ended(&call, key).await,
+                                }
                             }
                         }
                         UaEvent::Answered { .. } => {
+                            answered = true;
                             deadline = Some(tokio::time::Instant::now() + limit);
-                            if let Some(c) = self
+                            match self
                                 .set_status(&call, CallStatus::InProgress, Some(200),
                                     serde_json::json!({"sip": 200}))
                                 .await
                             {
-                                call = c;
+                                Some(c) => call = c,
+                                None => self.hang_up_if_ended(&call, key).await,
                             }
                         }
                         UaEvent::Media { .. } | UaEvent::Incoming(_) => {}
                         UaEvent::Ended { end, code, by_peer, .. } => {
                             let mut status = status_of(end);
-                            if status == CallStatus::Completed
-                                && call.status() != CallStatus::InProgress
-                            {
+                            if status == CallStatus::Completed && !answered {
                                 // Answered but never confirmed (no ACK): it never got going.
                                 status = CallStatus::Failed;
                             }
@@ -492,6 +529,17 @@ impl Telephony {
         self.release_channel(trunk);
     }
 
+    /// A status the leg reached was refused: if the stored call is already over (the API ended
+    /// it while the INVITE was on its way), end the leg too rather than leave it up.
+    async fn hang_up_if_ended(&self, call: &Call, key: CallKey) {
+        if let Ok(Some(stored)) = self.store().call(&call.account_sid, &call.sid).await
+            && stored.status().is_final()
+        {
+            tracing::info!(call = %call.sid, status = %stored.status(), "call ended meanwhile; hanging up its leg");
+            let _ = self.inner.sip.hangup(key).await;
+        }
+    }
+
     /// Takes queued API calls out through the default trunk, oldest first, within its
     /// calls-per-second and channels.
     async fn dispatch(self, mut stop: watch::Receiver<bool>) {
@@ -509,6 +557,9 @@ impl Telephony {
                 }
             };
             if batch.is_empty() {
+                // Start over from the oldest queued call next time: a call passed over (a
+                // failed read) is found again; calls in flight are skipped below.
+                cursor = 0;
                 tokio::select! {
                     () = self.inner.engine.dispatch.notified() => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -518,6 +569,9 @@ impl Telephony {
             }
             for call in batch {
                 cursor = cursor.max(call.seq);
+                if self.is_live(&call.sid) {
+                    continue;
+                }
                 // Smooth rate: wait for a token, then for a free channel.
                 loop {
                     let now = now_ms();
@@ -541,15 +595,22 @@ impl Telephony {
                 if *stop.borrow() {
                     return;
                 }
-                tokio::spawn(self.clone().outbound(call, trunk.clone()));
+                // Registered before the task starts, so the next queue read skips it.
+                let control = self.register_live(&call.sid);
+                tokio::spawn(self.clone().outbound(call, trunk.clone(), control));
             }
         }
     }
 
     /// One queued call out through `trunk` (whose channel is already taken).
-    async fn outbound(self, call: Call, trunk: TrunkSpec) {
-        let control = self.register_live(&call.sid);
-        // The API may have cancelled it between the queue read and now.
+    async fn outbound(
+        self,
+        call: Call,
+        trunk: TrunkSpec,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        // The API may have cancelled it between the queue read and now (a read error leaves it
+        // queued, for the dispatcher's next pass).
         let fresh = match self.store().call(&call.account_sid, &call.sid).await {
             Ok(Some(c)) if c.status() == CallStatus::Queued => c,
             _ => {

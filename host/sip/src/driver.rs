@@ -81,6 +81,7 @@ impl Sip {
             ua,
             udp: Arc::new(udp),
             conns: HashMap::new(),
+            next_conn: 0,
             inbound: mpsc::unbounded_channel(),
             events: ev_tx,
         };
@@ -142,14 +143,16 @@ impl Sip {
     }
 }
 
-/// A message read from a TCP connection, or its end (`None`).
-type TcpInput = (SocketAddr, Option<Vec<u8>>);
+/// A message read from TCP connection `id` to a peer, or its end (`None`).
+type TcpInput = (SocketAddr, u64, Option<Vec<u8>>);
 
 struct Driver {
     ua: UserAgent,
     udp: Arc<UdpSocket>,
-    /// Writers of open TCP connections by peer address.
-    conns: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Writers of open TCP connections by peer address, with the connection's id (a closing
+    /// connection removes its entry only if a newer one has not replaced it).
+    conns: HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    next_conn: u64,
     /// Messages read from TCP connections, and connections closing (`None`).
     inbound: (
         mpsc::UnboundedSender<TcpInput>,
@@ -180,12 +183,21 @@ impl Driver {
                     Some(c) => self.command(c),
                     None => break,
                 },
-                Some((from, msg)) = self.inbound.1.recv() => match msg {
+                Some((from, id, msg)) = self.inbound.1.recv() => match msg {
                     Some(bytes) => self.ua.handle_datagram(Instant::now(), &bytes, from),
-                    None => { self.conns.remove(&from); }
+                    None => {
+                        if self.conns.get(&from).is_some_and(|(c, _)| *c == id) {
+                            self.conns.remove(&from);
+                        }
+                    }
                 },
-                a = tcp.accept() => if let Ok((stream, from)) = a {
-                    self.adopt(stream, from);
+                a = tcp.accept() => match a {
+                    Ok((stream, from)) => self.adopt(stream, from),
+                    Err(e) => {
+                        // Out of file descriptors, most likely: do not spin on it.
+                        tracing::warn!(error = %e, "TCP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
                 },
                 () = sleep => self.ua.handle_timeout(Instant::now()),
             }
@@ -248,7 +260,7 @@ impl Driver {
     }
 
     fn send_tcp(&mut self, to: SocketAddr, bytes: Vec<u8>) -> bool {
-        if let Some(w) = self.conns.get(&to)
+        if let Some((_, w)) = self.conns.get(&to)
             && w.send(bytes.clone()).is_ok()
         {
             return true;
@@ -256,14 +268,15 @@ impl Driver {
         // No connection: open one; the write waits for it in the connection's task.
         let (w_tx, w_rx) = mpsc::unbounded_channel();
         let _ = w_tx.send(bytes);
-        self.conns.insert(to, w_tx);
+        let id = self.conn_id();
+        self.conns.insert(to, (id, w_tx));
         let inbound = self.inbound.0.clone();
         tokio::spawn(async move {
             match TcpStream::connect(to).await {
-                Ok(stream) => connection(stream, to, w_rx, inbound).await,
+                Ok(stream) => connection(stream, to, id, w_rx, inbound).await,
                 Err(e) => {
                     tracing::debug!(%to, error = %e, "TCP connect failed");
-                    let _ = inbound.send((to, None));
+                    let _ = inbound.send((to, id, None));
                 }
             }
         });
@@ -272,8 +285,14 @@ impl Driver {
 
     fn adopt(&mut self, stream: TcpStream, from: SocketAddr) {
         let (w_tx, w_rx) = mpsc::unbounded_channel();
-        self.conns.insert(from, w_tx);
-        tokio::spawn(connection(stream, from, w_rx, self.inbound.0.clone()));
+        let id = self.conn_id();
+        self.conns.insert(from, (id, w_tx));
+        tokio::spawn(connection(stream, from, id, w_rx, self.inbound.0.clone()));
+    }
+
+    fn conn_id(&mut self) -> u64 {
+        self.next_conn += 1;
+        self.next_conn
     }
 }
 
@@ -281,6 +300,7 @@ impl Driver {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    id: u64,
     mut writes: mpsc::UnboundedReceiver<Vec<u8>>,
     inbound: mpsc::UnboundedSender<TcpInput>,
 ) {
@@ -303,7 +323,7 @@ async fn connection(
             match crate::frame(&buf) {
                 Ok(Frame::Message(len)) => {
                     let msg: Vec<u8> = buf.drain(..len).collect();
-                    if inbound.send((peer, Some(msg))).is_err() {
+                    if inbound.send((peer, id, Some(msg))).is_err() {
                         break 'read;
                     }
                 }
@@ -317,5 +337,5 @@ async fn connection(
         }
     }
     writer.abort();
-    let _ = inbound.send((peer, None));
+    let _ = inbound.send((peer, id, None));
 }
