@@ -512,6 +512,11 @@ impl Telephony {
                         let _ = r.send(Ok(call.clone()));
                         continue;
                     }
+                    if reply.is_some() {
+                        // Already ending: this caller gets the call as it stands.
+                        let _ = r.send(Ok(call.clone()));
+                        continue;
+                    }
                     reply = Some(r);
                     if let Err(e) = self.inner.sip.hangup(key).await {
                         tracing::debug!(call = %call.sid, error = %e, "hangup refused");

@@ -184,7 +184,7 @@ impl Driver {
                     None => break,
                 },
                 Some((from, id, msg)) = self.inbound.1.recv() => match msg {
-                    Some(bytes) => self.ua.handle_datagram(Instant::now(), &bytes, from),
+                    Some(bytes) => self.ua.handle_stream_message(Instant::now(), &bytes, from),
                     None => {
                         if self.conns.get(&from).is_some_and(|(c, _)| *c == id) {
                             self.conns.remove(&from);

@@ -389,9 +389,24 @@ impl UserAgent {
         }
     }
 
-    /// Feeds a datagram (or one framed TCP message) received from `from`. Malformed requests
-    /// are answered `400` when a response is possible; nothing here panics on input.
+    /// Feeds a datagram received from `from`. Malformed requests are answered `400` when a
+    /// response is possible; nothing here panics on input.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
+        self.handle_message(now, bytes, from, Transport::Udp);
+    }
+
+    /// Feeds one message framed from a TCP connection with `from` (see [`crate::frame`]).
+    pub fn handle_stream_message(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
+        self.handle_message(now, bytes, from, Transport::Tcp);
+    }
+
+    fn handle_message(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        from: SocketAddr,
+        transport: Transport,
+    ) {
         match crate::parse(bytes) {
             Ok(SipMessage::Request(mut req)) => {
                 msg::stamp_via(&mut req, from);
@@ -406,7 +421,7 @@ impl UserAgent {
                     crate::error_response(bytes, code.0, code.1)
                 };
                 if let Some(resp) = resp {
-                    self.tx.send_raw(resp, from, Transport::Udp);
+                    self.tx.send_raw(resp, from, transport);
                 }
             }
         }
@@ -880,7 +895,9 @@ impl UserAgent {
             if ok.give_up <= now {
                 // §13.3.1.4: no ACK in 64·T1: end the dialog with a BYE.
                 call.ok = None;
-                if call.phase == Phase::Accepting || call.bye_after_ack {
+                // The ACK for our 2xx (to the INVITE, or to a re-INVITE) never came: the
+                // dialog is dead (§13.3.1.4, §14.2).
+                if matches!(call.phase, Phase::Accepting | Phase::Confirmed) || call.bye_after_ack {
                     call.bye_after_ack = false;
                     self.send_bye(now, key);
                     self.end(key, CallEnd::Answered, None, false);
@@ -1160,6 +1177,12 @@ impl UserAgent {
         };
         call.live_txs += 1;
         let seq = msg::cseq(&req.headers).map_or(0, |c| c.0);
+        if call.phase == Phase::Over {
+            if let Some(resp) = msg::response(&req, 481, None, &[], None) {
+                let _ = self.tx.send_response(now, tx, resp);
+            }
+            return;
+        }
         if call.phase != Phase::Confirmed || call.ok.is_some() {
             // §14.2: a re-INVITE while ours or an earlier one is pending.
             if let Some(resp) = msg::response(&req, 491, None, &[], None) {
