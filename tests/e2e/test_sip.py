@@ -36,15 +36,15 @@ def _sipp_installed():
         pytest.fail("sipp is not installed: `apt-get install sip-tester` (tests/run does it)")
 
 
-def trunk_toml(port: int, auth: bool = False) -> str:
-    """callflow's config: one UDP trunk at 127.0.0.1:port taking inbound calls from 127.0.0.1."""
+def trunk_toml(port: int, auth: bool = False, transport: str = "udp") -> str:
+    """callflow's config: one trunk at 127.0.0.1:port taking inbound calls from 127.0.0.1."""
     credentials = 'username = "callflow"\npassword = "secret"\n' if auth else ""
     return (
         "[[trunks]]\n"
         'name = "telco"\n'
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
-        'transport = "udp"\n'
+        f'transport = "{transport}"\n'
         f"{credentials}"
         'inbound_sources = ["127.0.0.1/32"]\n'
         "cps = 50.0\n"
@@ -66,9 +66,9 @@ def twiml():
 def start_callflow(callflow_factory):
     """`start_callflow(trunk_port, auth=False)`: a callflow with the trunk config, running."""
 
-    def start(trunk_port: int, auth: bool = False):
+    def start(trunk_port: int, auth: bool = False, transport: str = "udp"):
         server = callflow_factory(start=False)
-        server.config_toml = trunk_toml(trunk_port, auth)
+        server.config_toml = trunk_toml(trunk_port, auth, transport)
         return server.start()
 
     return start
@@ -344,3 +344,20 @@ def test_outbound_ringing_call_canceled_through_the_api(
     final = final_callback(receiver, call.sid)
     statuses = [f.get("CallStatus") for f in callbacks_for(receiver, call.sid)]
     assert final is not None and final["CallStatus"] == "canceled", statuses
+
+
+def test_outbound_call_to_an_unreachable_tcp_trunk_fails_at_once(start_callflow, twiml, receiver):
+    """Nothing listens on the trunk's TCP port: the refused connection fails the call right away
+    (a transport error), not after timer B's 32 s."""
+    callflow = start_callflow(free_port(), transport="tcp")
+    client = callflow.client()
+    provision_number(client, twiml)
+    call = place_call(client, receiver, twiml)
+
+    def final():
+        fetched = client.calls(call.sid).fetch()
+        return fetched if fetched.status in FINAL_STATUSES else None
+
+    fetched = wait_until(final, WAIT_S, interval=0.2)
+    assert fetched is not None, f"no final status in {WAIT_S:.0f} s"
+    assert fetched.status == "failed", fetched.status

@@ -143,15 +143,25 @@ impl Sip {
     }
 }
 
-/// A message read from TCP connection `id` to a peer, or its end (`None`).
-type TcpInput = (SocketAddr, u64, Option<Vec<u8>>);
+/// What TCP connection tasks tell the driver.
+enum TcpInput {
+    /// A message framed from the connection with this peer.
+    Message(SocketAddr, Vec<u8>),
+    /// A transmit of this transaction could not be written (connect or write failure).
+    Failed(TxKey),
+    /// Connection `id` with this peer is gone.
+    Closed(SocketAddr, u64),
+}
+
+/// Bytes for a connection to write, and the transaction to blame if it cannot.
+type TcpWrite = (Vec<u8>, Option<TxKey>);
 
 struct Driver {
     ua: UserAgent,
     udp: Arc<UdpSocket>,
     /// Writers of open TCP connections by peer address, with the connection's id (a closing
     /// connection removes its entry only if a newer one has not replaced it).
-    conns: HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    conns: HashMap<SocketAddr, (u64, mpsc::UnboundedSender<TcpWrite>)>,
     next_conn: u64,
     /// Messages read from TCP connections, and connections closing (`None`).
     inbound: (
@@ -183,9 +193,12 @@ impl Driver {
                     Some(c) => self.command(c),
                     None => break,
                 },
-                Some((from, id, msg)) = self.inbound.1.recv() => match msg {
-                    Some(bytes) => self.ua.handle_stream_message(Instant::now(), &bytes, from),
-                    None => {
+                Some(input) = self.inbound.1.recv() => match input {
+                    TcpInput::Message(from, bytes) => {
+                        self.ua.handle_stream_message(Instant::now(), &bytes, from)
+                    }
+                    TcpInput::Failed(key) => self.transport_error(key),
+                    TcpInput::Closed(from, id) => {
                         if self.conns.get(&from).is_some_and(|(c, _)| *c == id) {
                             self.conns.remove(&from);
                         }
@@ -244,7 +257,7 @@ impl Driver {
                         false
                     }
                 },
-                _ => self.send_tcp(t.to, t.bytes),
+                _ => self.send_tcp(t.to, t.bytes, t.tx),
             };
             if !ok && let Some(key) = t.tx {
                 self.transport_error(key);
@@ -259,24 +272,34 @@ impl Driver {
         self.ua.handle_transport_error(Instant::now(), key);
     }
 
-    fn send_tcp(&mut self, to: SocketAddr, bytes: Vec<u8>) -> bool {
-        if let Some((_, w)) = self.conns.get(&to)
-            && w.send(bytes.clone()).is_ok()
-        {
-            return true;
-        }
+    /// Hands bytes to the connection with `to`, opening one if needed. Failures come back
+    /// later as [`TcpInput::Failed`].
+    fn send_tcp(&mut self, to: SocketAddr, bytes: Vec<u8>, tx: Option<TxKey>) -> bool {
+        let bytes = match self.conns.get(&to) {
+            Some((_, w)) => match w.send((bytes, tx)) {
+                Ok(()) => return true,
+                Err(mpsc::error::SendError((bytes, _))) => bytes,
+            },
+            None => bytes,
+        };
         // No connection: open one; the write waits for it in the connection's task.
-        let (w_tx, w_rx) = mpsc::unbounded_channel();
-        let _ = w_tx.send(bytes);
+        let (w_tx, mut w_rx) = mpsc::unbounded_channel();
+        let _ = w_tx.send((bytes, tx));
         let id = self.conn_id();
-        self.conns.insert(to, (id, w_tx));
+        self.conns.insert(to, (id, w_tx.clone()));
         let inbound = self.inbound.0.clone();
         tokio::spawn(async move {
             match TcpStream::connect(to).await {
-                Ok(stream) => connection(stream, to, id, w_rx, inbound).await,
+                Ok(stream) => connection(stream, to, id, w_tx, w_rx, inbound).await,
                 Err(e) => {
                     tracing::debug!(%to, error = %e, "TCP connect failed");
-                    let _ = inbound.send((to, id, None));
+                    let _ = inbound.send(TcpInput::Closed(to, id));
+                    drop(w_tx);
+                    while let Some((_, key)) = w_rx.recv().await {
+                        if let Some(key) = key {
+                            let _ = inbound.send(TcpInput::Failed(key));
+                        }
+                    }
                 }
             }
         });
@@ -286,8 +309,15 @@ impl Driver {
     fn adopt(&mut self, stream: TcpStream, from: SocketAddr) {
         let (w_tx, w_rx) = mpsc::unbounded_channel();
         let id = self.conn_id();
-        self.conns.insert(from, (id, w_tx));
-        tokio::spawn(connection(stream, from, id, w_rx, self.inbound.0.clone()));
+        self.conns.insert(from, (id, w_tx.clone()));
+        tokio::spawn(connection(
+            stream,
+            from,
+            id,
+            w_tx,
+            w_rx,
+            self.inbound.0.clone(),
+        ));
     }
 
     fn conn_id(&mut self) -> u64 {
@@ -296,19 +326,27 @@ impl Driver {
     }
 }
 
-/// One TCP connection: writes what the driver sends, reads and frames what the peer sends.
+/// One TCP connection: writes what the driver sends (reporting what it cannot write), reads
+/// and frames what the peer sends, and answers RFC 5626 keep-alive pings (CRLFCRLF) with CRLF.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    mut writes: mpsc::UnboundedReceiver<Vec<u8>>,
+    pong: mpsc::UnboundedSender<TcpWrite>,
+    mut writes: mpsc::UnboundedReceiver<TcpWrite>,
     inbound: mpsc::UnboundedSender<TcpInput>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
+    let failures = inbound.clone();
+    // Ends when the driver and this reader have dropped their senders (connection closed).
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = writes.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
-                break;
+        let mut broken = false;
+        while let Some((bytes, key)) = writes.recv().await {
+            if !broken && wr.write_all(&bytes).await.is_err() {
+                broken = true;
+            }
+            if broken && let Some(key) = key {
+                let _ = failures.send(TcpInput::Failed(key));
             }
         }
     });
@@ -323,11 +361,14 @@ async fn connection(
             match crate::frame(&buf) {
                 Ok(Frame::Message(len)) => {
                     let msg: Vec<u8> = buf.drain(..len).collect();
-                    if inbound.send((peer, id, Some(msg))).is_err() {
+                    if inbound.send(TcpInput::Message(peer, msg)).is_err() {
                         break 'read;
                     }
                 }
                 Ok(Frame::KeepAlive(len)) => {
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = pong.send((b"\r\n".to_vec(), None));
+                    }
                     buf.drain(..len);
                 }
                 Ok(Frame::Incomplete) if buf.len() <= MAX_MESSAGE_BYTES => break,
@@ -336,6 +377,8 @@ async fn connection(
             }
         }
     }
-    writer.abort();
-    let _ = inbound.send((peer, id, None));
+    drop(pong);
+    let _ = inbound.send(TcpInput::Closed(peer, id));
+    // Whatever the driver queued before it heard of the close is written or reported failed.
+    let _ = writer.await;
 }
