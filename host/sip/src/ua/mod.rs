@@ -685,6 +685,38 @@ impl UserAgent {
         Some((req, call.next_hop()))
     }
 
+    /// A 2xx from a second fork of our INVITE (§13.2.2.4): we keep the first dialog, so this one
+    /// is ACKed and ended with a BYE, both built for its own tag, target and route set.
+    fn end_fork(&mut self, now: Instant, key: CallKey, resp: &Response, tag: Option<String>) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let seq = msg::cseq(&resp.headers).map_or(call.local_cseq, |c| c.0);
+        let target = msg::header(&resp.headers, "contact")
+            .map(msg::uri_of)
+            .filter(|c| msg::usable_target(c))
+            .map_or_else(|| call.remote_target.clone(), str::to_owned);
+        let mut routes = msg::header_list(&resp.headers, "record-route");
+        routes.reverse();
+        let first = (
+            std::mem::replace(&mut call.remote_tag, tag),
+            std::mem::replace(&mut call.remote_target, target),
+            std::mem::replace(&mut call.route_set, routes),
+        );
+        let ack = self.dialog_request(key, "ACK", seq, false);
+        let bye = self.dialog_request(key, "BYE", seq + 1, true);
+        let call = self.calls.get_mut(&key).expect("present");
+        (call.remote_tag, call.remote_target, call.route_set) = first;
+        let transport = call.transport;
+        if let Some((ack, hop)) = ack {
+            self.tx
+                .send_raw(ack.to_string().into_bytes(), hop, transport);
+        }
+        if let Some((bye, hop)) = bye {
+            self.start_client(now, key, bye, hop, Purpose::Bye);
+        }
+    }
+
     fn send_bye(&mut self, now: Instant, key: CallKey) {
         let Some((req, to)) = self.in_dialog(key, "BYE") else {
             return;
@@ -1407,12 +1439,11 @@ impl UserAgent {
         };
         let remote_tag = msg::tag(&resp.headers, "to");
         if let Some(ack) = call.ack.clone() {
-            // A retransmitted 2xx (or one from another fork, which we do not keep): ACK again.
-            let same = remote_tag == call.remote_tag;
-            let peer = call.peer;
-            self.tx.send_raw(ack, call.next_hop(), call.transport);
-            if !same {
-                tracing::debug!(%key, %peer, "2xx from a second fork ignored");
+            if remote_tag == call.remote_tag {
+                // A retransmitted 2xx: ACK again.
+                self.tx.send_raw(ack, call.next_hop(), call.transport);
+            } else {
+                self.end_fork(now, key, &resp, remote_tag);
             }
             return;
         }

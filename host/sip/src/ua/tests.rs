@@ -897,3 +897,64 @@ fn a_bye_before_answer_ends_the_inbound_call_with_487() {
         }]
     );
 }
+
+#[test]
+fn a_2xx_from_a_second_fork_is_acked_and_ended_with_bye() {
+    let mut raw = Raw::new();
+    let out = Outgoing {
+        gateway: raw.peer,
+        transport: Transport::Udp,
+        uri: "sip:012345678@10.0.0.2".into(),
+        from: "sip:15005550006@10.0.0.2".into(),
+        auth: None,
+        media: media(4000),
+        ring_timeout: Duration::from_secs(60),
+    };
+    raw.ua.invite(raw.now, out).unwrap();
+    let invite = raw.sent().remove(0);
+    let ok = |tag: &str, contact: &str| {
+        reply(&invite, "200 OK", &format!("Contact: <{contact}>\r\n"))
+            .replace(";tag=far", &format!(";tag={tag}"))
+            .replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!(
+                    "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+                    OFFER.len()
+                ),
+            )
+    };
+    raw.feed(&ok("one", "sip:one@10.0.0.2:5070"));
+    let first = raw.sent();
+    assert!(
+        first
+            .iter()
+            .any(|m| m.starts_with("ACK sip:one@10.0.0.2:5070")),
+        "{first:?}"
+    );
+    raw.feed(&ok("two", "sip:two@10.0.0.2:5080"));
+    let second = raw.sent();
+    let ack = second
+        .iter()
+        .find(|m| m.starts_with("ACK "))
+        .expect("the fork is ACKed");
+    assert!(ack.starts_with("ACK sip:two@10.0.0.2:5080"), "{ack}");
+    assert!(header_of(ack, "To").ends_with(";tag=two"), "{ack}");
+    let bye = second
+        .iter()
+        .find(|m| m.starts_with("BYE "))
+        .expect("and sent a BYE");
+    assert!(bye.starts_with("BYE sip:two@10.0.0.2:5080"), "{bye}");
+    // The first dialog is intact: our hangup goes to it.
+    let call = raw.events().iter().find_map(|e| match e {
+        UaEvent::Answered { call } => Some(*call),
+        _ => None,
+    });
+    raw.ua.hangup(raw.now, call.unwrap()).unwrap();
+    let bye = raw
+        .sent()
+        .into_iter()
+        .find(|m| m.starts_with("BYE "))
+        .unwrap();
+    assert!(bye.starts_with("BYE sip:one@10.0.0.2:5070"), "{bye}");
+    assert!(header_of(&bye, "To").ends_with(";tag=one"), "{bye}");
+}
