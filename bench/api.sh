@@ -25,21 +25,12 @@ cd "$ROOT"
 OUT=${OUT:-$ROOT/target/bench/api-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # ---- tools ------------------------------------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-    log "wrk not found: installing it with apt-get"
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "wrk is missing and we are not root; install wrk"
-        SUDO="sudo"
-    fi
-    timeout 600 $SUDO apt-get update -qq || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq wrk >/dev/null \
-        || die "apt-get install wrk failed"
-fi
+command -v wrk >/dev/null 2>&1 || install wrk
+command -v wrk >/dev/null 2>&1 || die "wrk not found after installing it"
 command -v curl >/dev/null 2>&1 || die "curl is needed"
 
 # ---- build ------------------------------------------------------------------------------------
@@ -56,51 +47,14 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/callflow-bench.XXXXXX")
 CALLFLOW_PID=""
 BARE_PID=""
 cleanup() {
-    local pid
-    for pid in $CALLFLOW_PID $BARE_PID; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in $CALLFLOW_PID $BARE_PID; do
-        # bounded: callflow waits at most 10 s for webhooks in flight (there are none here)
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids $CALLFLOW_PID $BARE_PID
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A loopback TCP port nobody listens on now (checked by connecting to it).
-used_ports=" "
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 40000))
-        case "$used_ports" in *" $port "*) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            used_ports="$used_ports$port "
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free loopback port found"
-}
 
-wait_http() { # url pid name log
-    local deadline=$((SECONDS + STARTUP_TIMEOUT_S))
-    while [ $SECONDS -lt $deadline ]; do
-        if ! kill -0 "$2" 2>/dev/null; then
-            tail -n 40 "$4" >&2
-            die "$3 exited during startup"
-        fi
-        if curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    tail -n 40 "$4" >&2
-    die "$3 did not answer $1 within ${STARTUP_TIMEOUT_S} s"
-}
 
 hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 ACCOUNT_SID="AC$(hex 16)"

@@ -40,8 +40,8 @@ OUT=${OUT:-$ROOT/target/bench/sip-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 SCENARIO=$ROOT/tests/sipp/uac_load.xml
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 want() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 for r in $RATES; do [[ $r =~ ^[1-9][0-9]*$ ]] || die "RATES must be whole calls per second: '$r'"; done
@@ -50,20 +50,6 @@ for r in $RATES; do [[ $r =~ ^[1-9][0-9]*$ ]] || die "RATES must be whole calls 
 for t in $TARGETS; do [ "$t" = kamailio ] || [ "$t" = callflow ] || die "unknown target '$t'"; done
 
 # ---- tools ------------------------------------------------------------------------------------
-# install PACKAGE: apt-get install, and apt-get update first only if that fails.
-install() {
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "$1 is missing and we are not root; install $1"
-        sudo="sudo"
-    fi
-    log "$1 not found: installing it with apt-get"
-    if ! timeout 900 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; then
-        timeout 900 $sudo apt-get update -qq || die "apt-get update failed"
-        timeout 900 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null \
-            || die "apt-get install $1 failed"
-    fi
-}
 command -v sipp >/dev/null 2>&1 || install sip-tester
 command -v sipp >/dev/null 2>&1 || die "sipp not found after installing sip-tester"
 KAMAILIO=""
@@ -95,39 +81,13 @@ KAMAILIO_PID=""
 CALLFLOW_PID=""
 TWIML_PID=""
 cleanup() {
-    local pid
-    for pid in $KAMAILIO_PID $CALLFLOW_PID $TWIML_PID; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in $KAMAILIO_PID $CALLFLOW_PID $TWIML_PID; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids $KAMAILIO_PID $CALLFLOW_PID $TWIML_PID
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A loopback port free now for both TCP and UDP (checked with ss, else by connecting over TCP).
-used_ports=" "
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 40000))
-        case "$used_ports" in *" $port "*) continue ;; esac
-        if command -v ss >/dev/null 2>&1; then
-            [ -z "$(ss -Htuan "( sport = :$port )" 2>/dev/null)" ] || continue
-        elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            continue
-        fi
-        used_ports="$used_ports$port "
-        echo "$port"
-        return 0
-    done
-    die "no free loopback port found"
-}
 
 # sipp_once NAME TARGET_PORT SECONDS [sipp args...]: one call of uac_load; 0 if it succeeded.
 sipp_once() {
@@ -153,16 +113,6 @@ wait_sip() {
     die "$1 did not answer a call on udp 127.0.0.1:$2 within ${STARTUP_TIMEOUT_S} s"
 }
 
-wait_http() { # url pid name log
-    local deadline=$((SECONDS + STARTUP_TIMEOUT_S))
-    while [ $SECONDS -lt $deadline ]; do
-        kill -0 "$2" 2>/dev/null || { tail -n 40 "$4" >&2; die "$3 exited during startup"; }
-        if curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    tail -n 40 "$4" >&2
-    die "$3 did not answer $1 within ${STARTUP_TIMEOUT_S} s"
-}
 
 # Settings come only from the flags and variables below, not from the caller's CALLFLOW_*.
 for v in $(compgen -e | grep '^CALLFLOW_' || true); do unset "$v"; done

@@ -6,7 +6,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use callflow_engine::clock::now_ms;
 use callflow_engine::{EndRequest, EngineError};
-use callflow_store::{CallFilter, CallStatus, CallUpdate, Direction, NewCall, StoreError};
+use callflow_store::{
+    CallFilter, CallStatus, CallUpdate, Direction, NewCall, StoreError, TIME_LIMIT_DEFAULT,
+    TIMEOUT_DEFAULT,
+};
 use chrono::{NaiveDate, NaiveTime};
 use serde_json::Value;
 
@@ -16,11 +19,9 @@ use crate::paging::ListQuery;
 use crate::params::{Params, destination, e164};
 use crate::{ApiState, CallerIdPolicy, render};
 
-/// Twilio's ring timeout default and cap, in seconds.
-const TIMEOUT_DEFAULT: i64 = 60;
+/// Twilio's ring timeout cap, in seconds (the defaults are the store's).
 const TIMEOUT_MAX: i64 = 600;
-/// Twilio's maximum call length default (4 h) and cap (24 h), in seconds.
-const TIME_LIMIT_DEFAULT: i64 = 14_400;
+/// Twilio's maximum call length cap (24 h), in seconds.
 const TIME_LIMIT_MAX: i64 = 86_400;
 /// Twilio's limit on an inline `Twiml` parameter.
 const TWIML_MAX: usize = 4_000;

@@ -18,7 +18,9 @@ use callflow_sip::sdp::LocalMedia;
 use callflow_sip::trunk::{TrunkSpec, TrunkTransport, Trunks};
 use callflow_sip::ua::{Auth, CallKey, Outgoing, UaEvent};
 use callflow_sip::{CallEnd, end_status, rsip};
-use callflow_store::{Call, CallStatus, Direction, NewCall, Store, Transition};
+use callflow_store::{
+    Call, CallStatus, Direction, NewCall, Store, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT, Transition,
+};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -392,8 +394,8 @@ impl Telephony {
             status_callback: number.status_callback.clone(),
             status_callback_method: number.status_callback_method.clone(),
             status_callback_event: "completed".into(),
-            timeout: 60,
-            time_limit: 14_400,
+            timeout: TIMEOUT_DEFAULT,
+            time_limit: TIME_LIMIT_DEFAULT,
             send_digits: None,
             record: false,
             machine_detection: None,

@@ -53,11 +53,6 @@ impl std::fmt::Debug for Sip {
     }
 }
 
-/// What went wrong reaching the stack.
-fn gone() -> UaError {
-    UaError::Sdp("the SIP stack has stopped".into())
-}
-
 impl Sip {
     /// Binds UDP and TCP on `bind` (port 0 picks one; TCP gets the same port) and starts the
     /// stack. `config.advertised` is replaced by the bound address when its port is 0.
@@ -103,8 +98,8 @@ impl Sip {
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, UaError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        self.commands.send(make(tx)).map_err(|_| UaError::Stopped)?;
+        rx.await.map_err(|_| UaError::Stopped)
     }
 
     pub async fn invite(&self, out: Outgoing) -> Result<CallKey, UaError> {

@@ -11,6 +11,11 @@ const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direction, to_num
     twiml, fallback_url, fallback_method, status_callback, status_callback_method, status_callback_event,
     timeout, time_limit, send_digits, record, machine_detection, request_params, plugins, date_created, date_updated";
 
+/// Twilio's ring timeout default (`Timeout`), in seconds: calls created by the API or by SIP.
+pub const TIMEOUT_DEFAULT: i64 = 60;
+/// Twilio's maximum call length default (`TimeLimit`, 4 h), in seconds.
+pub const TIME_LIMIT_DEFAULT: i64 = 14_400;
+
 /// A call to create. Validation happens before this (in `api` or the engine).
 #[derive(Debug, Clone)]
 pub struct NewCall {

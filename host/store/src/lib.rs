@@ -23,7 +23,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use calls::{CallFilter, CallUpdate, NewCall, Transition};
+pub use calls::{CallFilter, CallUpdate, NewCall, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT, Transition};
 pub use deliveries::{AttemptOutcome, Delivery, DeliveryState, NewDelivery};
 pub use model::*;
 pub use numbers::{NewNumber, NumberFilter, NumberUpdate};

@@ -175,6 +175,8 @@ pub enum UaError {
     Tx(#[from] transaction::TxError),
     #[error("the offer cannot be answered: {0}")]
     Sdp(String),
+    #[error("the SIP stack has stopped")]
+    Stopped,
 }
 
 /// Live counts, for metrics and the benchmark's "back to zero".
@@ -254,7 +256,7 @@ struct Call {
     offer: Option<SessionDescription>,
     negotiated: Option<Negotiated>,
     live_txs: usize,
-    /// The last time this call was touched by a timer, for `wake`.
+    /// The wake time last pushed onto the timer heap, so each is pushed once.
     deadline_since: Option<Instant>,
 }
 
@@ -515,7 +517,7 @@ impl UserAgent {
 
     /// Sends `180 Ringing` for an inbound call not yet answered.
     pub fn ring(&mut self, now: Instant, key: CallKey) -> Result<(), UaError> {
-        self.respond_invite(now, key, 180, None)
+        self.respond_invite(now, key, 180, None, false)
     }
 
     /// Answers an inbound call: `200` with our SDP answer for `media`, re-sent until the ACK.
@@ -529,12 +531,12 @@ impl UserAgent {
             Some(offer) => match sdp::negotiate(offer, &self.config.codecs) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.respond_invite(now, key, 488, None)?;
+                    self.respond_invite(now, key, 488, None, false)?;
                     return Err(UaError::Sdp(e.to_string()));
                 }
             },
             None => {
-                self.respond_invite(now, key, 488, None)?;
+                self.respond_invite(now, key, 488, None, false)?;
                 return Err(UaError::Sdp("the INVITE has no SDP offer".into()));
             }
         };
@@ -542,7 +544,7 @@ impl UserAgent {
         let offer = call.offer.as_ref().expect("checked above");
         let body = sdp::answer(offer, &negotiated, &media);
         call.negotiated = Some(negotiated.clone());
-        self.respond_invite(now, key, 200, Some(body.into_bytes()))?;
+        self.respond_invite(now, key, 200, Some(body.into_bytes()), false)?;
         self.events.push_back(UaEvent::Media {
             call: key,
             media: negotiated,
@@ -556,7 +558,7 @@ impl UserAgent {
         if !(300..700).contains(&status) {
             return Err(UaError::State(key));
         }
-        self.respond_invite(now, key, status, None)
+        self.respond_invite(now, key, status, None, false)
     }
 
     /// Ends a call from our side: BYE when it is answered, CANCEL while an outbound call rings
@@ -565,7 +567,7 @@ impl UserAgent {
         let call = self.calls.get(&key).ok_or(UaError::Unknown(key))?;
         match call.phase {
             Phase::Inviting => self.cancel(now, key, CallEnd::Canceled),
-            Phase::Offered => self.respond_invite(now, key, 487, None),
+            Phase::Offered => self.respond_invite(now, key, 487, None, false),
             Phase::Accepting => {
                 // §15: no BYE before the ACK for our 2xx (or the 64·T1 wait) is over.
                 if let Some(call) = self.calls.get_mut(&key) {
@@ -810,10 +812,12 @@ impl UserAgent {
         key: CallKey,
         status: u16,
         body: Option<Vec<u8>>,
+        by_peer: bool,
     ) -> Result<(), UaError> {
-        let contact = self.contact(Transport::Udp);
         let ua = self.config.user_agent.clone();
         let t1 = self.config.tx.t1;
+        let transport = self.calls.get(&key).ok_or(UaError::Unknown(key))?.transport;
+        let contact = self.contact(transport);
         let call = self.calls.get_mut(&key).ok_or(UaError::Unknown(key))?;
         if call.outbound || call.phase != Phase::Offered {
             return Err(UaError::State(key));
@@ -824,15 +828,6 @@ impl UserAgent {
             self.end(key, CallEnd::TransportFailure, None, false);
             self.reap(key);
             return Err(UaError::State(key));
-        };
-        let contact = if call.transport == Transport::Udp {
-            contact
-        } else {
-            format!(
-                "<sip:callflow@{};transport={}>",
-                self.config.advertised,
-                transport_name(call.transport).to_ascii_lowercase()
-            )
         };
         let mut extra = vec![("User-Agent", ua.as_str())];
         if status < 300 {
@@ -870,7 +865,7 @@ impl UserAgent {
                 (487, _) => CallEnd::Canceled,
                 _ => CallEnd::Rejected(status),
             };
-            self.end(key, end, Some(status), false);
+            self.end(key, end, Some(status), by_peer);
         }
         self.schedule(key);
         self.pump(now);
@@ -954,7 +949,7 @@ impl UserAgent {
         {
             match call.phase {
                 Phase::Inviting => drop(self.cancel(now, key, CallEnd::RingTimeout)),
-                Phase::Offered => drop(self.respond_invite(now, key, 480, None)),
+                Phase::Offered => drop(self.respond_invite(now, key, 480, None, false)),
                 _ => {}
             }
         }
@@ -1039,12 +1034,7 @@ impl UserAgent {
                             .get(&key)
                             .is_some_and(|c| c.phase == Phase::Offered) =>
                     {
-                        self.simple_response(now, tx, &req, 200);
-                        let _ = self.respond_invite(now, key, 487, None);
-                        // The caller gave up: reported as cancelled by the peer.
-                        if let Some(UaEvent::Ended { by_peer, .. }) = self.events.back_mut() {
-                            *by_peer = true;
-                        }
+                        self.caller_gave_up(now, tx, &req, key)
                     }
                     Some(_) => self.simple_response(now, tx, &req, 200),
                     None => self.simple_response(now, tx, &req, 481),
@@ -1064,11 +1054,7 @@ impl UserAgent {
                         .get(&key)
                         .is_some_and(|c| c.phase == Phase::Offered) =>
                 {
-                    self.simple_response(now, tx, &req, 200);
-                    let _ = self.respond_invite(now, key, 487, None);
-                    if let Some(UaEvent::Ended { by_peer, .. }) = self.events.back_mut() {
-                        *by_peer = true;
-                    }
+                    self.caller_gave_up(now, tx, &req, key)
                 }
                 Some(key)
                     if self
@@ -1108,6 +1094,13 @@ impl UserAgent {
             _ if to_tag.is_some() && dialog.is_none() => self.simple_response(now, tx, &req, 481),
             _ => self.simple_response(now, tx, &req, 501),
         }
+    }
+
+    /// The caller of an unanswered inbound call gave up (CANCEL, or BYE in the early dialog):
+    /// `200` to that request, `487` to the INVITE, the call ended as cancelled by the peer.
+    fn caller_gave_up(&mut self, now: Instant, tx: TxKey, req: &Request, key: CallKey) {
+        self.simple_response(now, tx, req, 200);
+        let _ = self.respond_invite(now, key, 487, None, true);
     }
 
     fn on_invite(&mut self, now: Instant, tx: TxKey, req: Request, from: SocketAddr) {
@@ -1203,7 +1196,10 @@ impl UserAgent {
         self.owners.insert(tx, (key, Purpose::Server));
         let t1 = self.config.tx.t1;
         let codecs = self.config.codecs.clone();
-        let contact = self.contact(Transport::Udp);
+        let Some(transport) = self.calls.get(&key).map(|c| c.transport) else {
+            return;
+        };
+        let contact = self.contact(transport);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };

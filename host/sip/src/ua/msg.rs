@@ -271,19 +271,7 @@ fn finish(
 pub(super) fn usable_target(uri: &str) -> bool {
     (uri.starts_with("sip:") || uri.starts_with("sips:"))
         && !uri.contains(char::is_whitespace)
-        && request(
-            "OPTIONS",
-            uri,
-            &[
-                ("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKx"),
-                ("From", "<sip:x@x>;tag=x"),
-                ("To", "<sip:x@x>"),
-                ("Call-ID", "x"),
-                ("CSeq", "1 OPTIONS"),
-            ],
-            None,
-        )
-        .is_some()
+        && rsip::Uri::try_from(uri).is_ok_and(|u| !u.host_with_port.to_string().is_empty())
 }
 
 /// Adds RFC 3581 `received`/`rport` to the top Via of a request that arrived from `from`

@@ -1,0 +1,66 @@
+# Shared by the benchmark scripts (sourced, not run): logging, installing a Debian package,
+# free loopback ports, waiting for a server, stopping processes. Every wait is bounded.
+# The sourcing script sets STARTUP_TIMEOUT_S before calling wait_http.
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# install PACKAGE: apt-get install (sudo unless root), and apt-get update first only if that fails.
+install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "$1 is missing and we are not root; install $1"
+        sudo="sudo"
+    fi
+    log "$1 not found: installing it with apt-get"
+    if ! timeout 900 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; then
+        timeout 900 $sudo apt-get update -qq || die "apt-get update failed"
+        timeout 900 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null \
+            || die "apt-get install $1 failed"
+    fi
+}
+
+# A loopback port free now for both TCP and UDP (checked with ss, else by connecting over TCP),
+# never handed out twice by one script.
+used_ports=" "
+free_port() {
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 40000))
+        case "$used_ports" in *" $port "*) continue ;; esac
+        if command -v ss >/dev/null 2>&1; then
+            [ -z "$(ss -Htuan "( sport = :$port )" 2>/dev/null)" ] || continue
+        elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            continue
+        fi
+        used_ports="$used_ports$port "
+        echo "$port"
+        return 0
+    done
+    die "no free loopback port found"
+}
+
+wait_http() { # url pid name log
+    local deadline=$((SECONDS + STARTUP_TIMEOUT_S))
+    while [ $SECONDS -lt $deadline ]; do
+        kill -0 "$2" 2>/dev/null || { tail -n 40 "$4" >&2; die "$3 exited during startup"; }
+        if curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    tail -n 40 "$4" >&2
+    die "$3 did not answer $1 within ${STARTUP_TIMEOUT_S} s"
+}
+
+# stop_pids PID...: TERM, up to 10 s each to exit (callflow waits at most that for webhooks in
+# flight), then KILL.
+stop_pids() {
+    local pid
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "$@"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
