@@ -462,6 +462,19 @@ impl Raw {
             .handle_datagram(self.now, text.as_bytes(), self.peer);
     }
 
+    /// An outbound call to the raw peer (a gateway dialled with a national number).
+    fn outgoing(&self, auth: Option<Auth>) -> Outgoing {
+        Outgoing {
+            gateway: self.peer,
+            transport: Transport::Udp,
+            uri: "sip:012345678@10.0.0.2".into(),
+            from: "sip:15005550006@10.0.0.2".into(),
+            auth,
+            media: media(4000),
+            ring_timeout: Duration::from_secs(60),
+        }
+    }
+
     fn events(&mut self) -> Vec<UaEvent> {
         std::iter::from_fn(|| self.ua.poll_event()).collect()
     }
@@ -490,19 +503,11 @@ fn reply(req: &str, status: &str, extra: &str) -> String {
 
 fn digest_round(algorithm: &str) {
     let mut raw = Raw::new();
-    let out = Outgoing {
-        gateway: raw.peer,
-        transport: Transport::Udp,
-        uri: "sip:012345678@10.0.0.2".into(),
-        from: "sip:15005550006@10.0.0.2".into(),
-        auth: Some(Auth {
-            username: "callflow".into(),
-            password: "secret".into(),
-            realm: None,
-        }),
-        media: media(4000),
-        ring_timeout: Duration::from_secs(60),
-    };
+    let out = raw.outgoing(Some(Auth {
+        username: "callflow".into(),
+        password: "secret".into(),
+        realm: None,
+    }));
     raw.ua.invite(raw.now, out).unwrap();
     let invite = raw.sent().remove(0);
     let challenge = format!(
@@ -820,15 +825,7 @@ fn a_caller_we_could_never_send_a_bye_to_is_refused_400() {
 #[test]
 fn a_cancelled_invite_whose_487_never_comes_is_dropped_after_64_t1() {
     let mut raw = Raw::new();
-    let out = Outgoing {
-        gateway: raw.peer,
-        transport: Transport::Udp,
-        uri: "sip:012345678@10.0.0.2".into(),
-        from: "sip:15005550006@10.0.0.2".into(),
-        auth: None,
-        media: media(4000),
-        ring_timeout: Duration::from_secs(60),
-    };
+    let out = raw.outgoing(None);
     let call = raw.ua.invite(raw.now, out).unwrap();
     let invite = raw.sent().remove(0);
     raw.feed(&reply(&invite, "180 Ringing", ""));
@@ -901,15 +898,7 @@ fn a_bye_before_answer_ends_the_inbound_call_with_487() {
 #[test]
 fn a_2xx_from_a_second_fork_is_acked_and_ended_with_bye() {
     let mut raw = Raw::new();
-    let out = Outgoing {
-        gateway: raw.peer,
-        transport: Transport::Udp,
-        uri: "sip:012345678@10.0.0.2".into(),
-        from: "sip:15005550006@10.0.0.2".into(),
-        auth: None,
-        media: media(4000),
-        ring_timeout: Duration::from_secs(60),
-    };
+    let out = raw.outgoing(None);
     raw.ua.invite(raw.now, out).unwrap();
     let invite = raw.sent().remove(0);
     let ok = |tag: &str, contact: &str| {
