@@ -4,17 +4,24 @@
 //! events to them; the dispatcher task takes queued calls out, in order, within each trunk's
 //! calls-per-second and channel limits.
 //!
-//! Until the engine runs call-flow plugins (issue 6), every answered call runs the trivial
-//! flow: answer, stay up until either side hangs up, the API ends it, or its `TimeLimit`.
+//! Each call gets an RTP port from the media layer before its SDP is written; media starts
+//! when SDP is agreed, and once the call is answered its [`Flow`] runs on it. Until the engine
+//! runs call-flow plugins (issue 6), that is [`silent_flow`]: stay up (sending silence) until
+//! either side hangs up, the API ends it, or its `TimeLimit`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use callflow_media::g711::Law;
+use callflow_media::rtp::StreamParams;
+use callflow_media::worker::{CallMedia, Media, MediaError, MediaEvent, Reservation};
+
 use callflow_sip::driver::Sip;
-use callflow_sip::sdp::LocalMedia;
+use callflow_sip::sdp::{Codec, LocalMedia, Negotiated};
 use callflow_sip::trunk::{TrunkSpec, TrunkTransport, Trunks};
 use callflow_sip::ua::{Auth, CallKey, Outgoing, UaEvent};
 use callflow_sip::{CallEnd, end_status, rsip};
@@ -29,23 +36,41 @@ use crate::clock::now_ms;
 use crate::rate::TokenBucket;
 use crate::{EndRequest, Engine};
 
-/// Where answered calls' media will be (the media layer owns the ports; until it lands the
-/// SDP names ports from this range, round robin, even numbers as RTP wants).
-#[derive(Debug, Clone)]
-pub struct MediaPorts {
-    pub ip: IpAddr,
-    pub first: u16,
-    pub last: u16,
+/// What runs on an answered call. It gets the call record, its media and the media's events,
+/// and returns when the flow is over; the call is then hung up. When the call ends first, the
+/// flow is dropped where it stands.
+pub type Flow = Arc<
+    dyn Fn(
+            Call,
+            CallMedia,
+            mpsc::UnboundedReceiver<MediaEvent>,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The flow every call runs until the engine runs plugins: keep the media up (it sends
+/// silence) until the call ends; should the media close first, the call is hung up.
+pub fn silent_flow() -> Flow {
+    Arc::new(|_call, media, mut events| {
+        Box::pin(async move {
+            let _media = media;
+            while let Some(e) = events.recv().await {
+                if let MediaEvent::Closed { .. } = e {
+                    return;
+                }
+            }
+        })
+    })
 }
 
-impl Default for MediaPorts {
-    fn default() -> Self {
-        MediaPorts {
-            ip: [127, 0, 0, 1].into(),
-            first: 10_000,
-            last: 19_998,
-        }
-    }
+/// Calls' media: the workers and ports, the address SDP names, and what answered calls run.
+#[derive(Clone)]
+pub struct MediaSetup {
+    pub media: Arc<Media>,
+    /// The address in our SDP (`c=`): where peers send RTP.
+    pub advertised_ip: IpAddr,
+    pub flow: Flow,
 }
 
 /// The SIP side of the engine.
@@ -58,8 +83,7 @@ struct Inner {
     sip: Sip,
     engine: Engine,
     trunks: Trunks,
-    media: MediaPorts,
-    next_port: AtomicU16,
+    media: MediaSetup,
     /// Event channels of live calls by SIP handle; events for a handle not registered yet
     /// (an outbound call whose INVITE just left) wait in `early`.
     routes: Mutex<Routes>,
@@ -102,7 +126,7 @@ impl Telephony {
         events: mpsc::UnboundedReceiver<UaEvent>,
         engine: Engine,
         trunks: Trunks,
-        media: MediaPorts,
+        media: MediaSetup,
         stop: watch::Receiver<bool>,
     ) -> Result<(Telephony, Vec<JoinHandle<()>>), EngineError> {
         let tel = Telephony {
@@ -110,7 +134,6 @@ impl Telephony {
                 sip,
                 engine,
                 trunks,
-                next_port: AtomicU16::new(media.first),
                 media,
                 routes: Mutex::new(Routes::default()),
                 channels: Mutex::new(HashMap::new()),
@@ -230,17 +253,16 @@ impl Telephony {
         routes.early.remove(&key);
     }
 
-    fn media(&self) -> LocalMedia {
-        let m = &self.inner.media;
-        let span = (m.last.saturating_sub(m.first) / 2).max(1);
-        let n = self.inner.next_port.fetch_add(1, Ordering::Relaxed);
-        let port = m.first + (n.wrapping_sub(m.first) % span) * 2;
-        LocalMedia {
-            ip: m.ip,
-            port,
+    /// A bound RTP port for a call about to describe its media, and that description.
+    fn reserve_media(&self) -> Result<(Reservation, LocalMedia), MediaError> {
+        let r = self.inner.media.media.reserve()?;
+        let local = LocalMedia {
+            ip: self.inner.media.advertised_ip,
+            port: r.port(),
             session_id: now_ms().unsigned_abs(),
             session_version: 1,
-        }
+        };
+        Ok((r, local))
     }
 
     fn take_channel(&self, trunk: &TrunkSpec) -> bool {
@@ -375,6 +397,14 @@ impl Telephony {
             reject(488, "no usable SDP offer").await;
             return self.close_route(key, &mut events).await;
         }
+        let (reservation, local) = match self.reserve_media() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "no media for an inbound call");
+                reject(503, "no media port").await;
+                return self.close_route(key, &mut events).await;
+            }
+        };
         if !self.take_channel(&trunk) {
             reject(503, "trunk channels full").await;
             return self.close_route(key, &mut events).await;
@@ -417,11 +447,10 @@ impl Telephony {
         };
         tracing::info!(call = %call.sid, account = %call.account_sid, %key, "inbound call");
         let control = self.register_live(&call.sid);
-        let media = self.media();
-        if let Err(e) = self.inner.sip.answer(key, media).await {
+        if let Err(e) = self.inner.sip.answer(key, local).await {
             tracing::warn!(call = %call.sid, error = %e, "could not answer");
         }
-        self.follow(call, key, &trunk.name, &mut events, control)
+        self.follow(call, key, &trunk.name, &mut events, control, reservation)
             .await;
     }
 
@@ -434,8 +463,14 @@ impl Telephony {
         trunk: &str,
         events: &mut mpsc::UnboundedReceiver<UaEvent>,
         mut control: mpsc::UnboundedReceiver<Control>,
+        reservation: Reservation,
     ) {
         let mut reply: Option<oneshot::Sender<Result<Call, EngineError>>> = None;
+        let mut reservation = Some(reservation);
+        // The call's media once SDP is agreed, and its events until the flow takes them.
+        let mut media: Option<(CallMedia, Option<mpsc::UnboundedReceiver<MediaEvent>>)> = None;
+        let mut flow: Option<JoinHandle<()>> = None;
+        let (flow_done, mut flow_ended) = mpsc::channel::<()>(1);
         // Whether the SIP leg was answered, whatever the store managed to record.
         let mut answered = false;
         let limit = Duration::from_secs(call.time_limit.max(1) as u64);
@@ -474,8 +509,30 @@ impl Telephony {
                                 Some(c) => call = c,
                                 None => self.hang_up_if_ended(&call, key).await,
                             }
+                            if let Some((m, rx @ Some(_))) = media.as_mut()
+                                && let Some(rx) = rx.take()
+                                && call.status() == CallStatus::InProgress
+                            {
+                                let run = (self.inner.media.flow)(call.clone(), m.clone(), rx);
+                                let done = flow_done.clone();
+                                flow = Some(tokio::spawn(async move {
+                                    run.await;
+                                    let _ = done.send(()).await;
+                                }));
+                            }
                         }
-                        UaEvent::Media { .. } | UaEvent::Incoming(_) => {}
+                        UaEvent::Media { media: agreed, .. } => {
+                            let params = stream_params(&agreed);
+                            match (&media, reservation.take()) {
+                                (Some((m, _)), _) => m.update(params),
+                                (None, Some(r)) => {
+                                    let (m, rx) = self.inner.media.media.open(r, params);
+                                    media = Some((m, Some(rx)));
+                                }
+                                (None, None) => {}
+                            }
+                        }
+                        UaEvent::Incoming(_) => {}
                         UaEvent::Ended { end, code, by_peer, .. } => {
                             let mut status = status_of(end);
                             if status == CallStatus::Completed && !answered {
@@ -529,8 +586,16 @@ impl Telephony {
                     tracing::info!(call = %call.sid, "time limit reached");
                     let _ = self.inner.sip.hangup(key).await;
                 }
+                Some(()) = flow_ended.recv() => {
+                    tracing::debug!(call = %call.sid, "flow over; hanging up");
+                    let _ = self.inner.sip.hangup(key).await;
+                }
             }
         }
+        if let Some(f) = flow {
+            f.abort();
+        }
+        drop(media);
         self.unregister_live(&call.sid);
         self.unregister(key);
         self.release_channel(trunk);
@@ -625,7 +690,17 @@ impl Telephony {
                 return self.release_channel(&trunk.name);
             }
         };
-        let placed = match self.outgoing(&fresh, &trunk).await {
+        let (reservation, local) = match self.reserve_media() {
+            Ok(r) => r,
+            Err(e) => {
+                let detail = serde_json::json!({ "error": e.to_string() });
+                self.set_status(&fresh, CallStatus::Failed, None, detail)
+                    .await;
+                self.unregister_live(&call.sid);
+                return self.release_channel(&trunk.name);
+            }
+        };
+        let placed = match self.outgoing(&fresh, &trunk, local).await {
             Ok(out) => self.inner.sip.invite(out).await.map_err(|e| e.to_string()),
             Err(why) => Err(why),
         };
@@ -641,11 +716,16 @@ impl Telephony {
         };
         tracing::info!(call = %fresh.sid, %key, trunk = %trunk.name, "outbound call placed");
         let mut events = self.register(key);
-        self.follow(fresh, key, &trunk.name, &mut events, control)
+        self.follow(fresh, key, &trunk.name, &mut events, control, reservation)
             .await;
     }
 
-    async fn outgoing(&self, call: &Call, trunk: &TrunkSpec) -> Result<Outgoing, String> {
+    async fn outgoing(
+        &self,
+        call: &Call,
+        trunk: &TrunkSpec,
+        media: LocalMedia,
+    ) -> Result<Outgoing, String> {
         let gateway: SocketAddr = tokio::net::lookup_host((trunk.host.as_str(), trunk.port))
             .await
             .map_err(|e| {
@@ -680,7 +760,7 @@ impl Telephony {
             uri: format!("sip:{}@{host}", escape_user(&dial)),
             from: format!("sip:{}@{}", escape_user(&caller), trunk.from_host()),
             auth,
-            media: self.media(),
+            media,
             ring_timeout: Duration::from_secs(call.timeout.clamp(1, 600) as u64),
         })
     }
@@ -698,6 +778,21 @@ fn escape_user(user: &str) -> String {
             }
         })
         .collect()
+}
+
+/// What SDP agreed, as the media layer takes it.
+fn stream_params(n: &Negotiated) -> StreamParams {
+    StreamParams {
+        law: match n.codec {
+            Codec::Pcmu => Law::Mu,
+            Codec::Pcma => Law::A,
+        },
+        payload_type: n.payload_type,
+        telephone_event: n.telephone_event,
+        ptime_ms: n.ptime,
+        remote: Some(n.remote).filter(|r| !r.ip().is_unspecified()),
+        send: n.direction.sends() && !n.on_hold(),
+    }
 }
 
 fn status_of(end: CallEnd) -> CallStatus {

@@ -10,7 +10,9 @@ pub mod g711;
 pub mod level;
 pub mod prompt;
 pub mod record;
+pub mod rtp;
 pub mod tts;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -29,8 +31,14 @@ impl Audio {
     /// Encodes 8 kHz mono PCM once into both laws.
     pub fn from_pcm(pcm: &[i16]) -> Audio {
         Audio {
-            mu: pcm.iter().map(|&s| g711::encode_sample(g711::Law::Mu, s)).collect(),
-            a: pcm.iter().map(|&s| g711::encode_sample(g711::Law::A, s)).collect(),
+            mu: pcm
+                .iter()
+                .map(|&s| g711::encode_sample(g711::Law::Mu, s))
+                .collect(),
+            a: pcm
+                .iter()
+                .map(|&s| g711::encode_sample(g711::Law::A, s))
+                .collect(),
         }
     }
 

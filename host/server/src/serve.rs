@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
 use callflow_engine::clock::now_ms;
-use callflow_engine::telephony::{MediaPorts, Telephony};
+use callflow_engine::telephony::{MediaSetup, Telephony, silent_flow};
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
 use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
+use callflow_media::worker::{Media, MediaConfig};
 use callflow_runtime::{Runtime, RuntimeConfig};
 use callflow_sip::driver::Sip;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
@@ -168,10 +169,17 @@ async fn start_sip(
     } else {
         advertised.ip()
     };
-    let media = MediaPorts {
-        ip: media_ip,
-        first: config.sip.rtp_port_min,
-        last: config.sip.rtp_port_max,
+    let workers = Media::start(&MediaConfig {
+        ip: config.sip_addr.ip(),
+        port_min: config.sip.rtp_port_min,
+        port_max: config.sip.rtp_port_max,
+        workers: 0,
+    })
+    .context("starting media")?;
+    let media = MediaSetup {
+        media: Arc::new(workers),
+        advertised_ip: media_ip,
+        flow: silent_flow(),
     };
     let (_telephony, tasks) = Telephony::start(sip.clone(), events, engine, trunks, media, stop)
         .await
