@@ -61,6 +61,24 @@ pub struct RtpStats {
     pub lost: u64,
 }
 
+impl RtpStats {
+    /// Packets received but not used, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.malformed + self.foreign + self.rtcp + self.unknown_payload + self.late
+    }
+
+    pub fn add(&mut self, o: &RtpStats) {
+        self.sent += o.sent;
+        self.received += o.received;
+        self.malformed += o.malformed;
+        self.foreign += o.foreign;
+        self.rtcp += o.rtcp;
+        self.unknown_payload += o.unknown_payload;
+        self.late += o.late;
+        self.lost += o.lost;
+    }
+}
+
 /// Our outgoing stream: SSRC, sequence number and timestamp.
 #[derive(Debug, Clone)]
 pub struct Outgoing {

@@ -937,18 +937,14 @@ impl Call {
         }
     }
 
-    /// The call is over: what was running reports, then `Closed`.
-    fn close(mut self: Box<Self>, now: u64) -> u16 {
+    /// The call is over: what was running reports. (`Closed` follows once its port is back.)
+    fn wind_up(&mut self, now: u64) {
         self.release(now, true);
         if self.playing.take().is_some() {
             self.emit(MediaEvent::PlayDone { interrupted: true });
         }
         self.finish_collect(CollectEnd::Stopped);
         self.finish_record(StopReason::Hangup);
-        self.emit(MediaEvent::Closed {
-            stats: self.inc.stats,
-        });
-        self.port
     }
 }
 
@@ -1035,10 +1031,7 @@ impl Worker {
             Command::Close { .. } => {
                 if let Some(i) = self.position(id) {
                     let call = self.calls.swap_remove(i);
-                    self.add_stats(&call.inc.stats);
-                    let port = call.close(now);
-                    self.shared.open.fetch_sub(1, Ordering::Relaxed);
-                    self.shared.give_back(port);
+                    self.close(now, call);
                 }
             }
             c => {
@@ -1051,23 +1044,30 @@ impl Worker {
 
     fn close_all(&mut self, now: u64) {
         for call in std::mem::take(&mut self.calls) {
-            self.add_stats(&call.inc.stats);
-            let port = call.close(now);
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
-            self.shared.give_back(port);
+            self.close(now, call);
         }
     }
 
+    /// Ends a call's media: what ran reports, the socket closes and its port goes back, and
+    /// then the call hears `Closed` (so whoever waits for it finds the port free).
+    fn close(&mut self, now: u64, mut call: Box<Call>) {
+        call.wind_up(now);
+        self.add_stats(&call.inc.stats);
+        let Call {
+            socket,
+            port,
+            events,
+            inc,
+            ..
+        } = *call;
+        drop(socket);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.give_back(port);
+        let _ = events.send(MediaEvent::Closed { stats: inc.stats });
+    }
+
     fn add_stats(&mut self, s: &RtpStats) {
-        let t = &mut self.totals;
-        t.sent += s.sent;
-        t.received += s.received;
-        t.malformed += s.malformed;
-        t.foreign += s.foreign;
-        t.rtcp += s.rtcp;
-        t.unknown_payload += s.unknown_payload;
-        t.late += s.late;
-        t.lost += s.lost;
+        self.totals.add(s);
     }
 
     /// Counters go to `metrics` once a second (closed calls' totals plus open calls' own).
@@ -1078,22 +1078,15 @@ impl Worker {
         self.last_flush_ms = now;
         let mut cur = self.totals;
         for c in &self.calls {
-            let s = c.inc.stats;
-            cur.sent += s.sent;
-            cur.received += s.received;
-            cur.malformed += s.malformed + s.foreign + s.rtcp + s.unknown_payload;
-            cur.late += s.late;
-            cur.lost += s.lost;
+            cur.add(&c.inc.stats);
         }
-        cur.malformed += self.totals.foreign + self.totals.rtcp + self.totals.unknown_payload;
         let f = self.flushed;
-        let d = |a: u64, b: u64| a.saturating_sub(b);
-        metrics::counter!("callflow_media_packets_sent_total").increment(d(cur.sent, f.sent));
+        metrics::counter!("callflow_media_packets_sent_total").increment(cur.sent - f.sent);
         metrics::counter!("callflow_media_packets_received_total")
-            .increment(d(cur.received, f.received));
+            .increment(cur.received - f.received);
         metrics::counter!("callflow_media_packets_dropped_total")
-            .increment(d(cur.malformed, f.malformed) + d(cur.late, f.late));
-        metrics::counter!("callflow_media_packets_lost_total").increment(d(cur.lost, f.lost));
+            .increment(cur.dropped() - f.dropped());
+        metrics::counter!("callflow_media_packets_lost_total").increment(cur.lost - f.lost);
         metrics::counter!("callflow_media_frames_late_total").increment(self.late);
         metrics::gauge!("callflow_media_calls")
             .set(self.shared.open.load(Ordering::Relaxed) as f64);
