@@ -9,11 +9,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use callflow_engine::prompts::{Prompts, PromptsConfig};
 use callflow_engine::telephony::{Flow, MediaSetup, Telephony};
-use callflow_engine::webhook::{WebhookClient, WebhookConfig};
-use callflow_engine::{Engine, Outbox, OutboxConfig};
+use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
+use callflow_engine::{Engine, Outbox, OutboxConfig, clock};
 use callflow_media::g711::{self, Law};
 use callflow_media::record::{RecordOptions, StopReason};
+use callflow_media::tts::Flite;
 use callflow_media::worker::{
     CallMedia, Collect, CollectEnd, Media, MediaConfig, MediaEvent, PlayItem,
 };
@@ -284,6 +286,134 @@ async fn an_inbound_caller_hears_the_prompt_at_the_right_rate() {
     g711::decode(Law::Mu, &stream[at..at + want.len()], &mut pcm);
     let peak = pcm.iter().map(|s| s.unsigned_abs()).max().unwrap();
     assert!(peak > 7000, "decodes to the tone (peak {peak})");
+}
+
+/// Serves `body` as `audio/wav` at `/prompt.wav` on loopback; returns the URL.
+async fn serve_wav(body: Vec<u8>) -> String {
+    let app = axum::Router::new().route(
+        "/prompt.wav",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "audio/wav")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/prompt.wav")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_hears_speech_then_a_fetched_wav() {
+    let mut rig = rig().await;
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    phone
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let port = phone.local_addr().unwrap().port().to_string();
+
+    // The WAV goes over HTTP through the webhook client, which must be allowed loopback.
+    let tone_pcm = tone(600, 440.0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prompt.wav");
+    callflow_media::files::write_wav(&path, &tone_pcm).unwrap();
+    let url = serve_wav(std::fs::read(&path).unwrap()).await;
+    let client = WebhookClient::new(WebhookConfig {
+        egress: EgressPolicy {
+            allow_private: true,
+        },
+        ..WebhookConfig::default()
+    })
+    .unwrap();
+    let flite = Flite::load().expect("flite (tests/run installs libflite1)");
+    let prompts = Prompts::new(client, Some(Arc::new(flite)), PromptsConfig::default());
+    let speech = prompts
+        .say(Some("woman"), None, "Press one for sales")
+        .await
+        .unwrap();
+    let now = u64::try_from(clock::now_ms()).unwrap();
+    let wav = prompts.play_url(&url, now).await.unwrap();
+    // An 8 kHz 16-bit WAV decodes to exactly the samples written.
+    assert_eq!(
+        wav.samples(Law::Mu),
+        Audio::from_pcm(&tone_pcm).samples(Law::Mu)
+    );
+
+    let sipp = sipp(&rig, "uac_hear.xml", &["-key", "rtp_port", &port]);
+    let (call, media, mut events, done) =
+        tokio::time::timeout(Duration::from_secs(20), rig.flows.recv())
+            .await
+            .expect("the call reaches the flow")
+            .unwrap();
+    media.play(
+        vec![
+            PlayItem::Audio(speech.clone()),
+            PlayItem::Audio(wav.clone()),
+        ],
+        1,
+        false,
+    );
+    let listen_ms = ((speech.len() + wav.len()) / 8 + 1000) as u64;
+    let received = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        let start = Instant::now();
+        let mut buf = [0u8; 2048];
+        while start.elapsed() < Duration::from_millis(listen_ms) {
+            if let Ok((n, _)) = phone.recv_from(&mut buf) {
+                got.push((start.elapsed(), buf[..n].to_vec()));
+            }
+        }
+        got
+    })
+    .await
+    .unwrap();
+    match next_event(&mut events, 5).await {
+        MediaEvent::PlayDone { interrupted } => assert!(!interrupted),
+        e => panic!("unexpected {e:?}"),
+    }
+    let _ = done.send(());
+    let (ok, report) = sipp.join().unwrap();
+    assert!(ok, "{report}");
+    drop((media, events));
+    assert_released(&rig, &call).await;
+
+    // About 50 packets a second of PCMU.
+    let want_packets = listen_ms as usize / 20;
+    assert!(
+        received.len() * 10 >= want_packets * 9,
+        "{} packets in {listen_ms} ms",
+        received.len()
+    );
+    let mut stream = Vec::new();
+    for (_, p) in &received {
+        assert_eq!(p[1] & 0x7f, 0, "payload type PCMU");
+        assert_eq!(p.len(), 12 + 160);
+        stream.extend_from_slice(&p[12..]);
+    }
+    let late = received
+        .windows(2)
+        .filter(|w| (w[1].0 - w[0].0).as_millis() > 60)
+        .count();
+    assert!(late <= 2, "gaps over 60 ms: {late}");
+
+    // The speech then the WAV, byte for byte. Speech may open with silence, which looks like the
+    // silence sent before it: align on its first frame that is not constant.
+    let want: Vec<u8> = [&speech.samples(Law::Mu)[..], &wav.samples(Law::Mu)[..]].concat();
+    let k = want
+        .windows(160)
+        .position(|w| w.iter().any(|&b| b != w[0]))
+        .expect("the speech is not constant");
+    let found = stream
+        .windows(160)
+        .position(|w| w == &want[k..k + 160])
+        .expect("the speech arrived");
+    let at = found.checked_sub(k).expect("the speech's start arrived");
+    assert!(stream.len() >= at + want.len(), "both arrived whole");
+    assert_eq!(&stream[at..at + want.len()], &want[..]);
+    let mut pcm = Vec::new();
+    g711::decode(Law::Mu, &stream[at..at + speech.len()], &mut pcm);
+    let peak = pcm.iter().map(|s| s.unsigned_abs()).max().unwrap();
+    assert!(peak > 3000, "the speech is not silence (peak {peak})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,15 @@
 //! The HTTP client for webhooks: form-encoded POST (or GET with the parameters in the query
 //! string) to the URL exactly as given, signed with `X-Twilio-Signature`, under the egress policy,
-//! with connect and overall timeouts and a bound on the response body.
+//! with connect and overall timeouts and a bound on the response body. The same client fetches
+//! `<Play>` media ([`WebhookClient::fetch`]): a conditional GET, unsigned as Twilio's are.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use callflow_media::prompt::{Validators, max_age_from_cache_control};
 
 use super::egress::EgressPolicy;
 use super::signature::{sign, signed_url};
@@ -90,6 +93,34 @@ pub enum WebhookError {
     Http(String),
 }
 
+/// The default bound on fetched media: 16 MiB, about 17 minutes of 8 kHz 16-bit WAV or of
+/// 128 kbit/s MP3 (the decoder's own bound, `prompt::MAX_INPUT_BYTES`, is larger).
+pub const DEFAULT_MAX_MEDIA_BYTES: usize = 16 * 1024 * 1024;
+
+/// The answer of [`WebhookClient::fetch`].
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    /// 304: the cached copy is still good, fresh for `max_age_ms` (from `Cache-Control`).
+    NotModified { max_age_ms: Option<u64> },
+    /// 2xx: new content, with the validators to send next time.
+    Body {
+        content_type: Option<String>,
+        body: Bytes,
+        validators: Validators,
+        /// From `Cache-Control` ([`max_age_from_cache_control`]); `None` if it says nothing.
+        max_age_ms: Option<u64>,
+    },
+}
+
+/// Why [`WebhookClient::fetch`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Request(#[from] WebhookError),
+    #[error("HTTP status {0}")]
+    Status(u16),
+}
+
 impl WebhookError {
     /// Whether trying again later could succeed.
     pub fn is_transient(&self) -> bool {
@@ -136,21 +167,7 @@ impl WebhookClient {
         req: &WebhookRequest,
         auth_token: &str,
     ) -> Result<WebhookResponse, WebhookError> {
-        let parsed =
-            url::Url::parse(&req.url).map_err(|e| WebhookError::InvalidUrl(e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(WebhookError::InvalidUrl(format!(
-                "scheme {} is not http or https",
-                parsed.scheme()
-            )));
-        }
-        // IP literals are not resolved, so the resolver's check does not see them: check here.
-        if let Some(url::Host::Ipv4(ip)) = parsed.host() {
-            self.check(IpAddr::V4(ip))?;
-        }
-        if let Some(url::Host::Ipv6(ip)) = parsed.host() {
-            self.check(IpAddr::V6(ip))?;
-        }
+        self.check_url(&req.url)?;
         let builder = match req.method {
             Method::Post => {
                 let body = form_urlencoded::Serializer::new(String::new())
@@ -178,19 +195,82 @@ impl WebhookClient {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let limit = self.config.max_response_bytes;
-        let mut body = BytesMut::new();
-        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if body.len() + chunk.len() > limit {
-                return Err(WebhookError::TooLarge(limit));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body(&mut resp, self.config.max_response_bytes).await?;
         Ok(WebhookResponse {
             status,
             content_type,
-            body: body.freeze(),
+            body,
         })
+    }
+
+    /// Fetches media (a `<Play>` URL) with a GET, conditional on `validators` when it has any
+    /// (`If-None-Match`, `If-Modified-Since`), reading at most `max_bytes` of body: the caller
+    /// chooses the bound, since audio is far larger than TwiML ([`DEFAULT_MAX_MEDIA_BYTES`]).
+    /// Same egress policy, timeouts and redirect refusal as [`Self::send`]; not signed, as
+    /// Twilio's media fetches are not. A status other than 2xx or 304 is
+    /// [`FetchError::Status`].
+    pub async fn fetch(
+        &self,
+        url: &str,
+        validators: &Validators,
+        max_bytes: usize,
+    ) -> Result<Fetched, FetchError> {
+        self.check_url(url)?;
+        let mut builder = self.http.get(url);
+        if let Some(etag) = &validators.etag {
+            builder = builder.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(date) = &validators.last_modified {
+            builder = builder.header(reqwest::header::IF_MODIFIED_SINCE, date);
+        }
+        let mut resp = builder.send().await.map_err(classify)?;
+        let status = resp.status().as_u16();
+        let header = |name: reqwest::header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let max_age_ms = header(reqwest::header::CACHE_CONTROL)
+            .as_deref()
+            .and_then(max_age_from_cache_control);
+        if status == 304 {
+            return Ok(Fetched::NotModified { max_age_ms });
+        }
+        if !(200..300).contains(&status) {
+            return Err(FetchError::Status(status));
+        }
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let validators = Validators {
+            etag: header(reqwest::header::ETAG),
+            last_modified: header(reqwest::header::LAST_MODIFIED),
+        };
+        let body = read_body(&mut resp, max_bytes).await?;
+        Ok(Fetched::Body {
+            content_type,
+            body,
+            validators,
+            max_age_ms,
+        })
+    }
+
+    /// The URL must be http(s), and an IP literal must pass the egress policy.
+    fn check_url(&self, url: &str) -> Result<(), WebhookError> {
+        let parsed = url::Url::parse(url).map_err(|e| WebhookError::InvalidUrl(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(WebhookError::InvalidUrl(format!(
+                "scheme {} is not http or https",
+                parsed.scheme()
+            )));
+        }
+        // IP literals are not resolved, so the resolver's check does not see them: check here.
+        if let Some(url::Host::Ipv4(ip)) = parsed.host() {
+            self.check(IpAddr::V4(ip))?;
+        }
+        if let Some(url::Host::Ipv6(ip)) = parsed.host() {
+            self.check(IpAddr::V6(ip))?;
+        }
+        Ok(())
     }
 
     fn check(&self, ip: IpAddr) -> Result<(), WebhookError> {
@@ -200,6 +280,18 @@ impl WebhookClient {
             Err(WebhookError::Denied(ip.to_string()))
         }
     }
+}
+
+/// Reads the body, failing as soon as it passes `limit` bytes (so memory stays bounded).
+async fn read_body(resp: &mut reqwest::Response, limit: usize) -> Result<Bytes, WebhookError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+        if body.len() + chunk.len() > limit {
+            return Err(WebhookError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn classify(e: reqwest::Error) -> WebhookError {

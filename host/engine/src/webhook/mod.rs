@@ -6,7 +6,8 @@ mod egress;
 mod signature;
 
 pub use client::{
-    Method, WebhookClient, WebhookConfig, WebhookError, WebhookRequest, WebhookResponse,
+    DEFAULT_MAX_MEDIA_BYTES, FetchError, Fetched, Method, WebhookClient, WebhookConfig,
+    WebhookError, WebhookRequest, WebhookResponse,
 };
 pub use egress::EgressPolicy;
 pub use signature::{sign, signed_url};
