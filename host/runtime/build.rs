@@ -13,6 +13,7 @@ use std::process::Command;
 /// (package, environment variable) for every component built here.
 const COMPONENTS: &[(&str, &str)] = &[
     ("callflow-plugin-hello", "CALLFLOW_PLUGIN_HELLO"),
+    ("callflow-plugin-twiml", "CALLFLOW_PLUGIN_TWIML"),
     ("callflow-test-abuse", "CALLFLOW_TEST_GUEST_ABUSE"),
     ("callflow-test-fs-import", "CALLFLOW_TEST_GUEST_FS_IMPORT"),
     ("callflow-test-net-import", "CALLFLOW_TEST_GUEST_NET_IMPORT"),

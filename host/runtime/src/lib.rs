@@ -751,11 +751,14 @@ fn cap_logs(logs: &mut Vec<flow::LogLine>, max: usize) {
 /// The built-in plugins, compiled from `plugins/` by this crate's build script and embedded, so
 /// the binary needs nothing else. Bindings name them `builtin:<name>`.
 pub mod builtin {
-    /// The first built-in call flow: a greeting, then hang up (until the TwiML interpreter lands).
+    /// The first built-in call flow: a greeting, then hang up.
     pub const HELLO: &[u8] = include_bytes!(env!("CALLFLOW_PLUGIN_HELLO"));
 
+    /// The TwiML interpreter (`plugins/twiml`): the call flow of calls whose account bound none.
+    pub const TWIML: &[u8] = include_bytes!(env!("CALLFLOW_PLUGIN_TWIML"));
+
     /// Every built-in plugin by name.
-    pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO)];
+    pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO), ("twiml", TWIML)];
 
     /// The built-in plugin called `name`.
     pub fn get(name: &str) -> Option<&'static [u8]> {
