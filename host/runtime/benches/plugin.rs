@@ -5,14 +5,20 @@
 //! - p50/p99 of one event in a fresh instance, and the same logic called natively (the ratio);
 //! - events per second with 2 threads invoking at once;
 //! - p99 of well-behaved events while another thread keeps running a plugin that loops until its
-//!   deadline, next to the p99 without it.
+//!   deadline, next to the p99 without it;
+//! - the TwiML interpreter (`builtin::TWIML`): one `fetched` event (parse a document, start its
+//!   first verb) in Wasm and natively, for RapidPro's gather document and a 50-verb document, with
+//!   the ratio as is and net of a fresh instance's fixed cost (the built-in hello plugin handling
+//!   an event it ignores, against the same natively).
 //!
 //! Every loop is bounded in count.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callflow_runtime::flow::{CallContext, FlowEvent, GatherResult, HttpMethod};
+use callflow_runtime::flow::{
+    CallContext, FetchResponse, FetchResult, FlowEvent, GatherResult, HttpMethod,
+};
 use callflow_runtime::{Limits, Runtime, RuntimeConfig};
 use std::hint::black_box;
 
@@ -224,6 +230,202 @@ fn figures(s: &Setup) {
     );
 }
 
+/// RapidPro's gather document, as mailroom writes it.
+const RAPIDPRO_GATHER: &str = r##"<?xml version="1.0" encoding="UTF-8"?>
+<Response>
+  <Gather finishOnKey="#" timeout="30" action="https://rp.example/mr/ivr/c/8e1e/handle?action=resume&amp;call=6e0e&amp;wait_type=gather">
+    <Say language="en-US">Thanks for calling the river authority. Enter the number of your district, then press the hash key.</Say>
+  </Gather>
+  <Redirect>https://rp.example/mr/ivr/c/8e1e/handle?action=resume&amp;call=6e0e&amp;wait_type=gather&amp;timeout=true</Redirect>
+</Response>
+"##;
+
+const TWIML_URL: &str = "https://rp.example/mr/ivr/c/8e1e/handle?action=start&call=6e0e";
+
+fn fifty_verbs() -> String {
+    let mut doc = String::from("<Response>\n");
+    for i in 1..=50 {
+        doc.push_str(&match i % 5 {
+            0 => format!("  <Pause length=\"{}\"/>\n", i / 5),
+            1 => format!("  <Say language=\"en-GB\">Line {i} of the long announcement.</Say>\n"),
+            2 => format!("  <Play>https://cdn.example.com/clips/clip{i}.wav</Play>\n"),
+            3 => format!(
+                "  <Gather numDigits=\"1\" action=\"/g{i}\"><Say>Press a key for {i}.</Say></Gather>\n"
+            ),
+            _ => format!("  <Play digits=\"w{i}\"/>\n"),
+        });
+    }
+    doc.push_str("</Response>\n");
+    doc
+}
+
+/// One `fetched` workload of the interpreter, in both worlds' types.
+struct TwimlCase {
+    name: &'static str,
+    state: Vec<u8>,
+    event: FlowEvent,
+    native_event: callflow_sdk::flow::FlowEvent,
+}
+
+struct TwimlSetup {
+    rt: Arc<Runtime>,
+    twiml: Arc<callflow_runtime::Plugin>,
+    hello: Arc<callflow_runtime::Plugin>,
+    ctx: CallContext,
+    native_ctx: callflow_sdk::flow::CallContext,
+    cases: Vec<TwimlCase>,
+}
+
+fn twiml_setup(rt: &Arc<Runtime>) -> TwimlSetup {
+    let twiml = rt
+        .load(callflow_runtime::builtin::TWIML)
+        .expect("twiml loads");
+    let hello = rt
+        .load(callflow_runtime::builtin::HELLO)
+        .expect("hello loads");
+    let mut ctx = host_ctx();
+    ctx.config = "{}".into();
+    ctx.url = Some(TWIML_URL.into());
+    let mut native_ctx = callflow_sdk::flow::test_context("{}");
+    native_ctx.seed = 7;
+    native_ctx.account_sid = ctx.account_sid.clone();
+    native_ctx.call_sid = ctx.call_sid.clone();
+    native_ctx.url = ctx.url.clone();
+    // the state after `start`: waiting for the first document
+    let started = rt
+        .call_flow_blocking(&twiml, &ctx, &[], &FlowEvent::Start, limits())
+        .expect("start");
+    let cases = [
+        ("rapidpro-gather", RAPIDPRO_GATHER.to_owned()),
+        ("fifty-verbs", fifty_verbs()),
+    ]
+    .into_iter()
+    .map(|(name, body)| TwimlCase {
+        name,
+        state: started.state.clone(),
+        event: FlowEvent::Fetched(FetchResult::Response(FetchResponse {
+            status: 200,
+            content_type: Some("text/xml; charset=utf-8".into()),
+            body: body.clone(),
+            url: TWIML_URL.into(),
+        })),
+        native_event: callflow_sdk::flow::FlowEvent::Fetched(
+            callflow_sdk::flow::FetchResult::Response(callflow_sdk::flow::FetchResponse {
+                status: 200,
+                content_type: Some("text/xml; charset=utf-8".into()),
+                body,
+                url: TWIML_URL.into(),
+            }),
+        ),
+    })
+    .collect();
+    TwimlSetup {
+        rt: rt.clone(),
+        twiml,
+        hello,
+        ctx,
+        native_ctx,
+        cases,
+    }
+}
+
+fn twiml_wasm(s: &TwimlSetup, case: &TwimlCase) -> usize {
+    let step =
+        s.rt.call_flow_blocking(&s.twiml, &s.ctx, &case.state, &case.event, limits())
+            .expect("wasm twiml step");
+    assert_eq!(step.commands.len(), 1);
+    step.commands.len()
+}
+
+fn twiml_native(s: &TwimlSetup, case: &TwimlCase) -> usize {
+    let step = callflow_sdk::flow::run::<callflow_plugin_twiml::Twiml>(
+        &s.native_ctx,
+        &case.state,
+        case.native_event.clone(),
+    )
+    .expect("native twiml step");
+    step.commands.len()
+}
+
+/// A fresh instance's fixed cost: hello ignores `prompt-done`.
+fn hello_wasm(s: &TwimlSetup) -> usize {
+    let step =
+        s.rt.call_flow_blocking(&s.hello, &s.ctx, &[], &FlowEvent::PromptDone, limits())
+            .expect("wasm hello step");
+    step.commands.len()
+}
+
+/// What hello does with `prompt-done` (nothing), natively.
+struct Ignore;
+
+impl callflow_sdk::flow::Flow for Ignore {
+    type State = ();
+    fn handle(
+        _: &callflow_sdk::flow::CallContext,
+        _: &mut (),
+        _: callflow_sdk::flow::FlowEvent,
+        _: &mut callflow_sdk::flow::Output,
+    ) -> Result<(), callflow_sdk::PluginError> {
+        Ok(())
+    }
+}
+
+fn hello_native(s: &TwimlSetup) -> usize {
+    let step = callflow_sdk::flow::run::<Ignore>(
+        &s.native_ctx,
+        &[],
+        callflow_sdk::flow::FlowEvent::PromptDone,
+    )
+    .expect("native hello step");
+    step.commands.len()
+}
+
+/// The interpreter's figures, printed once before criterion runs.
+fn twiml_figures(s: &TwimlSetup) {
+    const N: usize = 5_000;
+    let p50 = |v: &[Duration]| percentile(v, 0.5).as_secs_f64();
+    for _ in 0..500 {
+        black_box(hello_wasm(s));
+        black_box(hello_native(s));
+    }
+    let base_wasm = latencies(N, || {
+        black_box(hello_wasm(s));
+    });
+    let base_native = latencies(N, || {
+        black_box(hello_native(s));
+    });
+    println!("TwiML interpreter, one `fetched` event (fresh instance per event), {N} events each:");
+    println!(
+        "  fixed cost (hello, ignored event): wasm p50 {:>8.1} us, native p50 {:>6.2} us",
+        micros(percentile(&base_wasm, 0.5)),
+        micros(percentile(&base_native, 0.5))
+    );
+    for case in &s.cases {
+        for _ in 0..500 {
+            black_box(twiml_wasm(s, case));
+            black_box(twiml_native(s, case));
+        }
+        let wasm = latencies(N, || {
+            black_box(twiml_wasm(s, case));
+        });
+        let native = latencies(N, || {
+            black_box(twiml_native(s, case));
+        });
+        let net = (p50(&wasm) - p50(&base_wasm)) / (p50(&native) - p50(&base_native));
+        println!(
+            "  {:<16} wasm p50 {:>8.1} us p99 {:>8.1} us | native p50 {:>8.1} us p99 {:>8.1} us | \
+             wasm / native {:.1}x, net of the fixed cost {:.1}x",
+            case.name,
+            micros(percentile(&wasm, 0.5)),
+            micros(percentile(&wasm, 0.99)),
+            micros(percentile(&native, 0.5)),
+            micros(percentile(&native, 0.99)),
+            p50(&wasm) / p50(&native),
+            net
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let s = setup();
     figures(&s);
@@ -232,6 +434,19 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(wasm_step(&s)))
     });
     g.bench_function("native", |b| b.iter(|| black_box(native_step(&s))));
+    g.finish();
+
+    let t = twiml_setup(&s.rt);
+    twiml_figures(&t);
+    let mut g = c.benchmark_group("twiml-fetched");
+    for case in &t.cases {
+        g.bench_function(format!("{}/wasm-fresh-instance", case.name), |b| {
+            b.iter(|| black_box(twiml_wasm(&t, case)))
+        });
+        g.bench_function(format!("{}/native", case.name), |b| {
+            b.iter(|| black_box(twiml_native(&t, case)))
+        });
+    }
     g.finish();
 }
 

@@ -27,6 +27,9 @@ const API_VERSION: &str = "2010-04-01";
 /// of the state (the pending fetch's parameters, URLs) needs room too.
 pub const MAX_KEPT_DOCUMENT_BYTES: usize = 56 << 10;
 const _: () = assert!(MAX_KEPT_DOCUMENT_BYTES < 64 << 10);
+/// What one kept verb, prompt or dial target encodes to besides its strings, at most (the
+/// longest, a Dial's, is about 160 bytes with every number at its largest).
+const KEPT_ITEM_BYTES: usize = 256;
 
 /// Log lines one event may produce; the rest are counted in a last line (the host bounds log
 /// bytes as well).
@@ -322,6 +325,7 @@ impl Step<'_> {
                         loops: 1,
                     })],
                     Some(url),
+                    body.len(),
                 );
             }
         }
@@ -335,7 +339,7 @@ impl Step<'_> {
                 url: url.clone(),
                 loops: 1,
             };
-            return self.load_verbs(vec![Verb::Play(play)], Some(url));
+            return self.load_verbs(vec![Verb::Play(play)], Some(url.clone()), url.len());
         }
         let what = if media.is_empty() {
             "no content type".to_owned()
@@ -386,7 +390,7 @@ impl Step<'_> {
             self.out.logs.push(d);
         }
         match parsed.verbs {
-            Ok(verbs) => self.load_verbs(verbs, url),
+            Ok(verbs) => self.load_verbs(verbs, url, text.len()),
             Err(why) => {
                 let code = if text.len() > MAX_DOCUMENT_BYTES {
                     error_code::TOO_LARGE
@@ -399,9 +403,27 @@ impl Step<'_> {
         }
     }
 
-    fn load_verbs(&mut self, verbs: Vec<Verb>, url: Option<String>) {
-        // the document lives in the state, which the host bounds
-        let size = serde_json::to_vec(&verbs).map_or(usize::MAX, |v| v.len());
+    /// Runs `verbs`, read from `source_len` bytes, if the state can keep them.
+    fn load_verbs(&mut self, verbs: Vec<Verb>, url: Option<String>, source_len: usize) {
+        // The document lives in the state, which the host bounds. Encoding it is measured only
+        // when a cheap bound says it might not fit: a string from the text encodes to at most 6
+        // bytes per byte (`\u00XX`), and a verb, prompt or target adds at most KEPT_ITEM_BYTES.
+        let items: usize = verbs
+            .iter()
+            .map(|v| match v {
+                Verb::Gather(g) => 1 + g.prompts.len(),
+                Verb::Dial(d) => 1 + d.targets.len(),
+                _ => 1,
+            })
+            .sum();
+        let bound = source_len
+            .saturating_mul(6)
+            .saturating_add(items.saturating_mul(KEPT_ITEM_BYTES));
+        let size = if bound <= MAX_KEPT_DOCUMENT_BYTES {
+            0
+        } else {
+            serde_json::to_vec(&verbs).map_or(usize::MAX, |v| v.len())
+        };
         if size > MAX_KEPT_DOCUMENT_BYTES {
             return self.fetch_failed(
                 format!("the document takes {size} bytes to keep; the limit is {MAX_KEPT_DOCUMENT_BYTES}"),

@@ -37,6 +37,9 @@ impl Flow for Twiml {
     }
 }
 
+// Only in the component: natively the export's unmangled symbols would clash with any other
+// flow plugin linked into the same binary (the runtime's benchmark links the menu example too).
+#[cfg(target_arch = "wasm32")]
 callflow_sdk::export_flow!(Twiml);
 
 /// `warn`, `error`, …: a log level as transcripts show it.

@@ -17,6 +17,10 @@ use crate::document::{
 /// the host bounds to 64 KiB.
 pub const MAX_DOCUMENT_BYTES: usize = 64 << 10;
 
+/// Longest URL a verb may hold: URLs end up in the state too (the one a verb waits to submit
+/// to besides the document), so they are bounded on their own.
+pub const MAX_URL_BYTES: usize = 2048;
+
 /// Diagnostics kept per document; the rest are counted in one last line.
 const MAX_DIAGNOSTICS: usize = 20;
 
@@ -172,6 +176,12 @@ impl Parser {
                 return None;
             }
         };
+        if urls(&verb).any(|u| u.len() > MAX_URL_BYTES) {
+            self.warn(format!(
+                "<{name}> has a URL longer than {MAX_URL_BYTES} bytes; skipped"
+            ));
+            return None;
+        }
         Some(verb)
     }
 
@@ -509,6 +519,28 @@ impl Parser {
     }
 }
 
+/// Every URL `verb` holds.
+fn urls(verb: &Verb) -> impl Iterator<Item = &str> {
+    let (first, prompts): (Option<&str>, &[Prompt]) = match verb {
+        Verb::Play(p) => (Some(&p.url), &[]),
+        Verb::Redirect { url, .. } => (Some(url), &[]),
+        Verb::Gather(g) => (g.action.as_deref(), &g.prompts),
+        Verb::Record(r) => (r.action.as_deref(), &[]),
+        Verb::Dial(d) => (d.action.as_deref(), &[]),
+        Verb::Say(_)
+        | Verb::SendDigits { .. }
+        | Verb::Pause { .. }
+        | Verb::Hangup
+        | Verb::Reject { .. } => (None, &[]),
+    };
+    first
+        .into_iter()
+        .chain(prompts.iter().filter_map(|p| match p {
+            Prompt::Play(p) => Some(p.url.as_str()),
+            Prompt::Say(_) | Prompt::Pause(_) => None,
+        }))
+}
+
 fn is_key(k: &str) -> bool {
     k.len() == 1 && "0123456789*#".contains(k)
 }
@@ -522,14 +554,25 @@ fn secs_to_ms(s: u32) -> u32 {
 fn text_of(node: Node) -> String {
     let mut text = String::new();
     for t in node.descendants().filter(|n| n.is_text()) {
-        text.push_str(t.text().unwrap_or_default());
-        text.push(' ');
+        push_collapsed(&mut text, t.text().unwrap_or_default());
     }
-    collapse(&text)
+    text
 }
 
 fn collapse(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(s.len());
+    push_collapsed(&mut out, s);
+    out
+}
+
+/// Appends the words of `s` to `out`, one space between words.
+fn push_collapsed(out: &mut String, s: &str) {
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
 }
 
 fn non_empty(s: Option<&str>) -> Option<String> {
@@ -779,6 +822,27 @@ mod tests {
         );
         // an empty Response is a document with nothing to do (the call hangs up)
         check("<Response/>", expect![[""]]);
+    }
+
+    #[test]
+    fn urls_are_bounded() {
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
+        check(
+            &format!(
+                r#"<Response><Play>{long}</Play><Gather action="{long}"/><Gather><Play>{long}</Play></Gather>
+                <Record action="{long}"/><Dial action="{long}">1</Dial><Redirect>{long}</Redirect>
+                <Play>https://example.com/ok.wav</Play></Response>"#
+            ),
+            expect![[r#"
+                {"verb":"play","url":"https://example.com/ok.wav","loops":1}
+                [warn] <Play> has a URL longer than 2048 bytes; skipped
+                [warn] <Gather> has a URL longer than 2048 bytes; skipped
+                [warn] <Gather> has a URL longer than 2048 bytes; skipped
+                [warn] <Record> has a URL longer than 2048 bytes; skipped
+                [warn] <Dial> has a URL longer than 2048 bytes; skipped
+                [warn] <Redirect> has a URL longer than 2048 bytes; skipped
+            "#]],
+        );
     }
 
     #[test]
