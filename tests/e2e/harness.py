@@ -377,6 +377,8 @@ class WebhookReceiver:
         self.status = 200
         self.body = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
         self.content_type = "text/xml"
+        # Bodies by request path (without query); other paths get `body`.
+        self.routes: dict[str, bytes] = {}
         self._requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
         self._server: Optional[http.server.ThreadingHTTPServer] = None
@@ -417,7 +419,10 @@ class WebhookReceiver:
                         host=self.headers.get("Host") or f"127.0.0.1:{receiver.port}",
                     )
                 )
-                payload = receiver.body if self.command != "HEAD" else b""
+                route = receiver.routes.get(urllib.parse.urlsplit(self.path).path)
+                payload = route if route is not None else receiver.body
+                if self.command == "HEAD":
+                    payload = b""
                 self.send_response(receiver.status)
                 self.send_header("Content-Type", receiver.content_type)
                 self.send_header("Content-Length", str(len(payload)))

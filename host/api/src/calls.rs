@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use callflow_engine::clock::now_ms;
-use callflow_engine::{EndRequest, EngineError};
+use callflow_engine::{EndRequest, EngineError, Redirect};
 use callflow_store::{
     CallFilter, CallStatus, CallUpdate, Direction, NewCall, StoreError, TIME_LIMIT_DEFAULT,
     TIMEOUT_DEFAULT,
@@ -297,6 +297,17 @@ pub async fn update(
             Err(StoreError::Conflict(_)) => return Err(not_live()),
             Err(e) => return Err(e.into()),
         };
+    }
+    if (update.url.is_some() || update.twiml.is_some()) && end.is_none() {
+        // A live call abandons what it is doing and follows the new instructions.
+        state.engine().redirect_call(
+            sid,
+            Redirect {
+                url: update.url.clone(),
+                method: call.method.clone(),
+                twiml: update.twiml.clone(),
+            },
+        );
     }
     if let Some(end) = end {
         call = match state

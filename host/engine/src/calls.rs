@@ -53,6 +53,16 @@ pub struct Engine {
 #[derive(Debug)]
 pub(crate) enum Control {
     End(EndRequest, oneshot::Sender<Result<Call, EngineError>>),
+    /// New instructions for the call's flow (`POST Calls/{Sid}.json` with `Url` or `Twiml`).
+    Redirect(Redirect),
+}
+
+/// New instructions for a live call: a document, or a URL to fetch it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub url: Option<String>,
+    pub method: String,
+    pub twiml: Option<String>,
 }
 
 /// Live calls by sid: the channel to the task driving each.
@@ -81,6 +91,18 @@ impl Engine {
     /// Ends a call as asked. A call that was never answered ends `canceled` either way (Twilio's
     /// rule: unanswered calls never complete); an answered one completes on `Completed` and is left
     /// alone on `Canceled`.
+    /// Hands new instructions to a live call's flow; false when no leg is driving the call
+    /// here (a queued call simply uses its updated Url or Twiml when it is answered).
+    pub fn redirect_call(&self, sid: &str, redirect: Redirect) -> bool {
+        let leg = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+            .cloned();
+        leg.is_some_and(|l| l.send(Control::Redirect(redirect)).is_ok())
+    }
+
     pub async fn end_call(
         &self,
         account: &str,

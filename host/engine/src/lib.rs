@@ -9,12 +9,13 @@
 
 mod calls;
 pub mod clock;
+pub mod flow;
 mod outbox;
 pub mod prompts;
 pub mod rate;
 pub mod telephony;
 pub mod webhook;
 
-pub use calls::{EndRequest, Engine, EngineError};
+pub use calls::{EndRequest, Engine, EngineError, Redirect};
 pub use outbox::{Backoff, Outbox, OutboxConfig};
 pub use prompts::{Prompts, PromptsError};

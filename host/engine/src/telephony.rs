@@ -34,16 +34,17 @@ use tokio::task::JoinHandle;
 use crate::calls::{Control, EngineError};
 use crate::clock::now_ms;
 use crate::rate::TokenBucket;
-use crate::{EndRequest, Engine};
+use crate::{EndRequest, Engine, Redirect};
 
-/// What runs on an answered call. It gets the call record, its media and the media's events,
-/// and returns when the flow is over; the call is then hung up. When the call ends first, the
-/// flow is dropped where it stands.
+/// What runs on an answered call. It gets the call record, its media, the media's events and
+/// the API's redirects, and returns when the flow is over; the call is then hung up. When the
+/// call ends first, the flow is dropped where it stands.
 pub type Flow = Arc<
     dyn Fn(
             Call,
             CallMedia,
             mpsc::UnboundedReceiver<MediaEvent>,
+            mpsc::UnboundedReceiver<Redirect>,
         ) -> Pin<Box<dyn Future<Output = ()> + Send>>
         + Send
         + Sync,
@@ -52,7 +53,7 @@ pub type Flow = Arc<
 /// The flow every call runs until the engine runs plugins: keep the media up (it sends
 /// silence) until the call ends; should the media close first, the call is hung up.
 pub fn silent_flow() -> Flow {
-    Arc::new(|_call, media, mut events| {
+    Arc::new(|_call, media, mut events, _redirects| {
         Box::pin(async move {
             let _media = media;
             while let Some(e) = events.recv().await {
@@ -470,6 +471,8 @@ impl Telephony {
         // The call's media once SDP is agreed, and its events until the flow takes them.
         let mut media: Option<(CallMedia, Option<mpsc::UnboundedReceiver<MediaEvent>>)> = None;
         let mut flow: Option<JoinHandle<()>> = None;
+        let (redirect, redirects) = mpsc::unbounded_channel();
+        let mut redirects = Some(redirects);
         let (flow_done, mut flow_ended) = mpsc::channel::<()>(1);
         // Whether the SIP leg was answered, whatever the store managed to record.
         let mut answered = false;
@@ -512,8 +515,10 @@ impl Telephony {
                             if let Some((m, rx @ Some(_))) = media.as_mut()
                                 && let Some(rx) = rx.take()
                                 && call.status() == CallStatus::InProgress
+                                && let Some(redirects) = redirects.take()
                             {
-                                let run = (self.inner.media.flow)(call.clone(), m.clone(), rx);
+                                let run =
+                                    (self.inner.media.flow)(call.clone(), m.clone(), rx, redirects);
                                 let done = flow_done.clone();
                                 flow = Some(tokio::spawn(async move {
                                     run.await;
@@ -565,22 +570,29 @@ impl Telephony {
                         }
                     }
                 }
-                Some(Control::End(req, r)) = control.recv() => {
-                    let answered = call.status() == CallStatus::InProgress;
-                    if answered && req == EndRequest::Canceled {
-                        let _ = r.send(Ok(call.clone()));
-                        continue;
+                Some(c) = control.recv() => match c {
+                    // Before the flow runs, the stored Url/Twiml (already updated) is what it
+                    // will start with.
+                    Control::Redirect(r) => {
+                        let _ = redirect.send(r);
                     }
-                    if reply.is_some() {
-                        // Already ending: this caller gets the call as it stands.
-                        let _ = r.send(Ok(call.clone()));
-                        continue;
+                    Control::End(req, r) => {
+                        let answered = call.status() == CallStatus::InProgress;
+                        if answered && req == EndRequest::Canceled {
+                            let _ = r.send(Ok(call.clone()));
+                            continue;
+                        }
+                        if reply.is_some() {
+                            // Already ending: this caller gets the call as it stands.
+                            let _ = r.send(Ok(call.clone()));
+                            continue;
+                        }
+                        reply = Some(r);
+                        if let Err(e) = self.inner.sip.hangup(key).await {
+                            tracing::debug!(call = %call.sid, error = %e, "hangup refused");
+                        }
                     }
-                    reply = Some(r);
-                    if let Err(e) = self.inner.sip.hangup(key).await {
-                        tracing::debug!(call = %call.sid, error = %e, "hangup refused");
-                    }
-                }
+                },
                 () = timer => {
                     deadline = None;
                     tracing::info!(call = %call.sid, "time limit reached");

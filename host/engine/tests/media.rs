@@ -112,7 +112,7 @@ async fn rig() -> Rig {
     let ports = media.free_ports();
     let (tx, flows) = mpsc::unbounded_channel();
     // The flow hands the call to the test and lasts until the test says it is over.
-    let flow: Flow = Arc::new(move |call, media, events| {
+    let flow: Flow = Arc::new(move |call, media, events, _redirects| {
         let tx = tx.clone();
         Box::pin(async move {
             let (done, over) = oneshot::channel();

@@ -7,12 +7,15 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
+use callflow_engine::Prompts;
 use callflow_engine::clock::now_ms;
-use callflow_engine::telephony::{MediaSetup, Telephony, silent_flow};
+use callflow_engine::flow::{FlowConfig, FlowRunner};
+use callflow_engine::prompts::PromptsConfig;
+use callflow_engine::telephony::{MediaSetup, Telephony};
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
 use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
 use callflow_media::worker::{Media, MediaConfig};
-use callflow_runtime::{Runtime, RuntimeConfig};
+use callflow_runtime::{Limits, Runtime, RuntimeConfig};
 use callflow_sip::driver::Sip;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
 use callflow_sip::ua::UaConfig;
@@ -45,7 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     let outbox = Outbox::new(
         store.clone(),
-        webhooks,
+        webhooks.clone(),
         OutboxConfig {
             backoff: Backoff {
                 base_ms: i64::try_from(config.webhooks.retry_base_ms)?,
@@ -60,7 +63,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), outbox.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let outbox_task = tokio::spawn(outbox.run(stop_rx.clone()));
-    let (sip, sip_tasks) = start_sip(&config, engine.clone(), stop_rx).await?;
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("plugins").join("cache")),
+            ..RuntimeConfig::default()
+        })
+        .context("starting the plugin runtime")?,
+    );
+    let flows = FlowRunner::new(
+        runtime.clone(),
+        store.clone(),
+        Prompts::with_flite(webhooks.clone(), PromptsConfig::default()),
+        webhooks,
+        FlowConfig {
+            public_url: config.public_url(),
+            data_dir: config.data_dir.clone(),
+            limits: Limits::default(),
+        },
+    );
+    let (sip, sip_tasks) = start_sip(&config, engine.clone(), flows, stop_rx).await?;
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -88,13 +109,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         public_url: config.public_url(),
         recordings_public: config.api.recordings_public,
     };
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            cache_dir: Some(config.data_dir.join("plugins").join("cache")),
-            ..RuntimeConfig::default()
-        })
-        .context("starting the plugin runtime")?,
-    );
     let parts = ApiParts {
         store: store.clone(),
         engine: engine.clone(),
@@ -149,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn start_sip(
     config: &Config,
     engine: Engine,
+    flows: FlowRunner,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(Sip, Vec<tokio::task::JoinHandle<()>>)> {
     let trunks = Trunks::new(config.trunks.clone()).context("invalid [[trunks]]")?;
@@ -179,7 +194,7 @@ async fn start_sip(
     let media = MediaSetup {
         media: Arc::new(workers),
         advertised_ip: media_ip,
-        flow: silent_flow(),
+        flow: flows.flow(),
     };
     let (_telephony, tasks) = Telephony::start(sip.clone(), events, engine, trunks, media, stop)
         .await

@@ -1,0 +1,695 @@
+//! Running a call's flow plugin on its media. Once a call is answered, the call's pinned
+//! call-flow plugin (the built-in TwiML interpreter unless the account bound another) gets the
+//! `start` event; the commands it returns are carried out in order (fetches through the webhook
+//! client, audio through the media layer, recordings stored and made resources), and each
+//! command's outcome is the next event. Every event and its outcome go into the call's event
+//! log. When the plugin has nothing left to do, or asks, the call is hung up.
+//!
+//! A plugin that fails (trap, timeout, limit, bad output, its own error) gets Twilio's answer:
+//! "an application error has occurred", then the hangup.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use callflow_media::record::{RecordOptions, StopReason};
+use callflow_media::worker::{CallMedia, Collect, CollectEnd, MediaEvent, PlayItem};
+use callflow_runtime::flow::{
+    CallContext, Command, FetchResponse, FetchResult, FlowEvent, GatherResult, HttpMethod, Prompt,
+    RecordResult, Redirect as FlowRedirect,
+};
+use callflow_runtime::{Limits, Plugin, Runtime, World, builtin};
+use callflow_store::{Call, NewRecording, Store};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::Redirect;
+use crate::clock::now_ms;
+use crate::prompts::Prompts;
+use crate::telephony::Flow;
+use crate::webhook::{Method, WebhookClient, WebhookRequest};
+
+/// The flow plugin a call runs when its account bound none.
+pub const DEFAULT_FLOW: &str = "twiml";
+/// Twilio's words when a call's instructions fail.
+pub const APPLICATION_ERROR: &str = "We are sorry, an application error has occurred. Goodbye.";
+/// Events one call may deliver to its plugin (a loop of redirects ends here).
+const MAX_EVENTS: usize = 10_000;
+/// What `loop="0"` (play until interrupted) is capped at.
+const MAX_LOOPS: u32 = 1_000;
+
+/// Where flows find what they need besides the call.
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// The API's public base URL (RecordingUrl is built on it).
+    pub public_url: String,
+    /// The data directory: uploaded plugins under `plugins/`, recordings under `recordings/`.
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+}
+
+/// Runs flows; [`FlowRunner::flow`] is what telephony calls for each answered call.
+#[derive(Clone)]
+pub struct FlowRunner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Arc<Runtime>,
+    store: Store,
+    prompts: Prompts,
+    client: WebhookClient,
+    config: FlowConfig,
+    /// Loaded plugins by digest.
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+}
+
+impl std::fmt::Debug for FlowRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowRunner").finish_non_exhaustive()
+    }
+}
+
+/// The call's pin for the call-flow world (written when the call was created).
+struct Pin {
+    plugin: String,
+    sha256: Option<String>,
+    config: String,
+    deadline_ms: Option<u64>,
+}
+
+fn pin_of(call: &Call) -> Pin {
+    let pins: Value = serde_json::from_str(&call.plugins).unwrap_or_else(|_| json!({}));
+    match pins.get(World::CallFlow.as_str()) {
+        Some(p) => Pin {
+            plugin: p["plugin"].as_str().unwrap_or_default().to_owned(),
+            sha256: p["sha256"].as_str().map(str::to_owned),
+            config: p
+                .get("config")
+                .filter(|c| c.is_object())
+                .map_or_else(|| "{}".to_owned(), Value::to_string),
+            deadline_ms: p["deadline_ms"].as_u64(),
+        },
+        None => Pin {
+            plugin: format!("builtin:{DEFAULT_FLOW}"),
+            sha256: None,
+            config: "{}".into(),
+            deadline_ms: None,
+        },
+    }
+}
+
+fn method(m: &str) -> HttpMethod {
+    if m.eq_ignore_ascii_case("GET") {
+        HttpMethod::Get
+    } else {
+        HttpMethod::Post
+    }
+}
+
+impl FlowRunner {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        store: Store,
+        prompts: Prompts,
+        client: WebhookClient,
+        config: FlowConfig,
+    ) -> FlowRunner {
+        FlowRunner {
+            inner: Arc::new(Inner {
+                runtime,
+                store,
+                prompts,
+                client,
+                config,
+                loaded: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The [`Flow`] telephony runs on answered calls.
+    pub fn flow(&self) -> Flow {
+        let me = self.clone();
+        Arc::new(move |call, media, events, redirects| {
+            let me = me.clone();
+            Box::pin(async move { me.run(call, media, events, redirects).await })
+        })
+    }
+
+    async fn load(&self, pin: &Pin) -> Result<Arc<Plugin>, String> {
+        let wasm = match pin.plugin.strip_prefix("builtin:") {
+            Some(name) => builtin::get(name)
+                .ok_or_else(|| format!("no built-in plugin {name}"))?
+                .to_vec(),
+            None => {
+                let sha = pin.sha256.as_deref().ok_or("the pin names no digest")?;
+                if let Some(p) = self.lock_loaded().get(sha) {
+                    return Ok(p.clone());
+                }
+                let path = self
+                    .inner
+                    .config
+                    .data_dir
+                    .join("plugins")
+                    .join(format!("{sha}.wasm"));
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("reading plugin {}: {e}", pin.plugin))?
+            }
+        };
+        let runtime = self.inner.runtime.clone();
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(&wasm))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("loading plugin {}: {e}", pin.plugin))?;
+        if let Some(sha) = &pin.sha256 {
+            self.lock_loaded().insert(sha.clone(), plugin.clone());
+        }
+        Ok(plugin)
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Plugin>>> {
+        self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(
+        &self,
+        call: Call,
+        media: CallMedia,
+        events: UnboundedReceiver<MediaEvent>,
+        redirects: UnboundedReceiver<Redirect>,
+    ) {
+        let mut s = Session {
+            runner: self.clone(),
+            token: String::new(),
+            call,
+            media,
+            events,
+            redirects,
+            state: Vec::new(),
+        };
+        let pin = pin_of(&s.call);
+        let plugin = match self.load(&pin).await {
+            Ok(p) => p,
+            Err(why) => return s.application_error(&why).await,
+        };
+        match self.inner.store.account(&s.call.account_sid).await {
+            Ok(Some(a)) => s.token = a.auth_token,
+            _ => return s.application_error("the call's account is gone").await,
+        }
+        let mut limits = self.inner.config.limits;
+        if let Some(ms) = pin.deadline_ms {
+            limits.deadline = std::time::Duration::from_millis(ms.clamp(1, 1_000));
+        }
+        s.drive(plugin, &pin.config, limits).await;
+    }
+}
+
+/// One call's flow.
+struct Session {
+    runner: FlowRunner,
+    token: String,
+    call: Call,
+    media: CallMedia,
+    events: UnboundedReceiver<MediaEvent>,
+    redirects: UnboundedReceiver<Redirect>,
+    state: Vec<u8>,
+}
+
+/// What carrying out one command led to.
+enum Outcome {
+    Event(FlowEvent),
+    /// The flow asked to end the call.
+    Hangup,
+    /// The call ended under us.
+    Gone,
+    /// The API gave new instructions: what was running is abandoned.
+    Redirected(Redirect),
+}
+
+/// What came while a command ran.
+enum Next {
+    Media(MediaEvent),
+    Gone,
+    Redirected(Redirect),
+}
+
+impl Session {
+    fn inner(&self) -> &Inner {
+        &self.runner.inner
+    }
+
+    fn context(&self, config: &str) -> CallContext {
+        let now = now_ms();
+        let c = &self.call;
+        CallContext {
+            account_sid: c.account_sid.clone(),
+            call_sid: c.sid.clone(),
+            parent_call_sid: c.parent_call_sid.clone(),
+            direction: c.direction.clone(),
+            from: c.from_number.clone(),
+            to: c.to_number.clone(),
+            status: "in-progress".into(),
+            answered_by: c.answered_by.clone(),
+            now_ms: now,
+            seed: rand::random(),
+            config: config.to_owned(),
+            url: c.url.clone(),
+            method: method(&c.method),
+            fallback_url: c.fallback_url.clone(),
+            fallback_method: method(&c.fallback_method),
+            document: c.twiml.clone(),
+        }
+    }
+
+    async fn log(&self, kind: &str, detail: Value) {
+        let r = self
+            .inner()
+            .store
+            .append_call_event(&self.call.sid, now_ms(), kind, &detail.to_string())
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(call = %self.call.sid, error = %e, "call event not logged");
+        }
+    }
+
+    async fn drive(&mut self, plugin: Arc<Plugin>, config: &str, limits: Limits) {
+        let mut queue = VecDeque::from([FlowEvent::Start]);
+        let mut delivered = 0;
+        while let Some(event) = queue.pop_front() {
+            delivered += 1;
+            if delivered > MAX_EVENTS {
+                return self.application_error("too many flow events").await;
+            }
+            self.log("flow.event", json!(event_summary(&event))).await;
+            let state = std::mem::take(&mut self.state);
+            let ctx = self.context(config);
+            let runtime = self.inner().runtime.clone();
+            let step = runtime
+                .call_flow(plugin.clone(), ctx, state, event, limits)
+                .await;
+            let step = match step {
+                Ok(s) => s,
+                Err(e) => {
+                    return self
+                        .application_error(&format!("the flow plugin failed: {e}"))
+                        .await;
+                }
+            };
+            self.state = step.state;
+            for l in &step.logs {
+                self.log(
+                    "flow.log",
+                    json!({"level": format!("{:?}", l.level), "message": l.message}),
+                )
+                .await;
+            }
+            for command in step.commands {
+                self.log("flow.command", json!(command_summary(&command)))
+                    .await;
+                match self.apply(command).await {
+                    Outcome::Event(e) => queue.push_back(e),
+                    Outcome::Hangup | Outcome::Gone => return,
+                    Outcome::Redirected(r) => {
+                        self.log(
+                            "flow.redirect",
+                            json!({"url": r.url, "document": r.twiml.is_some()}),
+                        )
+                        .await;
+                        queue.clear();
+                        queue.push_back(FlowEvent::Redirected(FlowRedirect {
+                            url: r.url,
+                            method: method(&r.method),
+                            document: r.twiml,
+                        }));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Says Twilio's application-error words, logs why, and returns (the call is hung up).
+    async fn application_error(&mut self, why: &str) {
+        tracing::warn!(call = %self.call.sid, why, "application error");
+        self.log("flow.error", json!({ "error": why })).await;
+        if let Ok(audio) = self
+            .inner()
+            .prompts
+            .say(None, None, APPLICATION_ERROR)
+            .await
+        {
+            self.media.play(vec![PlayItem::Audio(audio)], 1, false);
+            self.wait_play().await;
+        }
+    }
+
+    /// The next media event, unless the media is gone or the API redirects the call (then
+    /// what was running is stopped and its late reports are dropped).
+    async fn next_media(&mut self) -> Next {
+        tokio::select! {
+            e = self.events.recv() => match e {
+                None | Some(MediaEvent::Closed { .. }) => Next::Gone,
+                Some(e) => Next::Media(e),
+            },
+            Some(r) = self.redirects.recv() => {
+                self.media.stop();
+                // The worker takes the stop within a tick or two; what it reports is stale.
+                tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+                while let Ok(e) = self.events.try_recv() {
+                    if let MediaEvent::Closed { .. } = e {
+                        return Next::Gone;
+                    }
+                }
+                Next::Redirected(r)
+            }
+        }
+    }
+
+    /// Waits for the media event `pick` accepts, turning it into the flow's next event.
+    async fn wait_for(&mut self, pick: impl Fn(MediaEvent) -> Option<FlowEvent>) -> Outcome {
+        loop {
+            match self.next_media().await {
+                Next::Gone => return Outcome::Gone,
+                Next::Redirected(r) => return Outcome::Redirected(r),
+                Next::Media(e) => {
+                    if let Some(ev) = pick(e) {
+                        return Outcome::Event(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait_play(&mut self) -> Outcome {
+        self.wait_for(|e| matches!(e, MediaEvent::PlayDone { .. }).then_some(FlowEvent::PromptDone))
+            .await
+    }
+
+    async fn prompt_items(&self, prompts: Vec<Prompt>) -> Vec<PlayItem> {
+        let mut items = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let (audio, loops) = match p {
+                Prompt::Pause(ms) => {
+                    items.push(PlayItem::Silence { ms });
+                    continue;
+                }
+                Prompt::Say(s) => (self.say(&s.voice, &s.language, &s.text).await, s.loops),
+                Prompt::Play(p) => (self.play(&p.url).await, p.loops),
+            };
+            if let Some(a) = audio {
+                for _ in 0..loops.clamp(1, MAX_LOOPS) {
+                    items.push(PlayItem::Audio(a.clone()));
+                }
+            }
+        }
+        items
+    }
+
+    async fn say(
+        &self,
+        voice: &Option<String>,
+        language: &Option<String>,
+        text: &str,
+    ) -> Option<Arc<callflow_media::Audio>> {
+        match self
+            .inner()
+            .prompts
+            .say(voice.as_deref(), language.as_deref(), text)
+            .await
+        {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.log("flow.media_error", json!({"say": e.to_string()}))
+                    .await;
+                None
+            }
+        }
+    }
+
+    async fn play(&self, url: &str) -> Option<Arc<callflow_media::Audio>> {
+        match self
+            .inner()
+            .prompts
+            .play_url(url, now_ms().max(0) as u64)
+            .await
+        {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.log("flow.media_error", json!({"play": e.to_string()}))
+                    .await;
+                None
+            }
+        }
+    }
+
+    async fn apply(&mut self, command: Command) -> Outcome {
+        match command {
+            Command::Fetch(f) => Outcome::Event(FlowEvent::Fetched(self.fetch(f).await)),
+            Command::Say(s) => {
+                let audio = self.say(&s.voice, &s.language, &s.text).await;
+                self.play_audio(audio, loops(s.loops)).await
+            }
+            Command::Play(p) => {
+                let audio = self.play(&p.url).await;
+                self.play_audio(audio, loops(p.loops)).await
+            }
+            Command::Pause(ms) => {
+                self.media.play(vec![PlayItem::Silence { ms }], 1, false);
+                self.wait_play().await
+            }
+            Command::SendDigits(d) => {
+                self.media.send_digits(&d);
+                self.wait_for(|e| {
+                    matches!(e, MediaEvent::DigitsSent).then_some(FlowEvent::PromptDone)
+                })
+                .await
+            }
+            Command::Gather(g) => {
+                let items = self.prompt_items(g.prompts).await;
+                if !items.is_empty() {
+                    self.media.play(items, 1, true);
+                }
+                self.media.collect(Collect {
+                    num_digits: g.num_digits.filter(|&n| n > 0),
+                    timeout_ms: u64::from(g.timeout_ms),
+                    finish_on_key: g.finish_on_key.chars().next(),
+                });
+                self.wait_for(|e| match e {
+                    MediaEvent::Collected { digits, end } => {
+                        let timed_out = end == CollectEnd::Timeout && digits.is_empty();
+                        Some(FlowEvent::Gathered(GatherResult { digits, timed_out }))
+                    }
+                    _ => None,
+                })
+                .await
+            }
+            Command::Record(r) => self.record(r).await,
+            Command::Dial(_) => {
+                self.log("flow.error", json!({"dial": "Dial is not supported yet"}))
+                    .await;
+                Outcome::Event(FlowEvent::DialDone(callflow_runtime::flow::DialResult {
+                    status: "failed".into(),
+                    call_sid: None,
+                    duration_s: 0,
+                }))
+            }
+            Command::Hangup | Command::Reject(_) => Outcome::Hangup,
+        }
+    }
+
+    async fn play_audio(
+        &mut self,
+        audio: Option<Arc<callflow_media::Audio>>,
+        loops: u32,
+    ) -> Outcome {
+        match audio {
+            Some(a) => {
+                self.media.play(vec![PlayItem::Audio(a)], loops, false);
+                self.wait_play().await
+            }
+            None => Outcome::Event(FlowEvent::PromptDone),
+        }
+    }
+
+    async fn fetch(&self, f: callflow_runtime::flow::Fetch) -> FetchResult {
+        let method = match f.method {
+            HttpMethod::Get => Method::Get,
+            HttpMethod::Post => Method::Post,
+            other => return FetchResult::Failed(format!("{other:?} is not allowed for a fetch")),
+        };
+        let req = WebhookRequest {
+            url: f.url.clone(),
+            method,
+            params: f.params.into_iter().map(|p| (p.name, p.value)).collect(),
+        };
+        match self.inner().client.send(&req, &self.token).await {
+            Ok(resp) => FetchResult::Response(FetchResponse {
+                status: resp.status,
+                content_type: resp.content_type,
+                body: String::from_utf8_lossy(&resp.body).into_owned(),
+                url: f.url,
+            }),
+            Err(e) => FetchResult::Failed(e.to_string()),
+        }
+    }
+
+    async fn record(&mut self, r: callflow_runtime::flow::Record) -> Outcome {
+        let opts = RecordOptions {
+            max_length_ms: u64::from(r.max_length_ms.max(1000)),
+            silence_timeout_ms: u64::from(r.timeout_ms),
+            finish_on_key: r.finish_on_key,
+            trim: r.trim_silence,
+        };
+        let beep = r
+            .play_beep
+            .then(|| Arc::new(callflow_media::prompt::beep()));
+        let started = now_ms();
+        self.media.record(opts, beep);
+        let rec = loop {
+            match self.next_media().await {
+                Next::Gone => return Outcome::Gone,
+                Next::Redirected(r) => return Outcome::Redirected(r),
+                Next::Media(MediaEvent::Recorded(rec)) => break rec,
+                Next::Media(_) => {}
+            }
+        };
+        let digits = match (rec.digit, rec.reason) {
+            (Some(d), _) => d.to_string(),
+            (None, StopReason::Hangup) => "hangup".into(),
+            _ => String::new(),
+        };
+        let empty = !rec.heard_audio || rec.pcm.is_empty();
+        if empty {
+            return Outcome::Event(FlowEvent::Recorded(RecordResult {
+                recording_sid: None,
+                recording_url: None,
+                duration_ms: 0,
+                digits,
+                empty: true,
+            }));
+        }
+        match self
+            .store_recording(&rec.pcm, rec.duration_ms, started)
+            .await
+        {
+            Ok((sid, url)) => Outcome::Event(FlowEvent::Recorded(RecordResult {
+                recording_sid: Some(sid),
+                recording_url: Some(url),
+                duration_ms: u32::try_from(rec.duration_ms).unwrap_or(u32::MAX),
+                digits,
+                empty: false,
+            })),
+            Err(why) => {
+                self.log("flow.error", json!({"recording": why})).await;
+                Outcome::Event(FlowEvent::Recorded(RecordResult {
+                    recording_sid: None,
+                    recording_url: None,
+                    duration_ms: 0,
+                    digits,
+                    empty: true,
+                }))
+            }
+        }
+    }
+
+    /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it.
+    async fn store_recording(
+        &self,
+        pcm: &[i16],
+        duration_ms: u64,
+        started: i64,
+    ) -> Result<(String, String), String> {
+        let store = &self.inner().store;
+        let new = NewRecording {
+            call_sid: self.call.sid.clone(),
+            status: "completed".into(),
+            source: "RecordVerb".into(),
+            channels: 1,
+            duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
+            start_time: started,
+            wav_path: None,
+            mp3_path: None,
+        };
+        let rec = store
+            .create_recording(&self.call.account_sid, &new, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        let dir = self.inner().config.data_dir.join("recordings");
+        let (wav, mp3) = (
+            format!("recordings/{}.wav", rec.sid),
+            format!("recordings/{}.mp3", rec.sid),
+        );
+        let (wav_path, mp3_path) = (
+            dir.join(format!("{}.wav", rec.sid)),
+            dir.join(format!("{}.mp3", rec.sid)),
+        );
+        let pcm = pcm.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            callflow_media::files::write_wav(&wav_path, &pcm).map_err(|e| e.to_string())?;
+            callflow_media::files::write_mp3(&mp3_path, &pcm).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        store
+            .set_recording_media(&rec.sid, Some(&wav), Some(&mp3), now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Recordings/{}",
+            self.inner().config.public_url.trim_end_matches('/'),
+            rec.account_sid,
+            rec.sid
+        );
+        Ok((rec.sid, url))
+    }
+}
+
+fn loops(n: u32) -> u32 {
+    if n == 0 { MAX_LOOPS } else { n.min(MAX_LOOPS) }
+}
+
+fn event_summary(e: &FlowEvent) -> Value {
+    match e {
+        FlowEvent::Start => json!({"event": "start"}),
+        FlowEvent::Fetched(FetchResult::Response(r)) => {
+            json!({"event": "fetched", "status": r.status, "url": r.url, "bytes": r.body.len()})
+        }
+        FlowEvent::Fetched(FetchResult::Failed(why)) => {
+            json!({"event": "fetched", "failed": why})
+        }
+        FlowEvent::PromptDone => json!({"event": "prompt-done"}),
+        FlowEvent::Gathered(g) => {
+            json!({"event": "gathered", "digits": g.digits, "timed_out": g.timed_out})
+        }
+        FlowEvent::Recorded(r) => json!({
+            "event": "recorded", "recording_sid": r.recording_sid, "duration_ms": r.duration_ms,
+            "empty": r.empty,
+        }),
+        FlowEvent::DialDone(d) => json!({"event": "dial-done", "status": d.status}),
+        FlowEvent::Redirected(_) => json!({"event": "redirected"}),
+        FlowEvent::Hangup => json!({"event": "hangup"}),
+    }
+}
+
+fn command_summary(c: &Command) -> Value {
+    match c {
+        Command::Fetch(f) => {
+            json!({"command": "fetch", "url": f.url, "method": format!("{:?}", f.method)})
+        }
+        Command::Say(s) => {
+            json!({"command": "say", "chars": s.text.chars().count(), "loops": s.loops})
+        }
+        Command::Play(p) => json!({"command": "play", "url": p.url, "loops": p.loops}),
+        Command::Pause(ms) => json!({"command": "pause", "ms": ms}),
+        Command::SendDigits(d) => json!({"command": "send-digits", "digits": d.len()}),
+        Command::Gather(g) => {
+            json!({"command": "gather", "prompts": g.prompts.len(), "timeout_ms": g.timeout_ms})
+        }
+        Command::Record(r) => json!({"command": "record", "max_length_ms": r.max_length_ms}),
+        Command::Dial(d) => json!({"command": "dial", "targets": d.targets.len()}),
+        Command::Hangup => json!({"command": "hangup"}),
+        Command::Reject(_) => json!({"command": "reject"}),
+    }
+}

@@ -1,0 +1,171 @@
+"""TwiML end to end: SIPp is a caller working through an IVR that a Twilio app serves, and the
+real `callflow` binary runs it with the built-in TwiML interpreter, flite for <Say>, the media
+workers for digits and recordings.
+
+The caller (tests/sipp/uac_ivr.xml) hears a greeting and a <Gather>, presses 1 2 3 (RFC 2833
+from sip-tester's pcaps), hears a <Record>'s beep and speaks (g711a.pcap); the app's action URLs
+receive the digits and the recording, signed, and the recording downloads as MP3 with Basic auth;
+the app's <Hangup/> ends the call, which SIPp sees as callflow's BYE.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import urllib.request
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from harness import DEFAULT_FROM, WebhookReceiver, free_port, wait_until
+from sipp import run_sipp, sipp_path
+from test_sip import SIPP_CALLER, sipp_dir, start_callflow  # noqa: F401 (fixtures)
+
+WAIT_S = 30.0
+
+VOICE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Response>
+  <Say>Welcome.</Say>
+  <Gather numDigits="3" action="/gather" timeout="8">
+    <Say>Enter three digits.</Say>
+  </Gather>
+  <Say>We did not get your digits.</Say>
+</Response>"""
+
+AFTER_GATHER = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Response><Record maxLength="30" timeout="4" action="/recorded"/></Response>"""
+
+AFTER_RECORD = b"""<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>"""
+
+
+@pytest.fixture(autouse=True)
+def _sipp_installed():
+    if sipp_path() is None:
+        pytest.fail("sipp is not installed: `apt-get install sip-tester` (tests/run does it)")
+
+
+@pytest.fixture
+def app():
+    rec = WebhookReceiver()
+    rec.routes = {"/voice": VOICE, "/gather": AFTER_GATHER, "/recorded": AFTER_RECORD}
+    rec.start()
+    yield rec
+    rec.stop()
+
+
+def requests_to(app: WebhookReceiver, path: str) -> list:
+    return [r for r in app.requests if r.path.split("?")[0] == path]
+
+
+def assert_signed(app: WebhookReceiver, req, token: str) -> None:
+    url = f"http://{req.host}{req.path}"
+    signature = req.headers.get("x-twilio-signature", "")
+    assert RequestValidator(token).validate(url, dict(req.params), signature), (url, req.params)
+
+
+def test_an_inbound_caller_gathers_digits_and_records(start_callflow, app, sipp_dir):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    client.incoming_phone_numbers.create(
+        phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
+    )
+    result = run_sipp(
+        "uac_ivr",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        extra=["-mp", str(free_port(udp_too=True))],
+        timeout_s=60.0,
+        workdir=sipp_dir("uac_ivr"),
+    )
+    assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+
+    token = callflow.auth_token
+    voice = wait_until(lambda: requests_to(app, "/voice"), WAIT_S, interval=0.2)
+    assert voice, "the VoiceUrl was fetched"
+    first = voice[0]
+    assert first.method == "POST"
+    assert first.form["From"] == SIPP_CALLER and first.form["To"] == DEFAULT_FROM
+    assert first.form["Direction"] == "inbound"
+    assert first.form["CallStatus"] == "in-progress"
+    assert first.form["ApiVersion"] == "2010-04-01"
+    assert_signed(app, first, token)
+
+    gather = requests_to(app, "/gather")
+    assert len(gather) == 1, [r.path for r in app.requests]
+    assert gather[0].form["Digits"] == "123"
+    assert gather[0].form["CallSid"] == first.form["CallSid"]
+    assert_signed(app, gather[0], token)
+
+    recorded = requests_to(app, "/recorded")
+    assert len(recorded) == 1, [r.path for r in app.requests]
+    form = recorded[0].form
+    assert_signed(app, recorded[0], token)
+    assert form["RecordingUrl"].startswith("http") and not form["RecordingUrl"].endswith(".mp3")
+    assert 4 <= int(form["RecordingDuration"]) <= 9, form["RecordingDuration"]
+    assert form["RecordingSid"].startswith("RE")
+
+    # The recording downloads as MP3 with Basic auth, on the first try.
+    mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+    mgr.add_password(None, form["RecordingUrl"], callflow.account_sid, token)
+    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(mgr))
+    req = urllib.request.Request(
+        form["RecordingUrl"] + ".mp3",
+        headers={
+            "Authorization": "Basic "
+            + base64.b64encode(f"{callflow.account_sid}:{token}".encode()).decode()
+        },
+    )
+    with opener.open(req, timeout=10) as resp:
+        body = resp.read()
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("audio/mpeg")
+    assert len(body) > 4000, len(body)
+
+    call = client.calls(first.form["CallSid"]).fetch()
+    assert call.status == "completed"
+    assert int(call.duration) >= 10, call.duration
+
+
+HOLD = b"""<?xml version="1.0" encoding="UTF-8"?><Response><Pause length="25"/></Response>"""
+
+
+def test_a_redirect_through_the_api_changes_a_live_call(start_callflow, app, sipp_dir):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    app.routes = {"/voice": HOLD, "/next": AFTER_RECORD}
+    client.incoming_phone_numbers.create(
+        phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
+    )
+    box = {}
+    runner = threading.Thread(
+        target=lambda: box.setdefault(
+            "result",
+            run_sipp(
+                "uac_hear",
+                callflow.sip_addr,
+                service=DEFAULT_FROM,
+                keys={"rtp_port": str(free_port(udp_too=True))},
+                timeout_s=40.0,
+                workdir=sipp_dir("uac_hear"),
+            ),
+        )
+    )
+    started = time.monotonic()
+    runner.start()
+    voice = wait_until(lambda: requests_to(app, "/voice"), WAIT_S, interval=0.2)
+    assert voice, "the VoiceUrl was fetched"
+    sid = voice[0].form["CallSid"]
+    client.calls(sid).update(url=app.url("/next"), method="POST")
+    runner.join(timeout=45)
+    result = box["result"]
+    assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+    # Hung up by the new document, long before the 25 s <Pause> would have ended.
+    assert time.monotonic() - started < 20
+    nxt = requests_to(app, "/next")
+    assert len(nxt) == 1 and nxt[0].form["CallSid"] == sid
+    assert_signed(app, nxt[0], callflow.auth_token)
+    call = wait_until(
+        lambda: (c := client.calls(sid).fetch()).status == "completed" and c, WAIT_S, interval=0.2
+    )
+    assert call, "the call completed"
