@@ -11,11 +11,13 @@ the app's <Hangup/> ends the call, which SIPp sees as callflow's BYE.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 import urllib.request
 
 import pytest
+import requests
 from twilio.request_validator import RequestValidator
 
 from harness import DEFAULT_FROM, WebhookReceiver, free_port, wait_until
@@ -169,3 +171,43 @@ def test_a_redirect_through_the_api_changes_a_live_call(start_callflow, app, sip
         lambda: (c := client.calls(sid).fetch()).status == "completed" and c, WAIT_S, interval=0.2
     )
     assert call, "the call completed"
+
+
+def test_an_uploaded_sdk_plugin_drives_a_real_call(start_callflow, sipp_dir):
+    """The account binds the SDK's menu example instead of TwiML: no webhook at all."""
+    from test_plugins import cli, wasm
+
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
+    config = {
+        "greeting": "Welcome to the river authority.",
+        "options": {"1": {"label": "river levels", "say": "The river is at its normal level."}},
+        "return_to_menu": False,
+    }
+    up = cli(callflow, "upload", str(wasm("callflow_example_menu")), "--name", "menu", "--bind",
+             "--config", json.dumps(config))
+    assert up.returncode == 0, up.stderr
+    result = run_sipp(
+        "uac_press_1",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        extra=["-mp", str(free_port(udp_too=True))],
+        timeout_s=60.0,
+        workdir=sipp_dir("uac_press_1"),
+    )
+    assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+    calls = [c for c in client.calls.list(limit=5) if c.direction == "inbound"]
+    assert len(calls) == 1
+    sid = calls[0].sid
+    log = requests.get(
+        f"{callflow.base_url}/v1/Accounts/{callflow.account_sid}/Calls/{sid}/Events",
+        auth=(callflow.account_sid, callflow.auth_token),
+        timeout=10,
+    ).json()["events"]
+    flow = [(e["kind"], e["detail"]) for e in log if e["kind"].startswith("flow.")]
+    gathered = [d for k, d in flow if k == "flow.event" and d.get("event") == "gathered"]
+    assert gathered and gathered[0]["digits"] == "1", flow
+    commands = [d["command"] for k, d in flow if k == "flow.command"]
+    assert "gather" in commands and commands[-1] == "hangup", commands
+    assert not [d for k, d in flow if k == "flow.error"], flow

@@ -245,6 +245,30 @@ pub async fn fetch(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<J
     Ok(Json(render::call(&call)))
 }
 
+/// A call's event log (ours, not Twilio's Call Events): status changes, and what its flow
+/// received, asked for and logged, oldest first.
+pub async fn events(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<Json<Value>> {
+    let (account, sid) = (&scoped.account, scoped.sid("sid"));
+    state
+        .store()
+        .call(&account.sid, sid)
+        .await?
+        .ok_or_else(|| not_found(sid))?;
+    let events: Vec<Value> = state
+        .store()
+        .call_events(sid)
+        .await?
+        .into_iter()
+        .map(|e| {
+            let detail: Value = serde_json::from_str(&e.detail).unwrap_or(Value::Null);
+            serde_json::json!({ "at": e.at, "kind": e.kind, "detail": detail })
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "call_sid": sid, "events": events }),
+    ))
+}
+
 pub async fn update(
     State(state): State<ApiState>,
     scoped: Scoped,

@@ -206,6 +206,7 @@ pub fn router(state: ApiState) -> Router {
             &format!("{V1}/Plugins/{{sid}}"),
             get(plugins::fetch).delete(plugins::delete),
         )
+        .route(&format!("{V1}/Calls/{{sid}}/Events"), get(calls::events))
         .route(
             &format!("{V1}/Plugins/{{sid}}/Invocations"),
             axum::routing::post(plugins::invoke),

@@ -400,41 +400,13 @@ pub async fn delete_binding(
     }
 }
 
-/// The plugin versions a new call will run with, by world: the most specific binding of each world
-/// for the account (and the number the call uses), pinned with the version's digest and config.
+/// The plugin versions a new call will run with (see [`callflow_engine::flow::pin_for_call`]).
 pub async fn pin_for_call(
     state: &ApiState,
     account: &str,
     number_sid: Option<&str>,
 ) -> ApiResult<String> {
-    let mut pins = serde_json::Map::new();
-    for world in World::ALL {
-        let Some(b) = state
-            .store()
-            .resolve_binding(account, world.as_str(), number_sid, None)
-            .await?
-        else {
-            continue;
-        };
-        let sha256 = match b.plugin.strip_prefix("builtin:") {
-            Some(name) => callflow_runtime::builtin::sha256(name).map(str::to_owned),
-            None => state
-                .store()
-                .plugin(account, &b.plugin)
-                .await?
-                .map(|p| p.sha256),
-        };
-        let Some(sha256) = sha256 else {
-            tracing::warn!(binding = %b.sid, plugin = %b.plugin, "binding names a plugin that no longer exists");
-            continue;
-        };
-        let config: Value = serde_json::from_str(&b.config).unwrap_or_else(|_| json!({}));
-        pins.insert(
-            world.as_str().to_owned(),
-            json!({ "plugin": b.plugin, "sha256": sha256, "config": config, "deadline_ms": b.deadline_ms }),
-        );
-    }
-    Ok(Value::Object(pins).to_string())
+    Ok(callflow_engine::flow::pin_for_call(state.store(), account, number_sid).await?)
 }
 
 /// Runs one event through an uploaded call-flow plugin in the real sandbox and answers with what

@@ -99,6 +99,40 @@ fn pin_of(call: &Call) -> Pin {
     }
 }
 
+/// The plugin versions a new call will run with, by world: the most specific binding of each
+/// world for the account (and the number the call uses), pinned with the version's digest and
+/// config, as JSON for the call's `plugins` column. The API pins calls it creates, telephony
+/// inbound calls.
+pub async fn pin_for_call(
+    store: &Store,
+    account: &str,
+    number_sid: Option<&str>,
+) -> Result<String, callflow_store::StoreError> {
+    let mut pins = serde_json::Map::new();
+    for world in World::ALL {
+        let Some(b) = store
+            .resolve_binding(account, world.as_str(), number_sid, None)
+            .await?
+        else {
+            continue;
+        };
+        let sha256 = match b.plugin.strip_prefix("builtin:") {
+            Some(name) => builtin::sha256(name).map(str::to_owned),
+            None => store.plugin(account, &b.plugin).await?.map(|p| p.sha256),
+        };
+        let Some(sha256) = sha256 else {
+            tracing::warn!(binding = %b.sid, plugin = %b.plugin, "binding names a plugin that no longer exists");
+            continue;
+        };
+        let config: Value = serde_json::from_str(&b.config).unwrap_or_else(|_| json!({}));
+        pins.insert(
+            world.as_str().to_owned(),
+            json!({ "plugin": b.plugin, "sha256": sha256, "config": config, "deadline_ms": b.deadline_ms }),
+        );
+    }
+    Ok(Value::Object(pins).to_string())
+}
+
 fn method(m: &str) -> HttpMethod {
     if m.eq_ignore_ascii_case("GET") {
         HttpMethod::Get

@@ -410,6 +410,18 @@ impl Telephony {
             reject(503, "trunk channels full").await;
             return self.close_route(key, &mut events).await;
         }
+        let plugins =
+            match crate::flow::pin_for_call(self.store(), &number.account_sid, Some(&number.sid))
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not pin the call's plugins");
+                    self.release_channel(&trunk.name);
+                    reject(500, "store error").await;
+                    return self.close_route(key, &mut events).await;
+                }
+            };
         let new = NewCall {
             direction: Direction::Inbound,
             parent_call_sid: None,
@@ -431,7 +443,7 @@ impl Telephony {
             record: false,
             machine_detection: None,
             request_params: "[]".into(),
-            plugins: "{}".into(),
+            plugins,
         };
         let call = match self
             .store()
