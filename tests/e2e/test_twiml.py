@@ -22,7 +22,7 @@ from twilio.request_validator import RequestValidator
 
 from harness import DEFAULT_FROM, WebhookReceiver, free_port, wait_until
 from sipp import run_sipp, sipp_path
-from test_sip import SIPP_CALLER, sipp_dir, start_callflow  # noqa: F401 (fixtures)
+from test_sip import SIPP_CALLER, far_end, sipp_dir, start_callflow  # noqa: F401 (fixtures)
 
 WAIT_S = 30.0
 
@@ -211,3 +211,38 @@ def test_an_uploaded_sdk_plugin_drives_a_real_call(start_callflow, sipp_dir):
     commands = [d["command"] for k, d in flow if k == "flow.command"]
     assert "gather" in commands and commands[-1] == "hangup", commands
     assert not [d for k, d in flow if k == "flow.error"], flow
+
+
+OUTBOUND_VOICE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Response>
+  <Gather numDigits="1" action="gather" timeout="10"><Say>Press one to confirm.</Say></Gather>
+  <Say>Nothing pressed.</Say>
+</Response>"""
+
+
+def test_an_outbound_call_gathers_a_digit_from_the_far_end(start_callflow, far_end, app):
+    from test_sip import CALLEE, final_callback
+
+    app.routes = {"/voice": OUTBOUND_VOICE, "/gather": AFTER_RECORD}
+    sipp = far_end("uas_press_1")
+    callflow = start_callflow(sipp.port)
+    client = callflow.client()
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
+    call = client.calls.create(
+        to=CALLEE,
+        from_=DEFAULT_FROM,
+        url=app.url("/voice"),
+        status_callback=app.url("/status"),
+    )
+    result = sipp.wait(WAIT_S)
+    assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+    voice = requests_to(app, "/voice")
+    assert len(voice) == 1
+    assert voice[0].form["CallStatus"] == "in-progress"
+    assert voice[0].form["Direction"] == "outbound-api"
+    assert voice[0].form["To"] == CALLEE
+    gather = requests_to(app, "/gather")
+    assert len(gather) == 1 and gather[0].form["Digits"] == "1", [r.path for r in app.requests]
+    assert_signed(app, gather[0], callflow.auth_token)
+    final = final_callback(app, call.sid)
+    assert final is not None and final["CallStatus"] == "completed", final
