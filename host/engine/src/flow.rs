@@ -235,7 +235,7 @@ impl FlowRunner {
         if let Some(ms) = pin.deadline_ms {
             limits.deadline = std::time::Duration::from_millis(ms.clamp(1, 1_000));
         }
-        s.drive(plugin, &pin.config, limits).await;
+        s.drive(plugin, &pin, limits).await;
     }
 }
 
@@ -273,8 +273,7 @@ impl Session {
         &self.runner.inner
     }
 
-    fn context(&self, config: &str) -> CallContext {
-        let now = now_ms();
+    fn context(&self, config: &str, now: i64, seed: u64) -> CallContext {
         let c = &self.call;
         CallContext {
             account_sid: c.account_sid.clone(),
@@ -286,7 +285,7 @@ impl Session {
             status: "in-progress".into(),
             answered_by: c.answered_by.clone(),
             now_ms: now,
-            seed: rand::random(),
+            seed,
             config: config.to_owned(),
             url: c.url.clone(),
             method: method(&c.method),
@@ -307,7 +306,21 @@ impl Session {
         }
     }
 
-    async fn drive(&mut self, plugin: Arc<Plugin>, config: &str, limits: Limits) {
+    async fn drive(&mut self, plugin: Arc<Plugin>, pin: &Pin, limits: Limits) {
+        let config = pin.config.as_str();
+        // Everything a replay needs to run the same events through another build.
+        let ctx = self.context(config, 0, 0);
+        self.log(
+            "flow.start",
+            json!({
+                "plugin": pin.plugin, "sha256": pin.sha256, "config": config,
+                "direction": ctx.direction, "from": ctx.from, "to": ctx.to,
+                "parent_call_sid": ctx.parent_call_sid, "answered_by": ctx.answered_by,
+                "url": ctx.url, "method": ctx.method, "fallback_url": ctx.fallback_url,
+                "fallback_method": ctx.fallback_method, "document": ctx.document,
+            }),
+        )
+        .await;
         let mut queue = VecDeque::from([FlowEvent::Start]);
         let mut delivered = 0;
         while let Some(event) = queue.pop_front() {
@@ -315,9 +328,10 @@ impl Session {
             if delivered > MAX_EVENTS {
                 return self.application_error("too many flow events").await;
             }
-            self.log("flow.event", json!(event_summary(&event))).await;
+            let (now, seed) = (now_ms(), rand::random::<u64>());
+            self.log("flow.event", event_entry(&event, now, seed)).await;
             let state = std::mem::take(&mut self.state);
-            let ctx = self.context(config);
+            let ctx = self.context(config, now, seed);
             let runtime = self.inner().runtime.clone();
             let step = runtime
                 .call_flow(plugin.clone(), ctx, state, event, limits)
@@ -339,8 +353,7 @@ impl Session {
                 .await;
             }
             for command in step.commands {
-                self.log("flow.command", json!(command_summary(&command)))
-                    .await;
+                self.log("flow.command", json!(command)).await;
                 match self.apply(command).await {
                     Outcome::Event(e) => queue.push_back(e),
                     Outcome::Hangup | Outcome::Gone => return,
@@ -684,46 +697,71 @@ fn loops(n: u32) -> u32 {
     if n == 0 { MAX_LOOPS } else { n.min(MAX_LOOPS) }
 }
 
-fn event_summary(e: &FlowEvent) -> Value {
-    match e {
-        FlowEvent::Start => json!({"event": "start"}),
-        FlowEvent::Fetched(FetchResult::Response(r)) => {
-            json!({"event": "fetched", "status": r.status, "url": r.url, "bytes": r.body.len()})
-        }
-        FlowEvent::Fetched(FetchResult::Failed(why)) => {
-            json!({"event": "fetched", "failed": why})
-        }
-        FlowEvent::PromptDone => json!({"event": "prompt-done"}),
-        FlowEvent::Gathered(g) => {
-            json!({"event": "gathered", "digits": g.digits, "timed_out": g.timed_out})
-        }
-        FlowEvent::Recorded(r) => json!({
-            "event": "recorded", "recording_sid": r.recording_sid, "duration_ms": r.duration_ms,
-            "empty": r.empty,
-        }),
-        FlowEvent::DialDone(d) => json!({"event": "dial-done", "status": d.status}),
-        FlowEvent::Redirected(_) => json!({"event": "redirected"}),
-        FlowEvent::Hangup => json!({"event": "hangup"}),
+/// Largest event kept whole in the call's log (a fetched document bigger than this is logged
+/// without its body, and a replay says it cannot re-run that step).
+const MAX_LOGGED_EVENT_BYTES: usize = 256 << 10;
+
+/// A delivered event as the call's log keeps it: whole (a replay re-runs it), with the time and
+/// seed its invocation saw.
+fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> Value {
+    if let FlowEvent::Fetched(FetchResult::Response(r)) = e
+        && r.body.len() > MAX_LOGGED_EVENT_BYTES
+    {
+        let without_body = FlowEvent::Fetched(FetchResult::Response(FetchResponse {
+            body: String::new(),
+            ..r.clone()
+        }));
+        return json!({
+            "event": without_body, "now_ms": now, "seed": seed.to_string(), "truncated": true,
+        });
     }
+    json!({ "event": e, "now_ms": now, "seed": seed.to_string() })
 }
 
-fn command_summary(c: &Command) -> Value {
-    match c {
-        Command::Fetch(f) => {
-            json!({"command": "fetch", "url": f.url, "method": format!("{:?}", f.method)})
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_events_come_back_as_the_same_events() {
+        let big = "x".repeat(MAX_LOGGED_EVENT_BYTES + 1);
+        for (e, whole) in [
+            (FlowEvent::Start, true),
+            (
+                FlowEvent::Gathered(GatherResult {
+                    digits: "12".into(),
+                    timed_out: false,
+                }),
+                true,
+            ),
+            (
+                FlowEvent::Fetched(FetchResult::Response(FetchResponse {
+                    status: 200,
+                    content_type: Some("text/xml".into()),
+                    body: "<Response/>".into(),
+                    url: "https://a.example/".into(),
+                })),
+                true,
+            ),
+            (
+                FlowEvent::Fetched(FetchResult::Response(FetchResponse {
+                    status: 200,
+                    content_type: None,
+                    body: big,
+                    url: "https://a.example/".into(),
+                })),
+                false,
+            ),
+        ] {
+            let entry = event_entry(&e, 5, u64::MAX);
+            assert_eq!(entry["seed"], json!(u64::MAX.to_string()));
+            let back: Result<FlowEvent, _> = serde_json::from_value(entry["event"].clone());
+            if whole {
+                assert_eq!(json!(back.unwrap()), json!(e));
+            } else {
+                assert_eq!(entry["truncated"], json!(true));
+                assert!(entry.to_string().len() < 1000, "the body is not kept");
+            }
         }
-        Command::Say(s) => {
-            json!({"command": "say", "chars": s.text.chars().count(), "loops": s.loops})
-        }
-        Command::Play(p) => json!({"command": "play", "url": p.url, "loops": p.loops}),
-        Command::Pause(ms) => json!({"command": "pause", "ms": ms}),
-        Command::SendDigits(d) => json!({"command": "send-digits", "digits": d.len()}),
-        Command::Gather(g) => {
-            json!({"command": "gather", "prompts": g.prompts.len(), "timeout_ms": g.timeout_ms})
-        }
-        Command::Record(r) => json!({"command": "record", "max_length_ms": r.max_length_ms}),
-        Command::Dial(d) => json!({"command": "dial", "targets": d.targets.len()}),
-        Command::Hangup => json!({"command": "hangup"}),
-        Command::Reject(_) => json!({"command": "reject"}),
     }
 }

@@ -3,7 +3,7 @@
 
 /// The `call-flow` world.
 pub mod flow {
-    wasmtime::component::bindgen!({ world: "call-flow", path: "../../wit", additional_derives: [serde::Serialize] });
+    wasmtime::component::bindgen!({ world: "call-flow", path: "../../wit", additional_derives: [serde::Serialize, serde::Deserialize] });
     pub use callflow::plugin::flow_types::*;
     pub use callflow::plugin::types::{HttpMethod, LogLevel, LogLine, Param};
 }

@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod replay;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
         #[command(subcommand)]
         command: client::PluginCommand,
     },
+    /// Re-run a call's flow events through another plugin build and show where the commands
+    /// differ (exit status 1 when they do).
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +63,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(client::run(connection, command))
+        }
+        Command::Replay(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if runtime.block_on(replay::run(args))? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }
         Command::Config(o) => {
             let config = config::Config::load(&o)?;
