@@ -757,8 +757,12 @@ pub mod builtin {
     /// The TwiML interpreter (`plugins/twiml`): the call flow of calls whose account bound none.
     pub const TWIML: &[u8] = include_bytes!(env!("CALLFLOW_PLUGIN_TWIML"));
 
+    /// The default retry policy for callouts (`plugins/retry`): SCFM's statuses, attempts and
+    /// delay, terminal SIP codes, calling hours in the participant's time zone.
+    pub const RETRY: &[u8] = include_bytes!(env!("CALLFLOW_PLUGIN_RETRY"));
+
     /// Every built-in plugin by name.
-    pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO), ("twiml", TWIML)];
+    pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO), ("twiml", TWIML), ("retry", RETRY)];
 
     /// The built-in plugin called `name`.
     pub fn get(name: &str) -> Option<&'static [u8]> {

@@ -2,6 +2,7 @@
 //! invoking, the compile cache, and every abuse case the sandbox must contain.
 
 mod examples;
+mod retry;
 mod twiml;
 
 use std::sync::Arc;
