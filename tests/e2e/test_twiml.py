@@ -272,3 +272,46 @@ def test_an_outbound_call_gathers_a_digit_from_the_far_end(start_callflow, far_e
     assert_signed(app, gather[0], callflow.auth_token)
     final = final_callback(app, call.sid)
     assert final is not None and final["CallStatus"] == "completed", final
+
+
+DIAL = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Response><Dial action="/dialed" timeout="10">+15551230001</Dial></Response>"""
+
+
+@pytest.mark.parametrize("far, status", [("uas_answer", "completed"), ("uas_busy", "busy")])
+def test_dial_bridges_a_child_call_and_reports_its_outcome(
+    start_callflow, far_end, app, sipp_dir, far, status
+):
+    from test_sip import CALLEE
+
+    app.routes = {"/voice": DIAL, "/dialed": AFTER_RECORD}
+    callee = far_end(far)
+    callflow = start_callflow(callee.port)
+    client = callflow.client()
+    client.incoming_phone_numbers.create(
+        phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
+    )
+    caller = run_sipp(
+        "uac_hear",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        keys={"rtp_port": str(free_port(udp_too=True))},
+        timeout_s=40.0,
+        workdir=sipp_dir("uac_hear"),
+    )
+    assert caller.counts() == (1, 0) and caller.ok, f"caller:\n{caller.describe()}"
+    far_result = callee.wait(WAIT_S)
+    assert far_result.counts() == (1, 0) and far_result.ok, f"callee:\n{far_result.describe()}"
+
+    dialed = requests_to(app, "/dialed")
+    assert len(dialed) == 1, [r.path for r in app.requests]
+    form = dialed[0].form
+    assert_signed(app, dialed[0], callflow.auth_token)
+    assert form["DialCallStatus"] == status, form
+    child = client.calls(form["DialCallSid"]).fetch()
+    assert child.direction == "outbound-dial"
+    assert child.parent_call_sid == form["CallSid"]
+    assert child.to == CALLEE
+    assert child.status == status
+    if status == "completed":
+        assert int(form["DialCallDuration"]) >= 1, form

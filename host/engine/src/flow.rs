@@ -26,7 +26,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::Redirect;
 use crate::clock::now_ms;
 use crate::prompts::Prompts;
-use crate::telephony::Flow;
+use crate::telephony::{Flow, Telephony};
 use crate::webhook::{Method, WebhookClient, WebhookRequest};
 
 /// The flow plugin a call runs when its account bound none.
@@ -62,6 +62,8 @@ struct Inner {
     config: FlowConfig,
     /// Loaded plugins by digest.
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// How `<Dial>` places its calls; set once telephony runs.
+    telephony: std::sync::OnceLock<Telephony>,
 }
 
 impl std::fmt::Debug for FlowRunner {
@@ -157,8 +159,15 @@ impl FlowRunner {
                 client,
                 config,
                 loaded: Mutex::new(HashMap::new()),
+                telephony: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Gives flows the telephony `<Dial>` places calls through (telephony needs the flow
+    /// first, so this comes after both exist).
+    pub fn attach(&self, telephony: Telephony) {
+        let _ = self.inner.telephony.set(telephony);
     }
 
     /// The [`Flow`] telephony runs on answered calls.
@@ -532,17 +541,103 @@ impl Session {
                 .await
             }
             Command::Record(r) => self.record(r).await,
-            Command::Dial(_) => {
-                self.log("flow.error", json!({"dial": "Dial is not supported yet"}))
-                    .await;
-                Outcome::Event(FlowEvent::DialDone(callflow_runtime::flow::DialResult {
+            Command::Dial(d) => self.dial(d).await,
+            Command::Hangup | Command::Reject(_) => Outcome::Hangup,
+        }
+    }
+
+    /// `<Dial>`: a child call to the first number, bridged with this one until either side
+    /// hangs up; its outcome is the flow's next event.
+    async fn dial(&mut self, d: callflow_runtime::flow::Dial) -> Outcome {
+        use callflow_runtime::flow::{DialResult, DialTarget};
+        let failed = |why: &str| {
+            (
+                json!({ "dial": why }),
+                Outcome::Event(FlowEvent::DialDone(DialResult {
                     status: "failed".into(),
                     call_sid: None,
                     duration_s: 0,
-                }))
-            }
-            Command::Hangup | Command::Reject(_) => Outcome::Hangup,
+                })),
+            )
+        };
+        let number = d.targets.iter().find_map(|t| match t {
+            DialTarget::Number(n) => Some(n.clone()),
+            DialTarget::Sip(_) => None,
+        });
+        let Some(number) = number else {
+            let (log, out) = failed("only phone numbers can be dialled yet (no <Sip> targets)");
+            self.log("flow.error", log).await;
+            return out;
+        };
+        if d.targets.len() > 1 {
+            self.log(
+                "flow.log",
+                json!({"level": "Warn", "message": "only the first number of a <Dial> is called"}),
+            )
+            .await;
         }
+        let Some(tel) = self.inner().telephony.get().cloned() else {
+            let (log, out) = failed("no telephony to place the call");
+            self.log("flow.error", log).await;
+            return out;
+        };
+        let placed = tel
+            .dial(
+                &self.call,
+                self.media.clone(),
+                &number,
+                d.caller_id.clone(),
+                i64::from(d.timeout_ms.div_ceil(1000).max(1)),
+                i64::from(d.time_limit_ms.div_ceil(1000).max(1)),
+            )
+            .await;
+        let (child, mut leg) = match placed {
+            Ok(p) => p,
+            Err(why) => {
+                let (log, out) = failed(&why);
+                self.log("flow.error", log).await;
+                return out;
+            }
+        };
+        self.log("flow.dial", json!({"child": child.sid, "to": number}))
+            .await;
+        // Whatever happens to this call, the child does not outlive it.
+        let guard = EndLeg {
+            telephony: tel.clone(),
+            sid: Some(child.sid.clone()),
+        };
+        loop {
+            tokio::select! {
+                _ = &mut leg => break,
+                e = self.events.recv() => match e {
+                    None | Some(MediaEvent::Closed { .. }) => return Outcome::Gone,
+                    Some(MediaEvent::Digit { digit: '*', .. }) if d.hangup_on_star => {
+                        tel.end_leg(&child.sid);
+                    }
+                    Some(_) => {}
+                },
+                Some(r) = self.redirects.recv() => {
+                    tel.end_leg(&child.sid);
+                    let _ = (&mut leg).await;
+                    drop(guard);
+                    return Outcome::Redirected(r);
+                }
+            }
+        }
+        guard.disarm();
+        let stored = self
+            .inner()
+            .store
+            .call(&child.account_sid, &child.sid)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(child);
+        Outcome::Event(FlowEvent::DialDone(DialResult {
+            status: stored.status().as_str().to_owned(),
+            call_sid: Some(stored.sid.clone()),
+            duration_s: u32::try_from(stored.duration.unwrap_or(0)).unwrap_or(0),
+        }))
     }
 
     async fn play_audio(
@@ -716,6 +811,26 @@ fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> Value {
         });
     }
     json!({ "event": e, "now_ms": now, "seed": seed.to_string() })
+}
+
+/// Ends a `<Dial>`'s child call when dropped, unless disarmed.
+struct EndLeg {
+    telephony: Telephony,
+    sid: Option<String>,
+}
+
+impl EndLeg {
+    fn disarm(mut self) {
+        self.sid = None;
+    }
+}
+
+impl Drop for EndLeg {
+    fn drop(&mut self) {
+        if let Some(sid) = self.sid.take() {
+            self.telephony.end_leg(&sid);
+        }
+    }
 }
 
 #[cfg(test)]

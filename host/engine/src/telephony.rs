@@ -65,6 +65,15 @@ pub fn silent_flow() -> Flow {
     })
 }
 
+/// What is particular to one leg: its reserved RTP port, and for a `<Dial>`'s child the bridge
+/// it runs instead of the account's flow, on its parent's media worker.
+#[derive(Default)]
+struct Leg {
+    reservation: Option<Reservation>,
+    near: Option<CallMedia>,
+    flow: Option<Flow>,
+}
+
 /// Calls' media: the workers and ports, the address SDP names, and what answered calls run.
 #[derive(Clone)]
 pub struct MediaSetup {
@@ -252,6 +261,96 @@ impl Telephony {
         let mut routes = self.lock_routes();
         routes.live.remove(&key);
         routes.early.remove(&key);
+    }
+
+    /// Places a `<Dial>`'s child call to `to` through the default trunk and, once answered,
+    /// bridges it with the parent's media. The child is an `outbound-dial` call of the
+    /// parent's account with its own statuses; the handle finishes when it has ended.
+    pub async fn dial(
+        &self,
+        parent: &Call,
+        parent_media: CallMedia,
+        to: &str,
+        caller_id: Option<String>,
+        timeout_s: i64,
+        time_limit_s: i64,
+    ) -> Result<(Call, JoinHandle<()>), String> {
+        let trunk = self
+            .inner
+            .trunks
+            .default_trunk()
+            .cloned()
+            .ok_or("no SIP trunk is configured")?;
+        let new = NewCall {
+            direction: Direction::OutboundDial,
+            parent_call_sid: Some(parent.sid.clone()),
+            to: to.to_owned(),
+            from: caller_id.unwrap_or_else(|| parent.from_number.clone()),
+            phone_number_sid: None,
+            status: CallStatus::Queued,
+            url: None,
+            method: "POST".into(),
+            twiml: None,
+            fallback_url: None,
+            fallback_method: "POST".into(),
+            status_callback: None,
+            status_callback_method: "POST".into(),
+            status_callback_event: "completed".into(),
+            timeout: timeout_s,
+            time_limit: time_limit_s,
+            send_digits: None,
+            record: false,
+            machine_detection: None,
+            request_params: "[]".into(),
+            plugins: "{}".into(),
+        };
+        let child = self
+            .store()
+            .create_call(&parent.account_sid, &new, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !self.take_channel(&trunk) {
+            let detail = serde_json::json!({ "error": "trunk channels full" });
+            self.set_status(&child, CallStatus::Failed, None, detail)
+                .await;
+            return Ok((child, tokio::spawn(async {})));
+        }
+        let control = self.register_live(&child.sid);
+        let bridge_to = parent_media.clone();
+        let bridge: Flow = Arc::new(move |_call, media, mut events, _redirects| {
+            let parent = bridge_to.clone();
+            Box::pin(async move {
+                media.bridge(&parent);
+                while let Some(e) = events.recv().await {
+                    if let MediaEvent::Closed { .. } = e {
+                        return;
+                    }
+                }
+            })
+        });
+        let leg = Leg {
+            reservation: None,
+            near: Some(parent_media),
+            flow: Some(bridge),
+        };
+        let task = tokio::spawn(self.clone().outbound(child.clone(), trunk, control, leg));
+        Ok((child, task))
+    }
+
+    /// Ends a call this node is driving (a `<Dial>`'s child when its parent moves on).
+    pub fn end_leg(&self, sid: &str) {
+        let leg = self
+            .inner
+            .engine
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+            .cloned();
+        if let Some(leg) = leg {
+            let (tx, _) = oneshot::channel();
+            let _ = leg.send(Control::End(EndRequest::Completed, tx));
+        }
     }
 
     /// A bound RTP port for a call about to describe its media, and that description.
@@ -463,8 +562,18 @@ impl Telephony {
         if let Err(e) = self.inner.sip.answer(key, local).await {
             tracing::warn!(call = %call.sid, error = %e, "could not answer");
         }
-        self.follow(call, key, &trunk.name, &mut events, control, reservation)
-            .await;
+        self.follow(
+            call,
+            key,
+            &trunk.name,
+            &mut events,
+            control,
+            Leg {
+                reservation: Some(reservation),
+                ..Leg::default()
+            },
+        )
+        .await;
     }
 
     /// Applies a live call's SIP events to its record until it ends, and the API's requests
@@ -476,10 +585,10 @@ impl Telephony {
         trunk: &str,
         events: &mut mpsc::UnboundedReceiver<UaEvent>,
         mut control: mpsc::UnboundedReceiver<Control>,
-        reservation: Reservation,
+        leg: Leg,
     ) {
         let mut reply: Option<oneshot::Sender<Result<Call, EngineError>>> = None;
-        let mut reservation = Some(reservation);
+        let mut reservation = leg.reservation;
         // The call's media once SDP is agreed, and its events until the flow takes them.
         let mut media: Option<(CallMedia, Option<mpsc::UnboundedReceiver<MediaEvent>>)> = None;
         let mut flow: Option<JoinHandle<()>> = None;
@@ -530,7 +639,7 @@ impl Telephony {
                                 && let Some(redirects) = redirects.take()
                             {
                                 let run =
-                                    (self.inner.media.flow)(call.clone(), m.clone(), rx, redirects);
+                                    (leg.flow.as_ref().unwrap_or(&self.inner.media.flow))(call.clone(), m.clone(), rx, redirects);
                                 let done = flow_done.clone();
                                 flow = Some(tokio::spawn(async move {
                                     run.await;
@@ -543,7 +652,8 @@ impl Telephony {
                             match (&media, reservation.take()) {
                                 (Some((m, _)), _) => m.update(params),
                                 (None, Some(r)) => {
-                                    let (m, rx) = self.inner.media.media.open(r, params);
+                                    let (m, rx) =
+                                        self.inner.media.media.open_near(r, params, leg.near.as_ref());
                                     media = Some((m, Some(rx)));
                                 }
                                 (None, None) => {}
@@ -693,7 +803,10 @@ impl Telephony {
                 }
                 // Registered before the task starts, so the next queue read skips it.
                 let control = self.register_live(&call.sid);
-                tokio::spawn(self.clone().outbound(call, trunk.clone(), control));
+                tokio::spawn(
+                    self.clone()
+                        .outbound(call, trunk.clone(), control, Leg::default()),
+                );
             }
         }
     }
@@ -704,6 +817,7 @@ impl Telephony {
         call: Call,
         trunk: TrunkSpec,
         control: mpsc::UnboundedReceiver<Control>,
+        leg: Leg,
     ) {
         // The API may have cancelled it between the queue read and now (a read error leaves it
         // queued, for the dispatcher's next pass).
@@ -740,8 +854,18 @@ impl Telephony {
         };
         tracing::info!(call = %fresh.sid, %key, trunk = %trunk.name, "outbound call placed");
         let mut events = self.register(key);
-        self.follow(fresh, key, &trunk.name, &mut events, control, reservation)
-            .await;
+        self.follow(
+            fresh,
+            key,
+            &trunk.name,
+            &mut events,
+            control,
+            Leg {
+                reservation: Some(reservation),
+                ..leg
+            },
+        )
+        .await;
     }
 
     async fn outgoing(

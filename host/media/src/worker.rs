@@ -29,6 +29,11 @@ use crate::rtp::{Accepted, Frame, Incoming, MAX_PACKET, Outgoing, RtpStats, Stre
 pub const TICK_MS: u64 = 10;
 /// A frame sent this much after it was due counts as late (the quality bar of the benchmark).
 pub const LATE_MS: u64 = 40;
+/// Audio a bridged call holds for its peer at most (older samples are dropped: the legs'
+/// clocks drift, and a late leg must not build up delay).
+const BRIDGE_MAX_SAMPLES: usize = 1600;
+/// A peer that has sent no audio for this long is taken to be silent (recordings are padded).
+const SILENT_PEER_MS: u64 = 200;
 /// Datagrams read from one call's socket per tick at most (50 packets/s is one per 20 ms).
 const READS_PER_TICK: usize = 32;
 /// Length of one RFC 4733 digit we send, and the pause `w` stands for in Twilio's digits.
@@ -138,6 +143,11 @@ enum Command {
         id: u64,
         params: StreamParams,
     },
+    /// Each call hears the other (both are on this worker).
+    Bridge {
+        id: u64,
+        peer: u64,
+    },
     Close {
         id: u64,
     },
@@ -222,6 +232,7 @@ pub struct CallMedia {
 struct Handle {
     id: u64,
     port: u16,
+    worker: usize,
     tx: mpsc::Sender<Command>,
 }
 
@@ -319,12 +330,26 @@ impl Media {
     /// Starts media on a reserved port with what SDP agreed; events arrive on the receiver.
     pub fn open(
         &self,
+        reservation: Reservation,
+        params: StreamParams,
+    ) -> (CallMedia, UnboundedReceiver<MediaEvent>) {
+        self.open_near(reservation, params, None)
+    }
+
+    /// As [`Media::open`], on the worker of `near` when given (calls to be bridged must share
+    /// a worker).
+    pub fn open_near(
+        &self,
         mut reservation: Reservation,
         params: StreamParams,
+        near: Option<&CallMedia>,
     ) -> (CallMedia, UnboundedReceiver<MediaEvent>) {
         let (events, rx) = unbounded_channel();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        let worker = match near {
+            Some(m) if m.inner.worker < self.workers.len() => m.inner.worker,
+            _ => self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len(),
+        };
         let tx = self.workers[worker].clone();
         let port = reservation.port;
         if let Some(socket) = reservation.socket.take() {
@@ -341,7 +366,12 @@ impl Media {
         }
         (
             CallMedia {
-                inner: Arc::new(Handle { id, port, tx }),
+                inner: Arc::new(Handle {
+                    id,
+                    port,
+                    worker,
+                    tx,
+                }),
             },
             rx,
         )
@@ -411,6 +441,20 @@ impl CallMedia {
     /// Ends whatever plays, collects or records, each reporting as stopped.
     pub fn stop(&self) {
         self.send(Command::Stop { id: self.id() });
+    }
+
+    /// Connects this call's audio and `peer`'s both ways (a `<Dial>`): each hears the other
+    /// whenever nothing of its own plays. `peer` must have been opened near this call
+    /// ([`Media::open_near`]); false if not. The bridge ends when either closes.
+    pub fn bridge(&self, peer: &CallMedia) -> bool {
+        if peer.inner.worker != self.inner.worker {
+            return false;
+        }
+        self.send(Command::Bridge {
+            id: self.id(),
+            peer: peer.id(),
+        });
+        true
     }
 
     /// New SDP (a re-INVITE: hold, resume, a new address).
@@ -541,6 +585,14 @@ struct Call {
     inband: InbandDetector,
     pcm: Vec<i16>,
     pending_digits: Vec<char>,
+    /// When the peer's audio last arrived.
+    last_audio_ms: u64,
+    /// The call this one is bridged to, on the same worker.
+    bridged: Option<u64>,
+    /// This call's incoming audio, waiting to go to its peer.
+    bridge_out: VecDeque<i16>,
+    /// The peer's audio, waiting to be sent to this call.
+    bridge_in: VecDeque<i16>,
 }
 
 impl Call {
@@ -571,6 +623,10 @@ impl Call {
             inband: InbandDetector::default(),
             pcm: Vec::with_capacity(480),
             pending_digits: Vec::new(),
+            last_audio_ms: 0,
+            bridged: None,
+            bridge_out: VecDeque::new(),
+            bridge_in: VecDeque::new(),
         })
     }
 
@@ -578,8 +634,9 @@ impl Call {
         let _ = self.events.send(e);
     }
 
-    /// One tick: read, hand on, send what is due. Returns (frames sent, of which late).
-    fn tick(&mut self, now: u64, buf: &mut [u8; 2048]) -> (u64, u64) {
+    /// The first half of a tick: read and hand on (bridged audio waits in `bridge_out` for the
+    /// worker to move it). [`Call::send_due`] is the second half.
+    fn take_in(&mut self, now: u64, buf: &mut [u8; 2048]) {
         self.receive(now, buf);
         self.release(now, false);
         self.pad_recording(now);
@@ -592,7 +649,6 @@ impl Call {
         {
             self.finish_collect(CollectEnd::Timeout);
         }
-        self.send_due(now, buf)
     }
 
     fn receive(&mut self, now: u64, buf: &mut [u8; 2048]) {
@@ -605,6 +661,7 @@ impl Call {
             };
             match self.inc.accept(now, from, &buf[..n], &self.params) {
                 Accepted::Audio => {
+                    self.last_audio_ms = now;
                     if self.inc.is_full() {
                         self.release(now, false);
                     }
@@ -630,6 +687,8 @@ impl Call {
             recording,
             inband,
             pending_digits,
+            bridged,
+            bridge_out,
             ..
         } = self;
         let law = params.law;
@@ -646,6 +705,11 @@ impl Call {
             if inband_on && let Some(d) = inband.push(pcm) {
                 pending_digits.push(d);
             }
+            if bridged.is_some() {
+                bridge_out.extend(pcm.iter());
+                let over = bridge_out.len().saturating_sub(BRIDGE_MAX_SAMPLES);
+                bridge_out.drain(..over);
+            }
             if let Some(r) = recording.as_mut() {
                 r.samples += pcm.len() as u64;
                 if stop.is_none() {
@@ -659,11 +723,15 @@ impl Call {
     }
 
     /// A peer that sends nothing is recorded as silence, so that silence and length limits
-    /// end the recording in time.
+    /// end the recording in time. A peer whose packets are merely late (a busy machine, a
+    /// stalled tick) is not padded: its audio is on its way and would land after the padding.
     fn pad_recording(&mut self, now: u64) {
         let Some(r) = self.recording.as_mut() else {
             return;
         };
+        if now.saturating_sub(self.last_audio_ms.max(r.start_ms)) < SILENT_PEER_MS {
+            return;
+        }
         let expected = now.saturating_sub(r.start_ms) * 8;
         let slack = 60 * 8;
         if r.samples + slack >= expected {
@@ -808,6 +876,14 @@ impl Call {
         if len == 0 {
             let done = match self.playing.as_mut() {
                 Some(p) => p.fill(self.params.law, frame),
+                None if self.bridged.is_some() => {
+                    // The peer's audio; silence for what has not come.
+                    let law = self.params.law;
+                    for b in frame.iter_mut() {
+                        *b = g711::encode_sample(law, self.bridge_in.pop_front().unwrap_or(0));
+                    }
+                    false
+                }
                 None => {
                     frame.fill(silence_byte(self.params.law));
                     false
@@ -933,7 +1009,10 @@ impl Call {
                 }
                 self.params = params;
             }
-            Command::Open(_) | Command::Close { .. } | Command::Shutdown => {}
+            Command::Open(_)
+            | Command::Close { .. }
+            | Command::Bridge { .. }
+            | Command::Shutdown => {}
         }
     }
 
@@ -955,6 +1034,8 @@ struct Worker {
     shared: Arc<Shared>,
     epoch: Instant,
     calls: Vec<Box<Call>>,
+    /// Where each call is in `calls`.
+    index: std::collections::HashMap<u64, usize>,
     buf: Box<[u8; 2048]>,
     totals: RtpStats,
     flushed: RtpStats,
@@ -968,6 +1049,7 @@ impl Worker {
             shared,
             epoch,
             calls: Vec::new(),
+            index: std::collections::HashMap::new(),
             buf: Box::new([0; 2048]),
             totals: RtpStats::default(),
             flushed: RtpStats::default(),
@@ -996,7 +1078,11 @@ impl Worker {
                 }
             }
             for call in &mut self.calls {
-                let (_, late) = call.tick(now, &mut self.buf);
+                call.take_in(now, &mut self.buf);
+            }
+            self.move_bridged_audio();
+            for call in &mut self.calls {
+                let (_, late) = call.send_due(now, &mut self.buf);
                 self.late += late;
             }
             self.flush_metrics(now, false);
@@ -1012,7 +1098,7 @@ impl Worker {
     }
 
     fn position(&self, id: u64) -> Option<usize> {
-        self.calls.iter().position(|c| c.id == id)
+        self.index.get(&id).copied()
     }
 
     fn command(&mut self, now: u64, c: Command) {
@@ -1024,13 +1110,33 @@ impl Worker {
             | Command::SendDigits { id, .. }
             | Command::Stop { id }
             | Command::Update { id, .. }
+            | Command::Bridge { id, .. }
             | Command::Close { id } => *id,
         };
         match c {
-            Command::Open(call) => self.calls.push(call),
+            Command::Open(call) => {
+                self.index.insert(call.id, self.calls.len());
+                self.calls.push(call);
+            }
+            Command::Bridge { peer, .. } => {
+                if let (Some(a), Some(b)) = (self.position(id), self.position(peer))
+                    && a != b
+                {
+                    for (i, other) in [(a, peer), (b, id)] {
+                        let call = &mut self.calls[i];
+                        call.bridged = Some(other);
+                        call.bridge_out.reserve(BRIDGE_MAX_SAMPLES);
+                        call.bridge_in.reserve(BRIDGE_MAX_SAMPLES + 480);
+                    }
+                }
+            }
             Command::Close { .. } => {
                 if let Some(i) = self.position(id) {
                     let call = self.calls.swap_remove(i);
+                    self.index.remove(&call.id);
+                    if let Some(moved) = self.calls.get(i) {
+                        self.index.insert(moved.id, i);
+                    }
                     self.close(now, call);
                 }
             }
@@ -1042,7 +1148,27 @@ impl Worker {
         }
     }
 
+    /// Hands each bridged call's new incoming audio to its peer.
+    fn move_bridged_audio(&mut self) {
+        for i in 0..self.calls.len() {
+            let Some(peer) = self.calls[i].bridged else {
+                continue;
+            };
+            let Some(j) = self.position(peer) else {
+                self.calls[i].bridged = None;
+                continue;
+            };
+            let mut moving = std::mem::take(&mut self.calls[i].bridge_out);
+            let into = &mut self.calls[j].bridge_in;
+            into.extend(moving.drain(..));
+            let over = into.len().saturating_sub(BRIDGE_MAX_SAMPLES);
+            into.drain(..over);
+            self.calls[i].bridge_out = moving;
+        }
+    }
+
     fn close_all(&mut self, now: u64) {
+        self.index.clear();
         for call in std::mem::take(&mut self.calls) {
             self.close(now, call);
         }

@@ -283,3 +283,54 @@ async fn nothing_is_sent_on_hold_and_everything_is_released_at_close() {
     assert_eq!(media.open_calls(), 0);
     assert_eq!(media.free_ports(), ports);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridged_calls_hear_each_other() {
+    let media = media();
+    let (a, _a_events, mut peer_a) = open(&media, Some(101));
+    // The second leg on the first one's worker, as a <Dial> opens it.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let r = media.reserve().unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], r.port()));
+    let params = StreamParams {
+        law: Law::A,
+        payload_type: 8,
+        telephone_event: Some(101),
+        ptime_ms: 20,
+        remote: Some(socket.local_addr().unwrap()),
+        send: true,
+    };
+    let (b, _b_events) = media.open_near(r, params, Some(&a));
+    let peer_b = Peer { socket, to, seq: 1 };
+    assert!(a.bridge(&b));
+    // A speaks (µ-law 1 kHz tone) for 600 ms; B must hear it (in A-law).
+    let pcm = tone(600, &[1000.0]);
+    let mut bytes = Vec::new();
+    g711::encode(Law::Mu, &pcm, &mut bytes);
+    let speaker = tokio::task::spawn_blocking(move || {
+        for (i, frame) in bytes.chunks(160).enumerate() {
+            peer_a.send(0, i as u32 * 160, frame);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let heard = tokio::task::spawn_blocking(move || peer_b.receive(900))
+        .await
+        .unwrap();
+    speaker.await.unwrap();
+    let mut loud = 0;
+    for p in &heard {
+        let r = RtpReader::new(p).unwrap();
+        assert_eq!(r.payload_type(), 8, "B's own codec");
+        let mut out = Vec::new();
+        g711::decode(Law::A, r.payload(), &mut out);
+        if out.iter().any(|s| s.unsigned_abs() > 3000) {
+            loud += 1;
+        }
+    }
+    assert!(
+        loud >= 20,
+        "{loud} of {} packets carried A's tone",
+        heard.len()
+    );
+    drop((a, b));
+}

@@ -196,9 +196,10 @@ async fn start_sip(
         advertised_ip: media_ip,
         flow: flows.flow(),
     };
-    let (_telephony, tasks) = Telephony::start(sip.clone(), events, engine, trunks, media, stop)
+    let (telephony, tasks) = Telephony::start(sip.clone(), events, engine, trunks, media, stop)
         .await
         .context("starting telephony")?;
+    flows.attach(telephony);
     Ok((sip, tasks))
 }
 
