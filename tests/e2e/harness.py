@@ -107,6 +107,29 @@ def free_port(udp_too: bool = False) -> int:
     raise HarnessError("could not find a free loopback port")
 
 
+def free_udp_range(count: int) -> int:
+    """An even loopback port whose next `count - 1` ports are free for UDP now too (SIPp's media
+    takes its -mp port and the ones after it: audio, RTCP, video)."""
+    for _ in range(100):
+        base = free_port(udp_too=True)
+        base -= base % 2
+        socks = []
+        try:
+            for p in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        with _ports_lock:
+            _reserved_ports.update(range(base, base + count))
+        return base
+    raise HarnessError(f"could not find {count} free consecutive loopback ports")
+
+
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from harness import REPO_ROOT, HarnessError, _tail, free_port
+from harness import REPO_ROOT, HarnessError, _tail, free_port, free_udp_range
 
 SCENARIO_DIR = REPO_ROOT / "tests" / "sipp"
 SIPP = "sipp"
@@ -181,7 +181,7 @@ class _SippRun:
             )
         self.scenario = scenario_path(scenario)
         self.port = port or free_port(udp_too=True)
-        self.media_port = free_port(udp_too=True)
+        self.media_port = free_udp_range(4)
         self.timeout_s = float(timeout_s)
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sipp-"))
         self.workdir.mkdir(parents=True, exist_ok=True)

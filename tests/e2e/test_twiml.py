@@ -78,7 +78,6 @@ def test_an_inbound_caller_gathers_digits_and_records(start_callflow, app, sipp_
         "uac_ivr",
         callflow.sip_addr,
         service=DEFAULT_FROM,
-        extra=["-mp", str(free_port(udp_too=True))],
         timeout_s=60.0,
         workdir=sipp_dir("uac_ivr"),
     )
@@ -194,7 +193,6 @@ def test_an_uploaded_sdk_plugin_drives_a_real_call(start_callflow, sipp_dir):
         "uac_press_1",
         callflow.sip_addr,
         service=DEFAULT_FROM,
-        extra=["-mp", str(free_port(udp_too=True))],
         timeout_s=60.0,
         workdir=sipp_dir("uac_press_1"),
     )
@@ -315,3 +313,44 @@ def test_dial_bridges_a_child_call_and_reports_its_outcome(
     assert child.status == status
     if status == "completed":
         assert int(form["DialCallDuration"]) >= 1, form
+
+
+@pytest.mark.parametrize("broken", ["refused", "http-500"])
+def test_a_broken_webhook_ends_in_the_application_error_and_a_clean_hangup(
+    start_callflow, app, sipp_dir, broken
+):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    if broken == "refused":
+        url = f"http://127.0.0.1:{free_port()}/voice"  # nothing listens there
+    else:
+        app.status = 500
+        url = app.url("/voice")
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM, voice_url=url)
+    result = run_sipp(
+        "uac_hear",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        keys={"rtp_port": str(free_port(udp_too=True))},
+        timeout_s=40.0,
+        workdir=sipp_dir("uac_hear"),
+    )
+    # SIPp's scenario ends only with callflow's BYE: the call was hung up by us.
+    assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+    calls = [c for c in client.calls.list(limit=5) if c.direction == "inbound"]
+    assert len(calls) == 1
+    call = wait_until(
+        lambda: (c := client.calls(calls[0].sid).fetch()).status == "completed" and c,
+        WAIT_S,
+        interval=0.2,
+    )
+    assert call, "the call completed"
+    log = requests.get(
+        f"{callflow.base_url}/v1/Accounts/{callflow.account_sid}/Calls/{call.sid}/Events",
+        auth=(callflow.account_sid, callflow.auth_token),
+        timeout=10,
+    ).json()["events"]
+    said = [e["detail"] for e in log if e["kind"] == "flow.command" and "Say" in e["detail"]]
+    assert said and "application error" in said[-1]["Say"]["text"], log
+    commands = [e["detail"] for e in log if e["kind"] == "flow.command"]
+    assert commands[-1] == "Hangup", commands
