@@ -4,6 +4,7 @@
 //! an argument; the workers (`worker`) own the sockets and pace every call they hold from one
 //! tick, so an idle call costs nothing and no call has its own timer.
 
+pub mod amd;
 pub mod dtmf;
 pub mod files;
 pub mod g711;
