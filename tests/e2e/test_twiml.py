@@ -354,3 +354,23 @@ def test_a_broken_webhook_ends_in_the_application_error_and_a_clean_hangup(
     assert said and "application error" in said[-1]["Say"]["text"], log
     commands = [e["detail"] for e in log if e["kind"] == "flow.command"]
     assert commands[-1] == "Hangup", commands
+
+
+def test_machine_detection_sets_answered_by_before_the_first_fetch(start_callflow, far_end, app):
+    from test_sip import CALLEE
+
+    app.routes = {"/voice": AFTER_RECORD}
+    sipp = far_end("uas_machine")
+    callflow = start_callflow(sipp.port)
+    client = callflow.client()
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
+    call = client.calls.create(
+        to=CALLEE, from_=DEFAULT_FROM, url=app.url("/voice"), machine_detection="Enable"
+    )
+    result = sipp.wait(WAIT_S)
+    assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+    voice = requests_to(app, "/voice")
+    assert len(voice) == 1
+    # 7 s of continuous speech from the first moment: a machine's greeting.
+    assert voice[0].form["AnsweredBy"] == "machine_start", voice[0].form
+    assert client.calls(call.sid).fetch().answered_by == "machine_start"

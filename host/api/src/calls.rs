@@ -294,6 +294,7 @@ pub async fn update(
         status_callback: params.url("StatusCallback", 20001)?,
         status_callback_method: params.method("StatusCallbackMethod")?,
         time_limit: params.int("TimeLimit", 1, TIME_LIMIT_MAX)?,
+        answered_by: None,
     };
     let mut call = state
         .store()

@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use callflow_media::amd::AmdConfig;
 use callflow_media::record::{RecordOptions, StopReason};
 use callflow_media::worker::{CallMedia, Collect, CollectEnd, MediaEvent, PlayItem};
 use callflow_runtime::flow::{
@@ -19,7 +20,7 @@ use callflow_runtime::flow::{
     RecordResult, Redirect as FlowRedirect,
 };
 use callflow_runtime::{Limits, Plugin, Runtime, World, builtin};
-use callflow_store::{Call, NewRecording, Store};
+use callflow_store::{Call, CallUpdate, NewRecording, Store};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -244,6 +245,12 @@ impl FlowRunner {
         if let Some(ms) = pin.deadline_ms {
             limits.deadline = std::time::Duration::from_millis(ms.clamp(1, 1_000));
         }
+        if s.call.machine_detection.as_deref().is_some_and(|m| {
+            m.eq_ignore_ascii_case("Enable") || m.eq_ignore_ascii_case("DetectMessageEnd")
+        }) && !s.detect().await
+        {
+            return;
+        }
         s.drive(plugin, &pin, limits).await;
     }
 }
@@ -313,6 +320,44 @@ impl Session {
         if let Err(e) = r {
             tracing::warn!(call = %self.call.sid, error = %e, "call event not logged");
         }
+    }
+
+    /// `MachineDetection`: listens to the callee's first seconds before the flow starts and
+    /// records `AnsweredBy` on the call (the flow's first fetch carries it). False when the
+    /// call ended meanwhile.
+    async fn detect(&mut self) -> bool {
+        self.media.detect(AmdConfig::default());
+        let verdict = loop {
+            match self.next_media().await {
+                Next::Gone => return false,
+                Next::Redirected(_) => return true,
+                Next::Media(MediaEvent::Detected(v)) => break v,
+                Next::Media(_) => {}
+            }
+        };
+        let answered_by = verdict.answered_by.as_str().to_owned();
+        self.log(
+            "flow.amd",
+            json!({"answered_by": answered_by, "reason": verdict.reason, "after_ms": verdict.decided_after_ms}),
+        )
+        .await;
+        let update = CallUpdate {
+            answered_by: Some(answered_by.clone()),
+            ..CallUpdate::default()
+        };
+        match self
+            .inner()
+            .store
+            .update_call(&self.call.account_sid, &self.call.sid, &update, now_ms())
+            .await
+        {
+            Ok(c) => self.call = c,
+            Err(e) => {
+                tracing::warn!(call = %self.call.sid, error = %e, "AnsweredBy not stored");
+                self.call.answered_by = Some(answered_by);
+            }
+        }
+        true
     }
 
     async fn drive(&mut self, plugin: Arc<Plugin>, pin: &Pin, limits: Limits) {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::Audio;
+use crate::amd::{Amd, AmdConfig, Verdict};
 use crate::dtmf::{InbandDetector, Rfc4733Receiver, Rfc4733Sender, TelephoneEvent};
 use crate::g711::{self, Law};
 use crate::record::{RecordOptions, Recorder, Recording, StopReason};
@@ -109,6 +110,8 @@ pub enum MediaEvent {
     Recorded(Box<Recording>),
     /// The digits queued by `send_digits` have gone out.
     DigitsSent,
+    /// Answering-machine detection has decided.
+    Detected(Verdict),
     /// The media is closed; the stream's counters.
     Closed {
         stats: RtpStats,
@@ -142,6 +145,11 @@ enum Command {
     Update {
         id: u64,
         params: StreamParams,
+    },
+    /// Answering-machine detection on the call's incoming audio.
+    Detect {
+        id: u64,
+        config: AmdConfig,
     },
     /// Each call hears the other (both are on this worker).
     Bridge {
@@ -443,6 +451,15 @@ impl CallMedia {
         self.send(Command::Stop { id: self.id() });
     }
 
+    /// Listens to the peer's first seconds and reports `Detected` (Twilio's
+    /// `MachineDetection=Enable`).
+    pub fn detect(&self, config: AmdConfig) {
+        self.send(Command::Detect {
+            id: self.id(),
+            config,
+        });
+    }
+
     /// Connects this call's audio and `peer`'s both ways (a `<Dial>`): each hears the other
     /// whenever nothing of its own plays. `peer` must have been opened near this call
     /// ([`Media::open_near`]); false if not. The bridge ends when either closes.
@@ -587,6 +604,8 @@ struct Call {
     pending_digits: Vec<char>,
     /// When the peer's audio last arrived.
     last_audio_ms: u64,
+    /// Answering-machine detection, while it runs.
+    amd: Option<Amd>,
     /// The call this one is bridged to, on the same worker.
     bridged: Option<u64>,
     /// This call's incoming audio, waiting to go to its peer.
@@ -624,6 +643,7 @@ impl Call {
             pcm: Vec::with_capacity(480),
             pending_digits: Vec::new(),
             last_audio_ms: 0,
+            amd: None,
             bridged: None,
             bridge_out: VecDeque::new(),
             bridge_in: VecDeque::new(),
@@ -689,12 +709,14 @@ impl Call {
             pending_digits,
             bridged,
             bridge_out,
+            amd,
             ..
         } = self;
         let law = params.law;
         let inband_on = params.telephone_event.is_none();
         let frame = params.frame_samples();
         let mut stop = None;
+        let mut detected = None;
         inc.release(now, flush, |f| {
             pcm.clear();
             match f {
@@ -704,6 +726,11 @@ impl Call {
             }
             if inband_on && let Some(d) = inband.push(pcm) {
                 pending_digits.push(d);
+            }
+            if let Some(a) = amd.as_mut()
+                && let Some(v) = a.push(now, pcm)
+            {
+                detected = Some(v);
             }
             if bridged.is_some() {
                 bridge_out.extend(pcm.iter());
@@ -719,6 +746,16 @@ impl Call {
         });
         if let Some(reason) = stop {
             self.finish_record(reason);
+        }
+        // A peer that sends nothing still gets a verdict when the analysis time is up.
+        if detected.is_none()
+            && let Some(a) = self.amd.as_mut()
+        {
+            detected = a.push(now, &[]);
+        }
+        if let Some(v) = detected {
+            self.amd = None;
+            self.emit(MediaEvent::Detected(v));
         }
     }
 
@@ -1009,6 +1046,7 @@ impl Call {
                 }
                 self.params = params;
             }
+            Command::Detect { config, .. } => self.amd = Some(Amd::new(config, now)),
             Command::Open(_)
             | Command::Close { .. }
             | Command::Bridge { .. }
@@ -1111,6 +1149,7 @@ impl Worker {
             | Command::Stop { id }
             | Command::Update { id, .. }
             | Command::Bridge { id, .. }
+            | Command::Detect { id, .. }
             | Command::Close { id } => *id,
         };
         match c {

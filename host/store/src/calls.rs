@@ -68,6 +68,8 @@ pub struct CallUpdate {
     pub status_callback: Option<String>,
     pub status_callback_method: Option<String>,
     pub time_limit: Option<i64>,
+    /// What answering-machine detection found (`human`, `machine_start`, `unknown`).
+    pub answered_by: Option<String>,
 }
 
 /// A status change, with what the new status implies.
@@ -229,7 +231,8 @@ impl Store {
                 fallback_url = COALESCE($4, fallback_url), fallback_method = COALESCE($5, fallback_method),
                 status_callback = COALESCE($6, status_callback),
                 status_callback_method = COALESCE($7, status_callback_method),
-                time_limit = COALESCE($8, time_limit), date_updated = $9
+                time_limit = COALESCE($8, time_limit), date_updated = $9,
+                answered_by = COALESCE($11, answered_by)
              WHERE sid = $10 RETURNING {COLUMNS}"
         );
         let updated: Call = sqlx::query_as(&sql)
@@ -243,6 +246,7 @@ impl Store {
             .bind(u.time_limit)
             .bind(now)
             .bind(sid)
+            .bind(&u.answered_by)
             .fetch_one(&mut *tx)
             .await?;
         let detail = serde_json::json!({
