@@ -94,13 +94,17 @@ impl Engine {
     /// Hands new instructions to a live call's flow; false when no leg is driving the call
     /// here (a queued call simply uses its updated Url or Twiml when it is answered).
     pub fn redirect_call(&self, sid: &str, redirect: Redirect) -> bool {
-        let leg = self
-            .live
+        self.live_leg(sid)
+            .is_some_and(|l| l.send(Control::Redirect(redirect)).is_ok())
+    }
+
+    /// The channel to the task driving a live call here, if one is.
+    pub(crate) fn live_leg(&self, sid: &str) -> Option<mpsc::UnboundedSender<Control>> {
+        self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(sid)
-            .cloned();
-        leg.is_some_and(|l| l.send(Control::Redirect(redirect)).is_ok())
+            .cloned()
     }
 
     pub async fn end_call(
@@ -120,13 +124,7 @@ impl Engine {
             return Err(EngineError::NotLive(status));
         }
         // A call with a SIP leg is ended by its leg (CANCEL or BYE), which records the outcome.
-        let leg = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sid)
-            .cloned();
-        if let Some(leg) = leg {
+        if let Some(leg) = self.live_leg(sid) {
             let (tx, rx) = oneshot::channel();
             if leg.send(Control::End(req, tx)).is_ok()
                 && let Ok(Ok(r)) = tokio::time::timeout(END_WAIT, rx).await

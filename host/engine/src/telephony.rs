@@ -339,15 +339,7 @@ impl Telephony {
 
     /// Ends a call this node is driving (a `<Dial>`'s child when its parent moves on).
     pub fn end_leg(&self, sid: &str) {
-        let leg = self
-            .inner
-            .engine
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sid)
-            .cloned();
-        if let Some(leg) = leg {
+        if let Some(leg) = self.inner.engine.live_leg(sid) {
             let (tx, _) = oneshot::channel();
             let _ = leg.send(Control::End(EndRequest::Completed, tx));
         }
@@ -509,46 +501,39 @@ impl Telephony {
             reject(503, "trunk channels full").await;
             return self.close_route(key, &mut events).await;
         }
-        let plugins =
-            match crate::flow::pin_for_call(self.store(), &number.account_sid, Some(&number.sid))
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not pin the call's plugins");
-                    self.release_channel(&trunk.name);
-                    reject(500, "store error").await;
-                    return self.close_route(key, &mut events).await;
-                }
+        let created = async {
+            let plugins =
+                crate::flow::pin_for_call(self.store(), &number.account_sid, Some(&number.sid))
+                    .await?;
+            let new = NewCall {
+                direction: Direction::Inbound,
+                parent_call_sid: None,
+                to: number.phone_number.clone(),
+                from: from.unwrap_or_else(|| "anonymous".into()),
+                phone_number_sid: Some(number.sid.clone()),
+                status: CallStatus::Ringing,
+                url: number.voice_url.clone(),
+                method: number.voice_method.clone(),
+                twiml: None,
+                fallback_url: number.voice_fallback_url.clone(),
+                fallback_method: number.voice_fallback_method.clone(),
+                status_callback: number.status_callback.clone(),
+                status_callback_method: number.status_callback_method.clone(),
+                status_callback_event: "completed".into(),
+                timeout: TIMEOUT_DEFAULT,
+                time_limit: TIME_LIMIT_DEFAULT,
+                send_digits: None,
+                record: false,
+                machine_detection: None,
+                request_params: "[]".into(),
+                plugins,
             };
-        let new = NewCall {
-            direction: Direction::Inbound,
-            parent_call_sid: None,
-            to: number.phone_number.clone(),
-            from: from.unwrap_or_else(|| "anonymous".into()),
-            phone_number_sid: Some(number.sid.clone()),
-            status: CallStatus::Ringing,
-            url: number.voice_url.clone(),
-            method: number.voice_method.clone(),
-            twiml: None,
-            fallback_url: number.voice_fallback_url.clone(),
-            fallback_method: number.voice_fallback_method.clone(),
-            status_callback: number.status_callback.clone(),
-            status_callback_method: number.status_callback_method.clone(),
-            status_callback_event: "completed".into(),
-            timeout: TIMEOUT_DEFAULT,
-            time_limit: TIME_LIMIT_DEFAULT,
-            send_digits: None,
-            record: false,
-            machine_detection: None,
-            request_params: "[]".into(),
-            plugins,
-        };
-        let call = match self
-            .store()
-            .create_call(&number.account_sid, &new, now_ms())
-            .await
-        {
+            self.store()
+                .create_call(&number.account_sid, &new, now_ms())
+                .await
+        }
+        .await;
+        let call = match created {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "could not record an inbound call");

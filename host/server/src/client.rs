@@ -229,7 +229,7 @@ async fn bind_plugin(
 }
 
 /// The JSON body of a successful answer, or the server's error message.
-async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
+pub(crate) async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {

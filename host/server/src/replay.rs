@@ -48,14 +48,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<bool> {
         .send()
         .await
         .with_context(|| format!("asking {url}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{status}: {}",
-            body["message"].as_str().unwrap_or("no message")
-        );
-    }
+    let body = crate::client::answer(resp).await?;
     let wasm = std::fs::read(&args.plugin)
         .with_context(|| format!("reading {}", args.plugin.display()))?;
     let (start, steps) = steps(&body["events"])?;
