@@ -71,13 +71,68 @@ const SAMPLES_PER_MS: u64 = crate::SAMPLE_RATE as u64 / 1000;
 ///
 /// Time limits run on the caller's clock (`now_ms`), not on the audio received: the silence
 /// timeout counts from the last frame above [`level::SILENCE_THRESHOLD_DBFS`], or from the start.
+/// Samples per block of recorded audio (one second).
+const BLOCK: usize = 8000;
+
+/// Recorded audio in one-second blocks: appending never moves what is already kept. (A growing
+/// `Vec` copies everything at each doubling; a worker holding thousands of recordings that
+/// started together stalled for tens of milliseconds at every doubling.)
+#[derive(Debug, Default)]
+struct Blocks {
+    blocks: Vec<Vec<i16>>,
+    len: usize,
+}
+
+impl Blocks {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Room in the last block, opening a new one when it is full.
+    fn last(&mut self) -> &mut Vec<i16> {
+        if self.blocks.last().is_none_or(|b| b.len() == BLOCK) {
+            self.blocks.push(Vec::with_capacity(BLOCK));
+        }
+        let n = self.blocks.len();
+        &mut self.blocks[n - 1]
+    }
+
+    fn extend(&mut self, mut pcm: &[i16]) {
+        while !pcm.is_empty() {
+            let b = self.last();
+            let n = (BLOCK - b.len()).min(pcm.len());
+            b.extend_from_slice(&pcm[..n]);
+            pcm = &pcm[n..];
+            self.len += n;
+        }
+    }
+
+    fn extend_zeros(&mut self, mut samples: usize) {
+        while samples > 0 {
+            let b = self.last();
+            let n = (BLOCK - b.len()).min(samples);
+            b.resize(b.len() + n, 0);
+            samples -= n;
+            self.len += n;
+        }
+    }
+
+    fn into_vec(self) -> Vec<i16> {
+        let mut v = Vec::with_capacity(self.len);
+        for b in self.blocks {
+            v.extend_from_slice(&b);
+        }
+        v
+    }
+}
+
 #[derive(Debug)]
 pub struct Recorder {
     opts: RecordOptions,
     started_ms: u64,
     /// When the last non-silent frame arrived (or the start).
     last_sound_ms: u64,
-    pcm: Vec<i16>,
+    pcm: Blocks,
     /// `max_length_ms` in samples: the most audio kept.
     max_samples: usize,
     heard_audio: bool,
@@ -92,7 +147,7 @@ impl Recorder {
             opts,
             started_ms: now_ms,
             last_sound_ms: now_ms,
-            pcm: Vec::new(),
+            pcm: Blocks::default(),
             max_samples,
             heard_audio: false,
             stopped: None,
@@ -115,7 +170,7 @@ impl Recorder {
             self.heard_audio = true;
             self.last_sound_ms = self.last_sound_ms.max(now_ms);
         }
-        self.pcm.extend_from_slice(kept);
+        self.pcm.extend(kept);
         if self.pcm.len() >= self.max_samples {
             return self.stop(StopReason::MaxLength);
         }
@@ -128,8 +183,7 @@ impl Recorder {
             return self.stopped;
         }
         let room = self.max_samples.saturating_sub(self.pcm.len());
-        let new_len = self.pcm.len() + samples.min(room);
-        self.pcm.resize(new_len, 0);
+        self.pcm.extend_zeros(samples.min(room));
         if self.pcm.len() >= self.max_samples {
             return self.stop(StopReason::MaxLength);
         }
@@ -177,7 +231,7 @@ impl Recorder {
     /// reason a method returned); if the recorder had already stopped itself, its own reason wins.
     pub fn finish(self, reason: StopReason) -> Recording {
         let reason = self.stopped.unwrap_or(reason);
-        let mut pcm = self.pcm;
+        let mut pcm = self.pcm.into_vec();
         if self.opts.trim {
             let keep = level::trim_silence_range(&pcm);
             pcm.truncate(keep.end);
@@ -476,5 +530,34 @@ mod tests {
         );
         assert_eq!(rec.push(0, &loud()), Some(StopReason::MaxLength));
         assert!(rec.finish(StopReason::Hangup).pcm.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn blocks_keep_every_sample_in_order_across_block_edges() {
+        let mut b = Blocks::default();
+        let mut want = Vec::new();
+        for (i, n) in [1usize, 7_999, 3, 16_000, 0, 12_345]
+            .into_iter()
+            .enumerate()
+        {
+            let chunk: Vec<i16> = (0..n)
+                .map(|k| (k as i16).wrapping_mul(i as i16 + 1))
+                .collect();
+            b.extend(&chunk);
+            want.extend_from_slice(&chunk);
+            b.extend_zeros(i * 100);
+            want.resize(want.len() + i * 100, 0);
+            assert_eq!(b.len(), want.len());
+        }
+        assert!(
+            b.blocks.iter().all(|blk| blk.capacity() == BLOCK),
+            "no block ever grew"
+        );
+        assert_eq!(b.into_vec(), want);
     }
 }

@@ -857,14 +857,18 @@ impl Call {
         if now < due {
             return (0, 0);
         }
-        // A worker that fell far behind does not burst: the missed frames are skipped.
+        // A worker that fell far behind does not burst: the missed frames are skipped (and
+        // counted late: they never left).
         let mut due = due;
+        let (mut sent, mut late) = (0, 0);
         if now - due > 3 * ptime {
             let missed = (now - due) / ptime;
             self.out.skip((missed * ptime * 8) as u32);
             due += missed * ptime;
+            if self.params.send {
+                late += missed;
+            }
         }
-        let (mut sent, mut late) = (0, 0);
         while due <= now {
             if self.send_frame(now, buf) {
                 sent += 1;
