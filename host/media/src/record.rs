@@ -61,16 +61,6 @@ pub struct Recording {
 
 const SAMPLES_PER_MS: u64 = crate::SAMPLE_RATE as u64 / 1000;
 
-/// One `<Record>` in progress.
-///
-/// Inputs: [`Recorder::push`] for each frame of audio as it arrives (and
-/// [`Recorder::push_silence`] for a lost packet), [`Recorder::digit`] for each key press, and
-/// [`Recorder::tick`] from the worker's clock, which catches the time limits when no audio
-/// arrives at all. Each returns the stop reason once the recorder has stopped (and keeps
-/// returning it; later input is ignored). Then [`Recorder::finish`] gives the recording.
-///
-/// Time limits run on the caller's clock (`now_ms`), not on the audio received: the silence
-/// timeout counts from the last frame above [`level::SILENCE_THRESHOLD_DBFS`], or from the start.
 /// Samples per block of recorded audio (one second).
 const BLOCK: usize = 8000;
 
@@ -126,6 +116,16 @@ impl Blocks {
     }
 }
 
+/// One `<Record>` in progress.
+///
+/// Inputs: [`Recorder::push`] for each frame of audio as it arrives (and
+/// [`Recorder::push_silence`] for a lost packet), [`Recorder::digit`] for each key press, and
+/// [`Recorder::tick`] from the worker's clock, which catches the time limits when no audio
+/// arrives at all. Each returns the stop reason once the recorder has stopped (and keeps
+/// returning it; later input is ignored). Then [`Recorder::finish`] gives the recording.
+///
+/// Time limits run on the caller's clock (`now_ms`), not on the audio received: the silence
+/// timeout counts from the last frame above [`level::SILENCE_THRESHOLD_DBFS`], or from the start.
 #[derive(Debug)]
 pub struct Recorder {
     opts: RecordOptions,

@@ -571,11 +571,8 @@ impl Tts for Flite {
         } else {
             samples
         };
-        if rate == SAMPLE_RATE || mono.is_empty() {
-            Ok(mono)
-        } else {
-            Ok(prompt::resample_to_8k(&mono, rate)?)
-        }
+        // Passes 8 kHz through unchanged; also bounds the length like any prompt.
+        Ok(prompt::resample_to_8k(&mono, rate)?)
     }
 
     fn name(&self) -> &str {
@@ -730,7 +727,9 @@ impl CommandTts {
         let (out_tx, out_rx) = mpsc::channel();
         spawn_thread(&mut child, move || {
             let mut out = Vec::new();
-            let result = stdout.take(cap as u64 + 1).read_to_end(&mut out);
+            let result = stdout
+                .take((cap as u64).saturating_add(1))
+                .read_to_end(&mut out);
             let _ = out_tx.send(result.map(|_| out));
         })?;
         let (err_tx, err_rx) = mpsc::channel();
@@ -772,9 +771,13 @@ impl CommandTts {
                 }
             }
             if status.is_none() {
-                status = child
-                    .try_wait()
-                    .map_err(|e| TtsError::Engine(e.to_string()))?;
+                match child.try_wait() {
+                    Ok(s) => status = s,
+                    Err(e) => {
+                        kill(&mut child);
+                        return Err(TtsError::Engine(e.to_string()));
+                    }
+                }
             }
             if let Some(status) = status
                 && output.is_some()
@@ -1198,9 +1201,22 @@ mod tests {
         ));
     }
 
+    /// The error `tts` gives for "hi", which must come within 5 s.
+    fn fails_quickly(tts: &CommandTts) -> TtsError {
+        let start = Instant::now();
+        let err = tts
+            .synthesize(&VoiceChoice::default(), "hi")
+            .expect_err("speech from a broken command");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        err
+    }
+
     #[test]
     fn command_that_hangs_is_killed() {
-        let voice = VoiceChoice::default();
         for tts in [
             CommandTts::new("sleep", ["30"]),
             // Closes stdout, then hangs.
@@ -1208,40 +1224,25 @@ mod tests {
             // Writes part of a WAV, then hangs.
             sh("printf 'RIFF....WAVEfmt '; exec sleep 30", &[]),
         ] {
-            let tts = tts.with_timeout(Duration::from_millis(300));
-            let start = Instant::now();
-            match tts.synthesize(&voice, "hi") {
-                Err(TtsError::Timeout {
+            match fails_quickly(&tts.with_timeout(Duration::from_millis(300))) {
+                TtsError::Timeout {
                     timeout_ms: 300, ..
-                }) => {}
+                } => {}
                 other => panic!("{other:?}"),
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "{:?}",
-                start.elapsed()
-            );
         }
     }
 
     #[test]
     fn command_output_is_capped() {
-        let voice = VoiceChoice::default();
         for tts in [
             CommandTts::new("yes", ["RIFF"]),
             sh("exec head -c 300000 /dev/zero", &[]),
         ] {
-            let tts = tts.with_max_output_bytes(100_000);
-            let start = Instant::now();
-            match tts.synthesize(&voice, "hi") {
-                Err(TtsError::OutputTooLarge { max: 100_000, .. }) => {}
+            match fails_quickly(&tts.with_max_output_bytes(100_000)) {
+                TtsError::OutputTooLarge { max: 100_000, .. } => {}
                 other => panic!("{other:?}"),
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "{:?}",
-                start.elapsed()
-            );
         }
     }
 
