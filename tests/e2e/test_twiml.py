@@ -62,6 +62,17 @@ def requests_to(app: WebhookReceiver, path: str) -> list:
     return [r for r in app.requests if r.path.split("?")[0] == path]
 
 
+def call_log(callflow, sid: str) -> list:
+    """The call's event log (GET /v1/Accounts/{AC}/Calls/{CA}/Events)."""
+    resp = requests.get(
+        f"{callflow.base_url}/v1/Accounts/{callflow.account_sid}/Calls/{sid}/Events",
+        auth=(callflow.account_sid, callflow.auth_token),
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    return resp.json()["events"]
+
+
 def assert_signed(app: WebhookReceiver, req, token: str) -> None:
     url = f"http://{req.host}{req.path}"
     signature = req.headers.get("x-twilio-signature", "")
@@ -200,11 +211,7 @@ def test_an_uploaded_sdk_plugin_drives_a_real_call(start_callflow, sipp_dir):
     calls = [c for c in client.calls.list(limit=5) if c.direction == "inbound"]
     assert len(calls) == 1
     sid = calls[0].sid
-    log = requests.get(
-        f"{callflow.base_url}/v1/Accounts/{callflow.account_sid}/Calls/{sid}/Events",
-        auth=(callflow.account_sid, callflow.auth_token),
-        timeout=10,
-    ).json()["events"]
+    log = call_log(callflow, sid)
     flow = [(e["kind"], e["detail"]) for e in log if e["kind"].startswith("flow.")]
     events = [d["event"] for k, d in flow if k == "flow.event"]
     gathered = [e["Gathered"] for e in events if isinstance(e, dict) and "Gathered" in e]
@@ -345,11 +352,7 @@ def test_a_broken_webhook_ends_in_the_application_error_and_a_clean_hangup(
         interval=0.2,
     )
     assert call, "the call completed"
-    log = requests.get(
-        f"{callflow.base_url}/v1/Accounts/{callflow.account_sid}/Calls/{call.sid}/Events",
-        auth=(callflow.account_sid, callflow.auth_token),
-        timeout=10,
-    ).json()["events"]
+    log = call_log(callflow, call.sid)
     said = [e["detail"] for e in log if e["kind"] == "flow.command" and "Say" in e["detail"]]
     assert said and "application error" in said[-1]["Say"]["text"], log
     commands = [e["detail"] for e in log if e["kind"] == "flow.command"]

@@ -454,15 +454,16 @@ impl Session {
                 Some(e) => Next::Media(e),
             },
             Some(r) = self.redirects.recv() => {
+                // What the stop ends reports before `Stopped`; none of it is for the new
+                // instructions.
                 self.media.stop();
-                // The worker takes the stop within a tick or two; what it reports is stale.
-                tokio::time::sleep(std::time::Duration::from_millis(40)).await;
-                while let Ok(e) = self.events.try_recv() {
-                    if let MediaEvent::Closed { .. } = e {
-                        return Next::Gone;
+                loop {
+                    match self.events.recv().await {
+                        None | Some(MediaEvent::Closed { .. }) => return Next::Gone,
+                        Some(MediaEvent::Stopped) => return Next::Redirected(r),
+                        Some(_) => {}
                     }
                 }
-                Next::Redirected(r)
             }
         }
     }
@@ -848,8 +849,10 @@ fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> Value {
         && r.body.len() > MAX_LOGGED_EVENT_BYTES
     {
         let without_body = FlowEvent::Fetched(FetchResult::Response(FetchResponse {
+            status: r.status,
+            content_type: r.content_type.clone(),
             body: String::new(),
-            ..r.clone()
+            url: r.url.clone(),
         }));
         return json!({
             "event": without_body, "now_ms": now, "seed": seed.to_string(), "truncated": true,

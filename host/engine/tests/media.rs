@@ -207,6 +207,43 @@ async fn assert_released(rig: &Rig, call: &Call) {
     }
 }
 
+/// What the phone's RTP socket receives in `ms`, with arrival times.
+async fn listen(phone: UdpSocket, ms: u64) -> Vec<(Duration, Vec<u8>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        let start = Instant::now();
+        let mut buf = [0u8; 2048];
+        while start.elapsed() < Duration::from_millis(ms) {
+            if let Ok((n, _)) = phone.recv_from(&mut buf) {
+                got.push((start.elapsed(), buf[..n].to_vec()));
+            }
+        }
+        got
+    })
+    .await
+    .unwrap()
+}
+
+/// The play ran to its end; the flow ends (we hang up), SIPp passes, everything is released.
+async fn end_after_play(
+    rig: &Rig,
+    call: &Call,
+    media: CallMedia,
+    mut events: mpsc::UnboundedReceiver<MediaEvent>,
+    done: oneshot::Sender<()>,
+    sipp: std::thread::JoinHandle<(bool, String)>,
+) {
+    match next_event(&mut events, 5).await {
+        MediaEvent::PlayDone { interrupted } => assert!(!interrupted),
+        e => panic!("unexpected {e:?}"),
+    }
+    let _ = done.send(());
+    let (ok, report) = sipp.join().unwrap();
+    assert!(ok, "{report}");
+    drop((media, events));
+    assert_released(rig, call).await;
+}
+
 fn tone(ms: u32, hz: f32) -> Vec<i16> {
     let n = (SAMPLE_RATE * ms / 1000) as usize;
     (0..n)
@@ -229,7 +266,7 @@ async fn an_inbound_caller_hears_the_prompt_at_the_right_rate() {
     let sipp = sipp(&rig, "uac_hear.xml", &["-key", "rtp_port", &port]);
 
     let prompt = Arc::new(Audio::from_pcm(&tone(1000, 440.0)));
-    let (call, media, mut events, done) =
+    let (call, media, events, done) =
         tokio::time::timeout(Duration::from_secs(20), rig.flows.recv())
             .await
             .expect("the call reaches the flow")
@@ -238,28 +275,8 @@ async fn an_inbound_caller_hears_the_prompt_at_the_right_rate() {
     media.play(vec![PlayItem::Audio(prompt.clone())], 1, false);
 
     // Two seconds of what arrives: silence, the prompt, silence.
-    let received = tokio::task::spawn_blocking(move || {
-        let mut got = Vec::new();
-        let start = Instant::now();
-        let mut buf = [0u8; 2048];
-        while start.elapsed() < Duration::from_millis(2000) {
-            if let Ok((n, _)) = phone.recv_from(&mut buf) {
-                got.push((start.elapsed(), buf[..n].to_vec()));
-            }
-        }
-        got
-    })
-    .await
-    .unwrap();
-    match next_event(&mut events, 5).await {
-        MediaEvent::PlayDone { interrupted } => assert!(!interrupted),
-        e => panic!("unexpected {e:?}"),
-    }
-    let _ = done.send(());
-    let (ok, report) = sipp.join().unwrap();
-    assert!(ok, "{report}");
-    drop((media, events));
-    assert_released(&rig, &call).await;
+    let received = listen(phone, 2000).await;
+    end_after_play(&rig, &call, media, events, done, sipp).await;
 
     // About 50 packets a second, PCMU (payload type 0), 160 bytes each.
     assert!(received.len() >= 90, "{} packets in 2 s", received.len());
@@ -340,7 +357,7 @@ async fn a_caller_hears_speech_then_a_fetched_wav() {
     );
 
     let sipp = sipp(&rig, "uac_hear.xml", &["-key", "rtp_port", &port]);
-    let (call, media, mut events, done) =
+    let (call, media, events, done) =
         tokio::time::timeout(Duration::from_secs(20), rig.flows.recv())
             .await
             .expect("the call reaches the flow")
@@ -354,28 +371,8 @@ async fn a_caller_hears_speech_then_a_fetched_wav() {
         false,
     );
     let listen_ms = ((speech.len() + wav.len()) / 8 + 1000) as u64;
-    let received = tokio::task::spawn_blocking(move || {
-        let mut got = Vec::new();
-        let start = Instant::now();
-        let mut buf = [0u8; 2048];
-        while start.elapsed() < Duration::from_millis(listen_ms) {
-            if let Ok((n, _)) = phone.recv_from(&mut buf) {
-                got.push((start.elapsed(), buf[..n].to_vec()));
-            }
-        }
-        got
-    })
-    .await
-    .unwrap();
-    match next_event(&mut events, 5).await {
-        MediaEvent::PlayDone { interrupted } => assert!(!interrupted),
-        e => panic!("unexpected {e:?}"),
-    }
-    let _ = done.send(());
-    let (ok, report) = sipp.join().unwrap();
-    assert!(ok, "{report}");
-    drop((media, events));
-    assert_released(&rig, &call).await;
+    let received = listen(phone, listen_ms).await;
+    end_after_play(&rig, &call, media, events, done, sipp).await;
 
     // About 50 packets a second of PCMU.
     let want_packets = listen_ms as usize / 20;

@@ -112,6 +112,9 @@ pub enum MediaEvent {
     DigitsSent,
     /// Answering-machine detection has decided.
     Detected(Verdict),
+    /// A `stop` has been carried out: what it ended has reported before this, so anything
+    /// after it is new.
+    Stopped,
     /// The media is closed; the stream's counters.
     Closed {
         stats: RtpStats,
@@ -446,7 +449,8 @@ impl CallMedia {
         });
     }
 
-    /// Ends whatever plays, collects or records, each reporting as stopped.
+    /// Ends whatever plays, collects, records or sends digits, each reporting as stopped, then
+    /// reports `Stopped`.
     pub fn stop(&self) {
         self.send(Command::Stop { id: self.id() });
     }
@@ -1041,8 +1045,12 @@ impl Call {
                     self.emit(MediaEvent::PlayDone { interrupted: true });
                 }
                 self.record_after_play = None;
+                self.digits_out.clear();
+                self.sending = None;
+                self.wait_frames = 0;
                 self.finish_collect(CollectEnd::Stopped);
                 self.finish_record(StopReason::Stopped);
+                self.emit(MediaEvent::Stopped);
             }
             Command::Update { params, .. } => {
                 if params.ptime_ms != self.params.ptime_ms {

@@ -334,3 +334,32 @@ async fn bridged_calls_hear_each_other() {
     );
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_reports_what_it_ended_then_stopped() {
+    let media = media();
+    let (m, mut events, _peer) = open(&media, Some(101));
+    let long = Arc::new(Audio::from_pcm(&tone(5000, &[440.0])));
+    m.play(vec![PlayItem::Audio(long)], 1, false);
+    m.collect(Collect {
+        num_digits: None,
+        timeout_ms: 5_000,
+        finish_on_key: None,
+    });
+    m.send_digits("123");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    m.stop();
+    let mut seen = Vec::new();
+    loop {
+        match next(&mut events).await {
+            MediaEvent::Stopped => break,
+            MediaEvent::PlayDone { interrupted } => seen.push(format!("play {interrupted}")),
+            MediaEvent::Collected { end, .. } => seen.push(format!("{end:?}")),
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(seen, ["play true", "Stopped"]);
+    // Nothing of what was stopped reports afterwards (the queued digits are dropped too).
+    let late = tokio::time::timeout(Duration::from_millis(800), events.recv()).await;
+    assert!(late.is_err(), "after Stopped: {late:?}");
+}
