@@ -11,7 +11,7 @@
 //!   opening is then the next `start`, a little later than strictly possible, never earlier).
 
 use chrono::{
-    DateTime, Datelike, Days, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Timelike, Utc,
+    DateTime, Datelike, Days, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
 
@@ -61,7 +61,7 @@ impl CallingHours {
     /// `start`, or just after a gap that skips it); `None` when it does not open within a week (a
     /// window that falls wholly into clock gaps every day, or a date out of range).
     pub fn next_open(&self, tz: Tz, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = at.with_timezone(&tz).naive_local();
+        let local = wall_time(tz, at)?;
         if self.is_open(local) {
             return Some(at);
         }
@@ -74,7 +74,7 @@ impl CallingHours {
             }
             let opening = instants(tz, date.and_time(start))
                 .into_iter()
-                .find(|t| *t >= at && self.is_open(t.with_timezone(&tz).naive_local()));
+                .find(|t| *t >= at && wall_time(tz, *t).is_some_and(|l| self.is_open(l)));
             if opening.is_some() {
                 return opening;
             }
@@ -99,6 +99,13 @@ impl CallingHours {
         let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
         format!("{}-{} {days}", hm(self.start), hm(self.end))
     }
+}
+
+/// The wall time in `tz` at `t`; `None` past the calendar's range (about year 262,000), where
+/// `DateTime::naive_local` would panic.
+fn wall_time(tz: Tz, t: DateTime<Utc>) -> Option<NaiveDateTime> {
+    let offset = tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    t.naive_utc().checked_add_offset(offset)
 }
 
 /// The instants whose wall time in `tz` is `local`, earliest first: one, two when the clock shows

@@ -77,13 +77,14 @@ pub fn decide(config: &Config, ctx: &RetryContext, out: &mut Output) -> Decision
     };
     let made = ctx.attempts.len();
     let status = last.status.as_str();
-    let ended = match last.sip_code {
-        Some(code) => format!(
-            "attempt {made} of {} ended {status} (SIP {code})",
-            config.max_attempts
-        ),
-        None => format!("attempt {made} of {} ended {status}", config.max_attempts),
-    };
+    let sip = last
+        .sip_code
+        .map(|code| format!(" (SIP {code})"))
+        .unwrap_or_default();
+    let ended = format!(
+        "attempt {made} of {} ended {status}{sip}",
+        config.max_attempts
+    );
     let listed = config.retry_statuses.iter().any(|s| s == status);
     let give_up = |out: &mut Output, reason: String| {
         out.log(LogLevel::Info, format!("{ended}: give up, {reason}"));
@@ -486,21 +487,22 @@ mod tests {
 
     #[test]
     fn the_participants_time_zone_wins() {
-        let mut t = tester(NAIROBI_WEEKDAYS, WED_10);
+        let busy_in = |zone: &str| {
+            let mut t = tester(NAIROBI_WEEKDAYS, WED_10);
+            t.ctx.time_zone = Some(zone.into());
+            t.attempt("busy", None).decide()
+        };
         // 10:15 UTC is 05:15 in New York: three hours before the window opens there
-        t.ctx.time_zone = Some("America/New_York".into());
         check(
-            t.attempt("busy", None).decide(),
+            busy_in("America/New_York"),
             expect![[r#"
                 retry at 2027-03-10T13:00:00Z
                   info: attempt 1 of 3 ended busy: retry after the fixed delay of 15 min, at 2027-03-10T10:15:30Z
                   info: calling hours 08:00-20:00 mon, tue, wed, thu, fri in America/New_York (the participant's time zone): closed at Wed 2027-03-10 05:15 EST, moved to Wed 2027-03-10 08:00 EST (2027-03-10T13:00:00Z)"#]],
         );
         // an unknown zone falls back to the configured one, and says so
-        let mut t = tester(NAIROBI_WEEKDAYS, WED_10);
-        t.ctx.time_zone = Some("Atlantis/Capital".into());
         check(
-            t.attempt("busy", None).decide(),
+            busy_in("Atlantis/Capital"),
             expect![[r#"
                 retry at 2027-03-10T10:15:30Z
                   info: attempt 1 of 3 ended busy: retry after the fixed delay of 15 min, at 2027-03-10T10:15:30Z
@@ -583,17 +585,29 @@ mod tests {
 
     #[test]
     fn times_out_of_range_give_up_instead_of_panicking() {
-        let mut t = tester("{}", i64::MAX - 1);
-        t.ctx.attempts.push(callflow_sdk::retry::Attempt {
-            status: "busy".into(),
-            sip_code: None,
-            started_ms: i64::MAX - 1,
-            ended_ms: i64::MAX - 1,
-            duration_s: 0,
-        });
-        let d = t.decide();
+        let ended_at = |config: &str, ms: i64| {
+            let mut t = tester(config, ms);
+            t.ctx.attempts.push(callflow_sdk::retry::Attempt {
+                status: "busy".into(),
+                sip_code: None,
+                started_ms: ms,
+                ended_ms: ms,
+                duration_s: 0,
+            });
+            t.decide()
+        };
+        let d = ended_at("{}", i64::MAX - 1);
         assert!(
             matches!(&d.decision, Decision::GiveUp(r) if r.contains("out of range")),
+            "{d:?}"
+        );
+        // a retry time UTC can hold but the wall clock ahead of UTC cannot
+        let last_minute = DateTime::<Utc>::MAX_UTC.timestamp_millis() - 15 * MIN;
+        let kiritimati = r#"{"calling_hours": {"start": "08:00", "end": "09:00",
+            "time_zone": "Pacific/Kiritimati"}}"#;
+        let d = ended_at(kiritimati, last_minute);
+        assert!(
+            matches!(&d.decision, Decision::GiveUp(r) if r.contains("never open")),
             "{d:?}"
         );
     }

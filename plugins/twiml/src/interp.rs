@@ -495,7 +495,6 @@ impl Step<'_> {
                 loops: p.loops,
             }),
             Verb::SendDigits { digits } => Command::SendDigits(digits),
-            Verb::Pause { ms: 0 } => return Err("<Pause length=\"0\"> skipped".into()),
             Verb::Pause { ms } => Command::Pause(ms),
             Verb::Gather(g) => {
                 let action = self.action("Gather", g.action.as_deref())?;
@@ -543,10 +542,8 @@ impl Step<'_> {
                 }));
             }
             Verb::Dial(d) => {
-                let action = match d.action.as_deref() {
-                    Some(a) => Some(self.resolve("Dial", a)?),
-                    None => None,
-                };
+                // without an action the document goes on, so there is no default URL
+                let action = d.action.map(|a| self.resolve("Dial", &a)).transpose()?;
                 self.out.push(Command::Dial(Dial {
                     targets: d
                         .targets

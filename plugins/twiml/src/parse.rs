@@ -129,13 +129,9 @@ impl Parser {
         let verb = match name {
             "Say" => Verb::Say(self.say(node)?),
             "Play" => self.play(node)?,
-            "Pause" => {
-                self.attributes(node, &["length"]);
-                match secs_to_ms(self.number(node, "length", defaults::PAUSE_S)) {
-                    0 => return None,
-                    ms => Verb::Pause { ms },
-                }
-            }
+            "Pause" => Verb::Pause {
+                ms: self.pause(node)?,
+            },
             "Gather" => Verb::Gather(self.gather(node)),
             "Record" => Verb::Record(self.record(node)),
             "Dial" => Verb::Dial(self.dial(node)?),
@@ -200,6 +196,12 @@ impl Parser {
         })
     }
 
+    /// A `<Pause>`'s length in milliseconds; `None` for `length="0"`, which pauses for nothing.
+    fn pause(&mut self, node: Node) -> Option<u32> {
+        self.attributes(node, &["length"]);
+        Some(secs_to_ms(self.number(node, "length", defaults::PAUSE_S))).filter(|&ms| ms != 0)
+    }
+
     fn play(&mut self, node: Node) -> Option<Verb> {
         self.attributes(node, &["loop", "digits"]);
         if let Some(digits) = node.attribute("digits") {
@@ -248,7 +250,7 @@ impl Parser {
         }
         let finish_on_key = match node.attribute("finishOnKey") {
             None => defaults::GATHER_FINISH_ON_KEY.to_owned(),
-            Some(k) if k.is_empty() || (k.len() == 1 && is_key(k)) => k.to_owned(),
+            Some(k) if k.is_empty() || (k.len() == 1 && k.chars().all(is_key)) => k.to_owned(),
             Some(k) => {
                 self.warn(format!(
                     "<Gather finishOnKey={k:?}> is not one key (0-9, *, #) or empty; using \"#\""
@@ -283,13 +285,7 @@ impl Parser {
                     }
                     None => {}
                 },
-                "Pause" => {
-                    self.attributes(child, &["length"]);
-                    match secs_to_ms(self.number(child, "length", defaults::PAUSE_S)) {
-                        0 => {}
-                        ms => prompts.push(Prompt::Pause(ms)),
-                    }
-                }
+                "Pause" => prompts.extend(self.pause(child).map(Prompt::Pause)),
                 other => self.warn(format!("<{other}> is not allowed in <Gather>; skipped")),
             }
         }
@@ -320,12 +316,9 @@ impl Parser {
         self.no_children(node, "<Record>");
         let finish_on_key = match node.attribute("finishOnKey") {
             None => defaults::RECORD_FINISH_ON_KEY.to_owned(),
-            Some(k) if k.chars().all(|c| is_key(c.encode_utf8(&mut [0; 4]))) => k.to_owned(),
+            Some(k) if k.chars().all(is_key) => k.to_owned(),
             Some(k) => {
-                let keys: String = k
-                    .chars()
-                    .filter(|c| is_key(c.encode_utf8(&mut [0; 4])))
-                    .collect();
+                let keys: String = k.chars().filter(|&c| is_key(c)).collect();
                 self.warn(format!(
                     "<Record finishOnKey={k:?}>: only 0-9, * and # are keys; using {keys:?}"
                 ));
@@ -407,15 +400,12 @@ impl Parser {
         }
         let (low, high) = defaults::DIAL_TIMEOUT_RANGE_S;
         let timeout = self.number(node, "timeout", defaults::DIAL_TIMEOUT_S);
-        let timeout = if (low..=high).contains(&timeout) {
-            timeout
-        } else {
+        let clamped = timeout.clamp(low, high);
+        if clamped != timeout {
             self.warn(format!(
-                "<Dial timeout=\"{timeout}\"> is outside {low}-{high} seconds; using {}",
-                timeout.clamp(low, high)
+                "<Dial timeout=\"{timeout}\"> is outside {low}-{high} seconds; using {clamped}"
             ));
-            timeout.clamp(low, high)
-        };
+        }
         let record = match node.attribute("record") {
             None | Some("do-not-record" | "false") => false,
             Some(
@@ -436,7 +426,7 @@ impl Parser {
             targets,
             action: non_empty(node.attribute("action")),
             method: self.method(node),
-            timeout_ms: secs_to_ms(timeout),
+            timeout_ms: secs_to_ms(clamped),
             time_limit_ms: secs_to_ms(self.number(node, "timeLimit", defaults::DIAL_TIME_LIMIT_S)),
             caller_id: non_empty(node.attribute("callerId")),
             hangup_on_star: self.boolean(node, "hangupOnStar", false),
@@ -541,8 +531,8 @@ fn urls(verb: &Verb) -> impl Iterator<Item = &str> {
         }))
 }
 
-fn is_key(k: &str) -> bool {
-    k.len() == 1 && "0123456789*#".contains(k)
+fn is_key(c: char) -> bool {
+    "0123456789*#".contains(c)
 }
 
 /// Seconds to milliseconds, saturating (a huge `length` must not wrap around to a short one).
@@ -864,7 +854,7 @@ mod tests {
             "<b>".repeat(5000),
             "</b>".repeat(5000)
         );
-        let _ = parse(&deep);
+        assert_eq!(parse(&deep).verbs.map(|v| v.len()), Ok(1));
         // every prefix and some byte flips of a real document
         let doc = r#"<?xml version="1.0"?><Response><Gather action="/g?a=1&amp;b=2" numDigits="1"><Say language="fr-FR">Appuyez &#233;</Say></Gather><Redirect>/t</Redirect></Response>"#;
         for end in 0..doc.len() {

@@ -28,6 +28,23 @@ enum Ev {
     Reply(u16, Option<&'static str>, String),
 }
 
+impl Ev {
+    /// The event itself; a reply comes from `url`.
+    fn into_event(self, url: &str) -> FlowEvent {
+        match self {
+            Ev::Event(e) => e,
+            Ev::Reply(status, content_type, body) => {
+                FlowEvent::Fetched(FetchResult::Response(FetchResponse {
+                    status,
+                    content_type: content_type.map(Into::into),
+                    body,
+                    url: url.into(),
+                }))
+            }
+        }
+    }
+}
+
 fn start() -> Ev {
     Ev::Event(FlowEvent::Start)
 }
@@ -134,17 +151,7 @@ fn transcript(setup: impl FnOnce(&mut CallContext), script: Vec<Ev>, show_state:
     let mut out = String::new();
     let mut last_url = String::new();
     for ev in script {
-        let event = match ev {
-            Ev::Event(e) => e,
-            Ev::Reply(status, content_type, body) => {
-                FlowEvent::Fetched(FetchResult::Response(FetchResponse {
-                    status,
-                    content_type: content_type.map(Into::into),
-                    body,
-                    url: last_url.clone(),
-                }))
-            }
-        };
+        let event = ev.into_event(&last_url);
         out.push_str(&format!("> {}\n", describe_event(&event)));
         let step = t.send(event).expect("the interpreter never fails");
         for c in &step.commands {
@@ -732,11 +739,9 @@ fn the_end_of_a_document_hangs_up() {
 
 #[test]
 fn relative_urls_resolve_against_the_document_that_holds_them() {
-    check(
-        with_url,
+    check_doc(
+        r#"<Response><Redirect>../b/next.xml?x=1</Redirect></Response>"#,
         vec![
-            start(),
-            reply(r#"<Response><Redirect>../b/next.xml?x=1</Redirect></Response>"#),
             reply(r#"<Response><Play>sound.wav</Play><Redirect>/root</Redirect></Response>"#),
             done(),
             reply(
@@ -936,9 +941,9 @@ fn what_is_not_twiml_is_an_application_error() {
           [error] application error: https://example.com/voice?call=1 did not answer TwiML (no content type, body "")
     "#]],
     );
-    check(
-        with_url,
-        vec![start(), reply("<Reply><Say>Hi</Say></Reply>")],
+    check_doc(
+        "<Reply><Say>Hi</Say></Reply>",
+        vec![],
         expect![[r#"
         > start
           fetch POST https://example.com/voice?call=1
@@ -948,9 +953,9 @@ fn what_is_not_twiml_is_an_application_error() {
           [error] application error: https://example.com/voice?call=1: the root element is <Reply>, not <Response>
     "#]],
     );
-    check(
-        with_url,
-        vec![start(), reply("<Response><Say>Hi</Say><Response>")],
+    check_doc(
+        "<Response><Say>Hi</Say><Response>",
+        vec![],
         expect![[r#"
             > start
               fetch POST https://example.com/voice?call=1
@@ -1033,9 +1038,9 @@ fn plain_text_is_said_and_audio_is_played() {
 #[test]
 fn documents_too_large_to_run_or_keep() {
     let big = format!("<Response><Say>{}</Say></Response>", "a ".repeat(40_000));
-    check(
-        with_url,
-        vec![start(), reply(&big)],
+    check_doc(
+        &big,
+        vec![],
         expect![[r#"
         > start
           fetch POST https://example.com/voice?call=1
@@ -1047,9 +1052,9 @@ fn documents_too_large_to_run_or_keep() {
     );
     // under the document limit, but JSON doubles every quote: too large to keep in the state
     let quotes = format!("<Response><Say>{}</Say></Response>", "\" ".repeat(30_000));
-    check(
-        with_url,
-        vec![start(), reply(&quotes)],
+    check_doc(
+        &quotes,
+        vec![],
         expect![[r#"
         > start
           fetch POST https://example.com/voice?call=1
@@ -1422,18 +1427,7 @@ fn arbitrary_event_sequences_never_panic() {
                 8 => redirect_doc(doc),
                 _ => empty_recording(),
             };
-            let event = match ev {
-                Ev::Event(e) => e,
-                Ev::Reply(status, content_type, body) => {
-                    FlowEvent::Fetched(FetchResult::Response(FetchResponse {
-                        status,
-                        content_type: content_type.map(Into::into),
-                        body,
-                        url: URL.into(),
-                    }))
-                }
-            };
-            let step = t.send(event).unwrap();
+            let step = t.send(ev.into_event(URL)).unwrap();
             assert!(step.commands.len() <= 2);
         }
     }
