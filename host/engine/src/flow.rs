@@ -500,7 +500,7 @@ impl Session {
                 Prompt::Play(p) => (self.play(&p.url).await, p.loops),
             };
             if let Some(a) = audio {
-                for _ in 0..loops.clamp(1, MAX_LOOPS) {
+                for _ in 0..loops_of(loops) {
                     items.push(PlayItem::Audio(a.clone()));
                 }
             }
@@ -550,11 +550,11 @@ impl Session {
             Command::Fetch(f) => Outcome::Event(FlowEvent::Fetched(self.fetch(f).await)),
             Command::Say(s) => {
                 let audio = self.say(&s.voice, &s.language, &s.text).await;
-                self.play_audio(audio, loops(s.loops)).await
+                self.play_audio(audio, loops_of(s.loops)).await
             }
             Command::Play(p) => {
                 let audio = self.play(&p.url).await;
-                self.play_audio(audio, loops(p.loops)).await
+                self.play_audio(audio, loops_of(p.loops)).await
             }
             Command::Pause(ms) => {
                 self.media.play(vec![PlayItem::Silence { ms }], 1, false);
@@ -834,7 +834,7 @@ impl Session {
     }
 }
 
-fn loops(n: u32) -> u32 {
+fn loops_of(n: u32) -> u32 {
     if n == 0 { MAX_LOOPS } else { n.min(MAX_LOOPS) }
 }
 
