@@ -406,7 +406,7 @@ pub async fn pin_for_call(
     account: &str,
     number_sid: Option<&str>,
 ) -> ApiResult<String> {
-    Ok(callflow_engine::flow::pin_for_call(state.store(), account, number_sid).await?)
+    Ok(callflow_engine::flow::pin_for_call(state.store(), account, number_sid, None).await?)
 }
 
 /// Runs one event through an uploaded call-flow plugin in the real sandbox and answers with what

@@ -47,6 +47,8 @@ pub struct Engine {
     pub(crate) live: LiveCalls,
     /// Wakes the outbound dispatcher when calls are queued.
     pub(crate) dispatch: Arc<Notify>,
+    /// Wakes the callout scheduler when a callout starts, resumes or gains participants.
+    pub(crate) callouts: Arc<Notify>,
 }
 
 /// What a live call's task is asked to do.
@@ -75,7 +77,13 @@ impl Engine {
             outbox,
             live: LiveCalls::default(),
             dispatch: Arc::new(Notify::new()),
+            callouts: Arc::new(Notify::new()),
         }
+    }
+
+    /// Tells the callout scheduler that a callout started or resumed, or gained participants.
+    pub fn callouts_changed(&self) {
+        self.callouts.notify_one();
     }
 
     /// Tells the outbound dispatcher that calls were queued.
@@ -204,6 +212,10 @@ impl Engine {
         };
         // a callback may have been enqueued; waking an idle outbox costs nothing
         self.outbox.wake();
+        if updated.participant_sid.is_some() && updated.status().is_final() {
+            // the attempt's participant now awaits its retry policy
+            self.callouts_changed();
+        }
         Ok(updated)
     }
 }
@@ -311,6 +323,10 @@ mod tests {
             machine_detection: None,
             request_params: "[]".into(),
             plugins: "{}".into(),
+            callout_sid: None,
+            participant_sid: None,
+            attempt: None,
+            priority: 0,
             date_created: 0,
             date_updated: 0,
         }

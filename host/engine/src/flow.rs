@@ -73,33 +73,42 @@ impl std::fmt::Debug for FlowRunner {
     }
 }
 
-/// The call's pin for the call-flow world (written when the call was created).
-struct Pin {
-    plugin: String,
-    sha256: Option<String>,
-    config: String,
-    deadline_ms: Option<u64>,
+/// A plugin version pinned for one world (written when the call was created).
+pub(crate) struct Pin {
+    pub(crate) plugin: String,
+    pub(crate) sha256: Option<String>,
+    pub(crate) config: String,
+    pub(crate) deadline_ms: Option<u64>,
 }
 
-fn pin_of(call: &Call) -> Pin {
-    let pins: Value = serde_json::from_str(&call.plugins).unwrap_or_else(|_| json!({}));
-    match pins.get(World::CallFlow.as_str()) {
-        Some(p) => Pin {
-            plugin: p["plugin"].as_str().unwrap_or_default().to_owned(),
-            sha256: p["sha256"].as_str().map(str::to_owned),
-            config: p
-                .get("config")
-                .filter(|c| c.is_object())
-                .map_or_else(|| "{}".to_owned(), Value::to_string),
-            deadline_ms: p["deadline_ms"].as_u64(),
-        },
-        None => Pin {
-            plugin: format!("builtin:{DEFAULT_FLOW}"),
-            sha256: None,
-            config: "{}".into(),
-            deadline_ms: None,
-        },
+/// The pin for `world` in a call's `plugins` JSON, if it has one.
+pub(crate) fn pin_in(plugins: &str, world: World) -> Option<Pin> {
+    let pins: Value = serde_json::from_str(plugins).unwrap_or_else(|_| json!({}));
+    let p = pins.get(world.as_str())?;
+    Some(Pin {
+        plugin: p["plugin"].as_str().unwrap_or_default().to_owned(),
+        sha256: p["sha256"].as_str().map(str::to_owned),
+        config: p
+            .get("config")
+            .filter(|c| c.is_object())
+            .map_or_else(|| "{}".to_owned(), Value::to_string),
+        deadline_ms: p["deadline_ms"].as_u64(),
+    })
+}
+
+/// A built-in plugin, unconfigured.
+pub(crate) fn builtin_pin(name: &str) -> Pin {
+    Pin {
+        plugin: format!("builtin:{name}"),
+        sha256: None,
+        config: "{}".into(),
+        deadline_ms: None,
     }
+}
+
+/// The call's call-flow pin: its binding's, or the built-in TwiML interpreter.
+fn pin_of(call: &Call) -> Pin {
+    pin_in(&call.plugins, World::CallFlow).unwrap_or_else(|| builtin_pin(DEFAULT_FLOW))
 }
 
 /// The plugin versions a new call will run with, by world: the most specific binding of each
@@ -110,11 +119,12 @@ pub async fn pin_for_call(
     store: &Store,
     account: &str,
     number_sid: Option<&str>,
+    callout_sid: Option<&str>,
 ) -> Result<String, callflow_store::StoreError> {
     let mut pins = serde_json::Map::new();
     for world in World::ALL {
         let Some(b) = store
-            .resolve_binding(account, world.as_str(), number_sid, None)
+            .resolve_binding(account, world.as_str(), number_sid, callout_sid)
             .await?
         else {
             continue;
@@ -180,7 +190,7 @@ impl FlowRunner {
         })
     }
 
-    async fn load(&self, pin: &Pin) -> Result<Arc<Plugin>, String> {
+    pub(crate) async fn load(&self, pin: &Pin) -> Result<Arc<Plugin>, String> {
         let wasm = match pin.plugin.strip_prefix("builtin:") {
             Some(name) => builtin::get(name)
                 .ok_or_else(|| format!("no built-in plugin {name}"))?
@@ -212,6 +222,24 @@ impl FlowRunner {
         Ok(plugin)
     }
 
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.runtime
+    }
+
+    /// The limits of an invocation of `pin`'s plugin: the configured ones, with the binding's
+    /// own deadline.
+    pub(crate) fn limits_for(&self, pin: &Pin) -> Limits {
+        let mut limits = self.inner.config.limits;
+        if let Some(ms) = pin.deadline_ms {
+            limits.deadline = std::time::Duration::from_millis(ms.clamp(1, 1_000));
+        }
+        limits
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Plugin>>> {
         self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -241,10 +269,7 @@ impl FlowRunner {
             Ok(Some(a)) => s.token = a.auth_token,
             _ => return s.application_error("the call's account is gone").await,
         }
-        let mut limits = self.inner.config.limits;
-        if let Some(ms) = pin.deadline_ms {
-            limits.deadline = std::time::Duration::from_millis(ms.clamp(1, 1_000));
-        }
+        let limits = self.limits_for(&pin);
         if s.call.machine_detection.as_deref().is_some_and(|m| {
             m.eq_ignore_ascii_case("Enable") || m.eq_ignore_ascii_case("DetectMessageEnd")
         }) && !s.detect().await

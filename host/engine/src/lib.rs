@@ -7,6 +7,7 @@
 //! The call state machine, the dispatcher and plugin execution join it as the SIP, media and
 //! plugin layers land.
 
+pub mod callouts;
 mod calls;
 pub mod clock;
 pub mod flow;

@@ -101,6 +101,26 @@ struct Inner {
     channels: Mutex<HashMap<String, u32>>,
     /// Signalled when a call ends (a channel frees up).
     freed: Notify,
+    limits: DispatchLimits,
+    /// Outbound calls the dispatcher sent that have not ended, per account.
+    dispatched: Mutex<HashMap<String, usize>>,
+}
+
+/// Limits on the dispatcher beyond each trunk's own; 0 means none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DispatchLimits {
+    /// Outbound calls live at once, all accounts together.
+    pub max_calls: usize,
+    /// Calls each account may start per second.
+    pub account_calls_per_second: f64,
+    /// Outbound calls each account may have live at once.
+    pub account_max_calls: usize,
+}
+
+/// A bucket's burst for a smooth rate: one call, or 50 ms worth at high rates (so a late
+/// wake-up of the dispatcher does not lose rate).
+fn smooth_burst(per_second: f64) -> f64 {
+    (per_second * 0.05).max(1.0)
 }
 
 #[derive(Default)]
@@ -137,6 +157,7 @@ impl Telephony {
         engine: Engine,
         trunks: Trunks,
         media: MediaSetup,
+        limits: DispatchLimits,
         stop: watch::Receiver<bool>,
     ) -> Result<(Telephony, Vec<JoinHandle<()>>), EngineError> {
         let tel = Telephony {
@@ -148,6 +169,8 @@ impl Telephony {
                 routes: Mutex::new(Routes::default()),
                 channels: Mutex::new(HashMap::new()),
                 freed: Notify::new(),
+                limits,
+                dispatched: Mutex::new(HashMap::new()),
             }),
         };
         tel.end_orphans().await?;
@@ -502,9 +525,13 @@ impl Telephony {
             return self.close_route(key, &mut events).await;
         }
         let created = async {
-            let plugins =
-                crate::flow::pin_for_call(self.store(), &number.account_sid, Some(&number.sid))
-                    .await?;
+            let plugins = crate::flow::pin_for_call(
+                self.store(),
+                &number.account_sid,
+                Some(&number.sid),
+                None,
+            )
+            .await?;
             let new = NewCall {
                 direction: Direction::Inbound,
                 parent_call_sid: None,
@@ -731,46 +758,71 @@ impl Telephony {
         }
     }
 
-    /// Takes queued API calls out through the default trunk, oldest first, within its
-    /// calls-per-second and channels.
+    /// Takes queued API calls out through the default trunk, highest priority first, then
+    /// oldest, while every limit allows: the trunk's calls per second and channels, the global
+    /// cap on dispatched calls, and each account's calls per second and concurrent calls. A call
+    /// whose account is at its limit waits without holding up other accounts' calls.
     async fn dispatch(self, mut stop: watch::Receiver<bool>) {
         let Some(trunk) = self.inner.trunks.default_trunk().cloned() else {
             return;
         };
-        let mut bucket = TokenBucket::new(trunk.cps, trunk.cps.max(1.0), now_ms());
-        let mut cursor = 0i64;
+        let limits = self.inner.limits;
+        let mut bucket = TokenBucket::new(trunk.cps, smooth_burst(trunk.cps), now_ms());
+        let mut accounts: HashMap<String, TokenBucket> = HashMap::new();
         loop {
-            let batch = match self.store().queued_calls(cursor, 100).await {
+            // Calls in flight stay `queued` until their INVITE is answered by a provisional
+            // response, so read past them.
+            let in_flight = self.dispatched_total();
+            let batch = match self.store().queued_calls(100 + in_flight as u32).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the call queue failed");
                     Vec::new()
                 }
             };
-            if batch.is_empty() {
-                // Start over from the oldest queued call next time: a call passed over (a
-                // failed read) is found again; calls in flight are skipped below.
-                cursor = 0;
-                tokio::select! {
-                    () = self.inner.engine.dispatch.notified() => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
+            // When to look again if nothing else wakes us: a second, or sooner when an
+            // account's bucket refills.
+            let mut wake = now_ms() + 1_000;
+            let mut blocked = false;
             for call in batch {
-                cursor = cursor.max(call.seq);
                 if self.is_live(&call.sid) {
                     continue;
                 }
-                // Smooth rate: wait for a token, then for a free channel.
+                let now = now_ms();
+                if limits.account_calls_per_second > 0.0 {
+                    let b = accounts.entry(call.account_sid.clone()).or_insert_with(|| {
+                        TokenBucket::new(
+                            limits.account_calls_per_second,
+                            smooth_burst(limits.account_calls_per_second),
+                            now,
+                        )
+                    });
+                    let ready = b.ready_at(now);
+                    if ready > now {
+                        wake = wake.min(ready);
+                        continue;
+                    }
+                }
+                if limits.account_max_calls != 0
+                    && self.dispatched(&call.account_sid) >= limits.account_max_calls
+                {
+                    continue;
+                }
+                if limits.max_calls != 0 && self.dispatched_total() >= limits.max_calls {
+                    blocked = true;
+                    break;
+                }
+                // Smooth rate: wait for the trunk's token, then for a free channel.
                 loop {
                     let now = now_ms();
                     if bucket.try_take(now) {
                         break;
                     }
                     let wait = (bucket.ready_at(now) - now).clamp(1, 1_000) as u64;
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                        _ = stop.changed() => return,
+                    }
                 }
                 loop {
                     let freed = self.inner.freed.notified();
@@ -786,14 +838,63 @@ impl Telephony {
                 if *stop.borrow() {
                     return;
                 }
+                if let Some(b) = accounts.get_mut(&call.account_sid) {
+                    b.try_take(now_ms());
+                }
                 // Registered before the task starts, so the next queue read skips it.
                 let control = self.register_live(&call.sid);
-                tokio::spawn(
-                    self.clone()
-                        .outbound(call, trunk.clone(), control, Leg::default()),
-                );
+                let account = call.account_sid.clone();
+                self.count_dispatched(&account, true);
+                let me = self.clone();
+                let trunk = trunk.clone();
+                tokio::spawn(async move {
+                    me.clone()
+                        .outbound(call, trunk, control, Leg::default())
+                        .await;
+                    me.count_dispatched(&account, false);
+                });
+            }
+            let freed = self.inner.freed.notified();
+            let pause = Duration::from_millis((wake - now_ms()).clamp(1, 1_000) as u64);
+            tokio::select! {
+                () = self.inner.engine.dispatch.notified() => {}
+                () = freed, if blocked => {}
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Outbound calls the dispatcher has sent that have not ended, of `account`.
+    fn dispatched(&self, account: &str) -> usize {
+        let d = self.lock_dispatched();
+        d.get(account).copied().unwrap_or(0)
+    }
+
+    fn dispatched_total(&self) -> usize {
+        self.lock_dispatched().values().sum()
+    }
+
+    fn count_dispatched(&self, account: &str, up: bool) {
+        let mut d = self.lock_dispatched();
+        let n = d.entry(account.to_owned()).or_insert(0);
+        if up {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                d.remove(account);
+            }
+            drop(d);
+            self.inner.freed.notify_waiters();
+        }
+    }
+
+    fn lock_dispatched(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.inner
+            .dispatched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// One queued call out through `trunk` (whose channel is already taken).

@@ -127,9 +127,17 @@ async fn rig() -> Rig {
         flow,
     };
     let (stop, stop_rx) = watch::channel(false);
-    Telephony::start(sip.clone(), events, engine, trunks, setup, stop_rx)
-        .await
-        .unwrap();
+    Telephony::start(
+        sip.clone(),
+        events,
+        engine,
+        trunks,
+        setup,
+        Default::default(),
+        stop_rx,
+    )
+    .await
+    .unwrap();
     Rig {
         store,
         sip,

@@ -22,6 +22,7 @@ pub struct Config {
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
     pub sip: SipSettings,
+    pub dispatch: DispatchSettings,
     /// SIP trunks (`[[trunks]]`); validated at load, passwords redacted when printed.
     pub trunks: Vec<TrunkSpec>,
 }
@@ -46,6 +47,8 @@ pub enum CallerId {
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSettings {
     pub max_body_bytes: usize,
+    /// Bound on a callout's participant upload (CSV or JSON); 64 MiB holds 200,000 rows with room.
+    pub max_upload_bytes: usize,
     /// Requests per second per account; 0 turns the limit off.
     pub rate_limit: f64,
     /// Burst allowance; 0 means the same as `rate_limit` (at least 1).
@@ -75,6 +78,18 @@ impl Default for SipSettings {
     }
 }
 
+/// Limits on outbound calling beyond each trunk's `cps` and `max_channels`; 0 means none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchSettings {
+    /// Outbound calls live at once, all accounts together.
+    pub max_calls: usize,
+    /// Calls each account may start per second (smooth, not in bursts).
+    pub account_calls_per_second: f64,
+    /// Outbound calls each account may have live at once.
+    pub account_max_calls: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
@@ -100,6 +115,7 @@ impl Default for Config {
             api: ApiSettings::default(),
             webhooks: WebhookSettings::default(),
             sip: SipSettings::default(),
+            dispatch: DispatchSettings::default(),
             trunks: Vec::new(),
         }
     }
@@ -109,6 +125,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             max_body_bytes: 1 << 20,
+            max_upload_bytes: 64 << 20,
             rate_limit: 0.0,
             rate_limit_burst: 0.0,
             caller_id: CallerId::Owned,
@@ -218,6 +235,9 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             bail!("api.max_body_bytes must be at least 1024");
+        }
+        if self.api.max_upload_bytes < self.api.max_body_bytes {
+            bail!("api.max_upload_bytes must be at least api.max_body_bytes");
         }
         if self.webhooks.max_attempts == 0 {
             bail!("webhooks.max_attempts must be at least 1");

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
 use callflow_engine::Prompts;
+use callflow_engine::callouts::Scheduler;
 use callflow_engine::clock::now_ms;
 use callflow_engine::flow::{FlowConfig, FlowRunner};
 use callflow_engine::prompts::PromptsConfig;
-use callflow_engine::telephony::{MediaSetup, Telephony};
+use callflow_engine::telephony::{DispatchLimits, MediaSetup, Telephony};
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
 use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
 use callflow_media::worker::{Media, MediaConfig};
@@ -81,7 +82,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits: Limits::default(),
         },
     );
-    let (sip, sip_tasks) = start_sip(&config, engine.clone(), flows, stop_rx).await?;
+    let (sip, sip_tasks) =
+        start_sip(&config, engine.clone(), flows.clone(), stop_rx.clone()).await?;
+    // After telephony has ended the calls a previous run left live, so their participants are
+    // settled on the first pass.
+    let scheduler = Scheduler::new(engine.clone(), flows).start(stop_rx);
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -94,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let api = ApiConfig {
         max_body_bytes: config.api.max_body_bytes,
+        max_upload_bytes: config.api.max_upload_bytes,
         rate_limit: (config.api.rate_limit > 0.0).then(|| RateLimit {
             per_second: config.api.rate_limit,
             burst: if config.api.rate_limit_burst > 0.0 {
@@ -141,6 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sip.shutdown();
+    scheduler.abort();
     for t in sip_tasks {
         t.abort();
     }
@@ -196,9 +203,15 @@ async fn start_sip(
         advertised_ip: media_ip,
         flow: flows.flow(),
     };
-    let (telephony, tasks) = Telephony::start(sip.clone(), events, engine, trunks, media, stop)
-        .await
-        .context("starting telephony")?;
+    let limits = DispatchLimits {
+        max_calls: config.dispatch.max_calls,
+        account_calls_per_second: config.dispatch.account_calls_per_second,
+        account_max_calls: config.dispatch.account_max_calls,
+    };
+    let (telephony, tasks) =
+        Telephony::start(sip.clone(), events, engine, trunks, media, limits, stop)
+            .await
+            .context("starting telephony")?;
     flows.attach(telephony);
     Ok((sip, tasks))
 }

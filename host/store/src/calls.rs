@@ -6,10 +6,11 @@ use crate::deliveries::{NewDelivery, insert_delivery};
 use crate::sid::{Sid, SidKind};
 use crate::{Call, CallEvent, CallStatus, Direction, Page, PageRequest, Result, Store, StoreError};
 
-const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direction, to_number, from_number,
+pub(crate) const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direction, to_number, from_number,
     phone_number_sid, status, answered_by, start_time, end_time, duration, sip_response_code, url, method,
     twiml, fallback_url, fallback_method, status_callback, status_callback_method, status_callback_event,
-    timeout, time_limit, send_digits, record, machine_detection, request_params, plugins, date_created, date_updated";
+    timeout, time_limit, send_digits, record, machine_detection, request_params, plugins, callout_sid, participant_sid,
+    attempt, priority, date_created, date_updated";
 
 /// Twilio's ring timeout default (`Timeout`), in seconds: calls created by the API or by SIP.
 pub const TIMEOUT_DEFAULT: i64 = 60;
@@ -86,45 +87,8 @@ pub struct Transition {
 impl Store {
     /// Stores a new call and logs its creation.
     pub async fn create_call(&self, account: &str, c: &NewCall, now: i64) -> Result<Call> {
-        let sid = Sid::generate(SidKind::Call);
-        // One statement: the `calls_log_created` trigger logs it (migration 0006).
-        let sql = format!(
-            "INSERT INTO calls (sid, account_sid, parent_call_sid, direction, to_number, from_number,
-                phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
-                status_callback_method, status_callback_event, timeout, time_limit, send_digits, record,
-                machine_detection, request_params, plugins, date_created, date_updated, event_detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $24, $25)
-             RETURNING {COLUMNS}"
-        );
-        let detail = serde_json::json!({ "status": c.status.as_str() }).to_string();
-        let call: Call = sqlx::query_as(&sql)
-            .bind(sid.as_str())
-            .bind(account)
-            .bind(&c.parent_call_sid)
-            .bind(c.direction.as_str())
-            .bind(&c.to)
-            .bind(&c.from)
-            .bind(&c.phone_number_sid)
-            .bind(c.status.as_str())
-            .bind(&c.url)
-            .bind(&c.method)
-            .bind(&c.twiml)
-            .bind(&c.fallback_url)
-            .bind(&c.fallback_method)
-            .bind(&c.status_callback)
-            .bind(&c.status_callback_method)
-            .bind(&c.status_callback_event)
-            .bind(c.timeout)
-            .bind(c.time_limit)
-            .bind(&c.send_digits)
-            .bind(c.record)
-            .bind(&c.machine_detection)
-            .bind(&c.request_params)
-            .bind(&c.plugins)
-            .bind(now)
-            .bind(&detail)
-            .fetch_one(&self.writer)
-            .await?;
+        let mut conn = self.writer.acquire().await?;
+        let call = insert_call(&mut conn, account, c, None, now).await?;
         self.cache.put_call(&call);
         Ok(call)
     }
@@ -144,16 +108,16 @@ impl Store {
         Ok(call.filter(|c| c.account_sid == account))
     }
 
-    /// Outbound API calls waiting in `queued` after `after_seq`, oldest first: the dispatcher's
-    /// queue (through the `calls_status` index, so its cost does not grow with the backlog).
-    pub async fn queued_calls(&self, after_seq: i64, limit: u32) -> Result<Vec<Call>> {
+    /// The first `limit` outbound API calls waiting in `queued`, highest priority first, then
+    /// oldest: the dispatcher's queue (through the `calls_queue` index, so its cost does not grow
+    /// with the backlog).
+    pub async fn queued_calls(&self, limit: u32) -> Result<Vec<Call>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM calls
-             WHERE status = 'queued' AND seq > $1 AND direction = 'outbound-api'
-             ORDER BY seq LIMIT $2"
+             WHERE status = 'queued' AND direction = 'outbound-api'
+             ORDER BY priority DESC, seq LIMIT $1"
         );
         Ok(sqlx::query_as(&sql)
-            .bind(after_seq)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?)
@@ -395,6 +359,69 @@ async fn update_status(
         .await?)
 }
 
+/// A callout attempt's link from the call to its participant.
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptLink<'a> {
+    pub callout_sid: &'a str,
+    pub participant_sid: &'a str,
+    pub attempt: i64,
+    pub priority: i64,
+}
+
+/// Inserts a call (one statement: the `calls_log_created` trigger logs it, migration 0006).
+pub(crate) async fn insert_call(
+    conn: &mut SqliteConnection,
+    account: &str,
+    c: &NewCall,
+    link: Option<&AttemptLink<'_>>,
+    now: i64,
+) -> Result<Call> {
+    let sid = Sid::generate(SidKind::Call);
+    let sql = format!(
+        "INSERT INTO calls (sid, account_sid, parent_call_sid, direction, to_number, from_number,
+            phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
+            status_callback_method, status_callback_event, timeout, time_limit, send_digits, record,
+            machine_detection, request_params, plugins, date_created, date_updated, event_detail,
+            callout_sid, participant_sid, attempt, priority)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+            $21, $22, $23, $24, $24, $25, $26, $27, $28, $29)
+         RETURNING {COLUMNS}"
+    );
+    let detail = serde_json::json!({ "status": c.status.as_str() }).to_string();
+    Ok(sqlx::query_as(&sql)
+        .bind(sid.as_str())
+        .bind(account)
+        .bind(&c.parent_call_sid)
+        .bind(c.direction.as_str())
+        .bind(&c.to)
+        .bind(&c.from)
+        .bind(&c.phone_number_sid)
+        .bind(c.status.as_str())
+        .bind(&c.url)
+        .bind(&c.method)
+        .bind(&c.twiml)
+        .bind(&c.fallback_url)
+        .bind(&c.fallback_method)
+        .bind(&c.status_callback)
+        .bind(&c.status_callback_method)
+        .bind(&c.status_callback_event)
+        .bind(c.timeout)
+        .bind(c.time_limit)
+        .bind(&c.send_digits)
+        .bind(c.record)
+        .bind(&c.machine_detection)
+        .bind(&c.request_params)
+        .bind(&c.plugins)
+        .bind(now)
+        .bind(&detail)
+        .bind(link.map(|l| l.callout_sid))
+        .bind(link.map(|l| l.participant_sid))
+        .bind(link.map(|l| l.attempt))
+        .bind(link.map_or(0, |l| l.priority))
+        .fetch_one(conn)
+        .await?)
+}
+
 async fn fetch_call(conn: &mut SqliteConnection, account: &str, sid: &str) -> Result<Call> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = $1 AND sid = $2");
     sqlx::query_as(&sql)
@@ -509,7 +536,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn the_dispatch_queue_is_queued_outbound_calls_after_a_cursor() {
+    async fn the_dispatch_queue_is_queued_outbound_calls_oldest_first() {
         let store = store().await;
         let a = account(&store).await;
         let mut sids = Vec::new();
@@ -526,12 +553,10 @@ pub(crate) mod tests {
             })
             .await
             .unwrap();
-        let q: Vec<_> = store.queued_calls(0, 10).await.unwrap();
+        let q: Vec<_> = store.queued_calls(10).await.unwrap();
         let q: Vec<_> = q.into_iter().map(|c| c.sid).collect();
         assert_eq!(q, [sids[0].1.clone(), sids[2].1.clone(), sids[3].1.clone()]);
-        let after: Vec<_> = store.queued_calls(sids[2].0, 10).await.unwrap();
-        assert_eq!(after.len(), 1);
-        assert_eq!(store.queued_calls(0, 1).await.unwrap().len(), 1);
+        assert_eq!(store.queued_calls(1).await.unwrap().len(), 1);
         let live: Vec<_> = store.live_calls().await.unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].sid, sids[1].1);

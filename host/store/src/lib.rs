@@ -7,6 +7,7 @@
 mod accounts;
 mod cache;
 pub use accounts::RootOutcome;
+mod callouts;
 mod calls;
 mod deliveries;
 mod model;
@@ -23,6 +24,11 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use callouts::{
+    Added, CallTemplate, Callout, CalloutAnalysis, CalloutStatus, CalloutSummary, NewAttempt,
+    NewCallout, NewParticipant, Participant, ParticipantFilter, ParticipantState, Settlement,
+    StoredCalloutStatus, StoredParticipantState,
+};
 pub use calls::{CallFilter, CallUpdate, NewCall, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT, Transition};
 pub use deliveries::{AttemptOutcome, Delivery, DeliveryState, NewDelivery};
 pub use model::*;

@@ -171,6 +171,12 @@ pub struct Call {
     pub request_params: String,
     /// The plugin versions the call runs with (JSON object by world), pinned at creation.
     pub plugins: String,
+    /// For a callout's attempt: the callout, the participant and which attempt (1-based).
+    pub callout_sid: Option<String>,
+    pub participant_sid: Option<String>,
+    pub attempt: Option<i64>,
+    /// The dispatcher takes higher priorities first, then older calls.
+    pub priority: i64,
     pub date_created: i64,
     pub date_updated: i64,
 }

@@ -14,6 +14,7 @@ pub enum SidKind {
     Plugin,
     PluginBinding,
     Callout,
+    Participant,
     Trunk,
 }
 
@@ -27,6 +28,7 @@ impl SidKind {
             SidKind::Plugin => "ZP",
             SidKind::PluginBinding => "ZB",
             SidKind::Callout => "CO",
+            SidKind::Participant => "CP",
             SidKind::Trunk => "TK",
         }
     }

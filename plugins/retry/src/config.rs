@@ -237,6 +237,17 @@ fn weekday(day: &str) -> Result<Weekday, String> {
     })
 }
 
+/// Calling hours on their own, in the configuration's `calling_hours` form
+/// (`{"start": "08:00", "end": "20:00", "days": ["mon"], "time_zone": "Africa/Nairobi"}`): the
+/// host keeps a callout's window in this form and checks it before every attempt.
+pub fn parse_calling_hours(json: &str) -> Result<CallingHours, String> {
+    if json.len() > MAX_CONFIG_BYTES {
+        return Err("calling hours are too long".into());
+    }
+    let raw: RawHours = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    raw.check()
+}
+
 /// An IANA time zone name (`Africa/Nairobi`), as the compiled-in database knows it.
 pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
