@@ -363,9 +363,9 @@ mod tests {
             expect![[r#"delay: fixed_minutes is between 1 and 10080 (a week), not 0"#]],
         );
         check_err(
-            r#"{"delay": {"fixed_seconds": 60}}"#,
+            r#"{"delay": {"fixed_hours": 1}}"#,
             expect![
-                "unknown variant `fixed_seconds`, expected `fixed_minutes` or `exponential` at line 1 column 26"
+                "unknown variant `fixed_hours`, expected one of `fixed_minutes`, `fixed_seconds`, `exponential` at line 1 column 24"
             ],
         );
         check_err(

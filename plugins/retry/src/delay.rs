@@ -13,12 +13,17 @@ const MAX_FACTOR: f64 = 10.0;
 /// The largest jitter: half the delay either way.
 const MAX_JITTER: f64 = 0.5;
 
-/// A delay as configured: `{"fixed_minutes": 15}` or `{"exponential": {…}}`.
+/// A delay as configured: `{"fixed_minutes": 15}`, `{"fixed_seconds": 30}` or
+/// `{"exponential": {…}}`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 pub enum Delay {
     /// The same delay before every retry.
     #[serde(rename = "fixed_minutes")]
     Fixed(u32),
+    /// The same delay in seconds, for short retries (a minute's precision is too coarse for a
+    /// quick second try of a busy line, and for tests).
+    #[serde(rename = "fixed_seconds")]
+    FixedSeconds(u32),
     /// A delay that grows with every attempt.
     #[serde(rename = "exponential")]
     Exponential(Exponential),
@@ -64,6 +69,16 @@ impl Delay {
         };
         match *self {
             Delay::Fixed(m) => minutes("fixed_minutes", m),
+            Delay::FixedSeconds(secs) => {
+                if (1..=MAX_DELAY_MINUTES * 60).contains(&secs) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "fixed_seconds is between 1 and {} (a week), not {secs}",
+                        MAX_DELAY_MINUTES * 60
+                    ))
+                }
+            }
             Delay::Exponential(e) => {
                 minutes("base_minutes", e.base_minutes)?;
                 minutes("max_minutes", e.max_minutes)?;
@@ -97,6 +112,10 @@ impl Delay {
         match *self {
             Delay::Fixed(m) => {
                 let ms = i64::from(m) * 60_000;
+                (ms, format!("the fixed delay of {}", duration(ms)))
+            }
+            Delay::FixedSeconds(secs) => {
+                let ms = i64::from(secs) * 1_000;
                 (ms, format!("the fixed delay of {}", duration(ms)))
             }
             Delay::Exponential(e) => {
@@ -194,6 +213,21 @@ mod tests {
                 2: 900000 ms (the fixed delay of 15 min)
                 3: 900000 ms (the fixed delay of 15 min)"#]],
         );
+    }
+
+    #[test]
+    fn fixed_seconds_are_seconds_and_bounded() {
+        check(
+            Delay::FixedSeconds(90),
+            2,
+            7,
+            expect![[r#"
+                1: 90000 ms (the fixed delay of 1 min 30 s)
+                2: 90000 ms (the fixed delay of 1 min 30 s)"#]],
+        );
+        assert!(Delay::FixedSeconds(0).check().is_err());
+        assert!(Delay::FixedSeconds(MAX_DELAY_MINUTES * 60 + 1).check().is_err());
+        assert!(Delay::FixedSeconds(1).check().is_ok());
     }
 
     #[test]
