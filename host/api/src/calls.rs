@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use callflow_engine::clock::now_ms;
 use callflow_engine::{EndRequest, EngineError, Redirect};
 use callflow_store::{
-    CallFilter, CallStatus, CallUpdate, Direction, NewCall, StoreError, TIME_LIMIT_DEFAULT,
+    CallFilter, CallStatus, CallTemplate, CallUpdate, StoreError, TIME_LIMIT_DEFAULT,
     TIMEOUT_DEFAULT,
 };
 use chrono::{NaiveDate, NaiveTime};
@@ -38,6 +38,27 @@ pub async fn create(
         .ok_or_else(|| ApiError::invalid(21201, "No 'To' number is specified"))?;
     let to = destination(to)
         .ok_or_else(|| ApiError::invalid(21211, format!("Invalid 'To' Phone Number: {to}")))?;
+    let template = call_template(&state, &account.sid, &params).await?;
+    let plugins =
+        crate::plugins::pin_for_call(&state, &account.sid, template.phone_number_sid.as_deref())
+            .await?;
+    let call = state
+        .store()
+        .create_call(&account.sid, &template.call_to(&to, &plugins), now_ms())
+        .await?;
+    state.engine().calls_queued();
+    metrics::counter!("callflow_calls_created_total").increment(1);
+    tracing::info!(call = %call.sid, account = %account.sid, "call queued");
+    Ok((StatusCode::CREATED, Json(render::call(&call))))
+}
+
+/// The call a request describes, without its `To`: the parameters and validation of Calls.json,
+/// shared by a callout's attempts (`From` must be the account's unless any caller ID is allowed).
+pub(crate) async fn call_template(
+    state: &ApiState,
+    account: &str,
+    params: &Params,
+) -> ApiResult<CallTemplate> {
     let from = params
         .text("From")
         .ok_or_else(|| ApiError::invalid(21213, "'From' phone number is required"))?;
@@ -49,7 +70,7 @@ pub async fn create(
     }
     .ok_or_else(|| ApiError::invalid(21212, format!("Invalid 'From' Phone Number: {from}")))?;
     let owned = match &from_e164 {
-        Some(f) => state.store().number_by_phone(&account.sid, f).await?,
+        Some(f) => state.store().number_by_phone(account, f).await?,
         None => None,
     };
     if owned.is_none() && state.config().caller_id == CallerIdPolicy::Owned {
@@ -95,16 +116,9 @@ pub async fn create(
             "must be Enable or DetectMessageEnd",
         ));
     }
-    let plugins =
-        crate::plugins::pin_for_call(&state, &account.sid, owned.as_ref().map(|n| n.sid.as_str()))
-            .await?;
-    let new = NewCall {
-        direction: Direction::OutboundApi,
-        parent_call_sid: None,
-        to,
+    Ok(CallTemplate {
         from,
         phone_number_sid: owned.map(|n| n.sid),
-        status: CallStatus::Queued,
         method: params.method("Method")?.unwrap_or_else(|| "POST".into()),
         url,
         twiml,
@@ -116,7 +130,7 @@ pub async fn create(
         status_callback_method: params
             .method("StatusCallbackMethod")?
             .unwrap_or_else(|| "POST".into()),
-        status_callback_event: callback_events(&params)?,
+        status_callback_event: callback_events(params)?,
         timeout: params
             .int("Timeout", 1, TIMEOUT_MAX)?
             .unwrap_or(TIMEOUT_DEFAULT),
@@ -127,16 +141,7 @@ pub async fn create(
         record: params.bool("Record")?.unwrap_or(false),
         machine_detection,
         request_params: params.to_json(),
-        plugins,
-    };
-    let call = state
-        .store()
-        .create_call(&account.sid, &new, now_ms())
-        .await?;
-    state.engine().calls_queued();
-    metrics::counter!("callflow_calls_created_total").increment(1);
-    tracing::info!(call = %call.sid, account = %account.sid, "call queued");
-    Ok((StatusCode::CREATED, Json(render::call(&call))))
+    })
 }
 
 /// `StatusCallbackEvent`, repeated or space-separated; default `completed`.

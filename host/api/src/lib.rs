@@ -8,6 +8,7 @@
 
 mod accounts;
 mod auth;
+mod callouts;
 mod calls;
 mod error;
 mod limit;
@@ -50,6 +51,8 @@ pub enum CallerIdPolicy {
 pub struct ApiConfig {
     /// Bound on request bodies; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Bound on uploaded participant lists (CSV or JSON), which are far larger than forms.
+    pub max_upload_bytes: usize,
     /// Per-account request rate; `None` for no limit.
     pub rate_limit: Option<RateLimit>,
     pub caller_id: CallerIdPolicy,
@@ -63,6 +66,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             max_body_bytes: 1 << 20,
+            max_upload_bytes: 64 << 20,
             rate_limit: None,
             caller_id: CallerIdPolicy::Owned,
             public_url: "http://127.0.0.1:8080".into(),
@@ -154,7 +158,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(openapi));
     // Collections answer with and without the `.json` suffix.
     const V1: &str = "/v1/Accounts/{account}";
-    let collections: [(String, MethodRouter<ApiState>); 7] = [
+    let collections: [(String, MethodRouter<ApiState>); 9] = [
         (
             "/2010-04-01/Accounts".into(),
             get(accounts::list).post(accounts::create),
@@ -176,6 +180,14 @@ pub fn router(state: ApiState) -> Router {
         (
             format!("{V1}/PluginBindings"),
             get(plugins::list_bindings).post(plugins::bind),
+        ),
+        (
+            format!("{V1}/Callouts"),
+            get(callouts::list).post(callouts::create),
+        ),
+        (
+            format!("{V1}/Callouts/{{callout}}/Participants"),
+            get(callouts::list_participants).post(callouts::add_participants),
         ),
     ];
     for (path, handler) in collections {
@@ -214,6 +226,22 @@ pub fn router(state: ApiState) -> Router {
         .route(
             &format!("{V1}/PluginBindings/{{sid}}"),
             get(plugins::fetch_binding).delete(plugins::delete_binding),
+        )
+        .route(
+            &format!("{V1}/Callouts/{{sid}}"),
+            get(callouts::fetch).post(callouts::update),
+        )
+        .route(
+            &format!("{V1}/Callouts/{{callout}}/Participants/{{sid}}"),
+            get(callouts::fetch_participant),
+        )
+        .route(
+            &format!("{V1}/Callouts/{{callout}}/Results.csv"),
+            get(callouts::results),
+        )
+        .route(
+            &format!("{V1}/Callouts/{{callout}}/Results"),
+            get(callouts::results),
         )
         .fallback(|| async { ApiError::not_found("path") })
         .method_not_allowed_fallback(|| async {

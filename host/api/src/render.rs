@@ -33,7 +33,7 @@ pub fn account(a: &Account) -> Value {
 
 pub fn call(c: &Call) -> Value {
     let uri = format!("{}/Calls/{}", account_path(&c.account_sid), c.sid);
-    json!({
+    let mut v = json!({
         "sid": c.sid,
         "date_created": rfc2822(c.date_created),
         "date_updated": rfc2822(c.date_updated),
@@ -62,7 +62,14 @@ pub fn call(c: &Call) -> Value {
         "subresource_uris": {
             "recordings": format!("{uri}/Recordings.json"),
         },
-    })
+    });
+    // A callout's attempt says whose it is (fields Twilio's clients ignore; absent otherwise).
+    if let (Some(callout), Value::Object(m)) = (&c.callout_sid, &mut v) {
+        m.insert("callout_sid".into(), callout.as_str().into());
+        m.insert("participant_sid".into(), c.participant_sid.clone().into());
+        m.insert("attempt".into(), c.attempt.into());
+    }
+    v
 }
 
 pub fn number(n: &IncomingNumber) -> Value {

@@ -1,6 +1,7 @@
 //! The API through its router, without a socket: breadth of behaviour, Twilio's shapes and codes.
 
 mod accounts;
+mod callouts;
 mod calls;
 mod errors;
 mod numbers;
@@ -198,7 +199,7 @@ pub fn redact(v: &Value) -> String {
     let mut out = String::new();
     for line in text.lines() {
         let mut l = line.to_owned();
-        for prefix in ["AC", "CA", "PN", "RE"] {
+        for prefix in ["AC", "CA", "CO", "CP", "PN", "RE"] {
             while let Some(i) = find_sid(&l, prefix) {
                 l.replace_range(i..i + 34, &format!("{prefix}[sid]"));
             }
