@@ -29,6 +29,18 @@ pub struct Connection {
     pub token: Option<String>,
 }
 
+impl Connection {
+    /// The account and token, or an error saying how to give them.
+    pub fn credentials(&self) -> anyhow::Result<(String, String)> {
+        match (&self.account, &self.token) {
+            (Some(a), Some(t)) => Ok((a.clone(), t.clone())),
+            _ => bail!(
+                "give the account and token: --account/CALLFLOW_ACCOUNT_SID and CALLFLOW_AUTH_TOKEN"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
     /// Upload a plugin (.wasm built for wasm32-wasip2); optionally bind it right away.
@@ -78,9 +90,7 @@ pub enum PluginCommand {
 }
 
 pub async fn run(conn: Connection, cmd: PluginCommand) -> anyhow::Result<()> {
-    let (Some(account), Some(token)) = (conn.account.clone(), conn.token.clone()) else {
-        bail!("give the account and token: --account/CALLFLOW_ACCOUNT_SID and CALLFLOW_AUTH_TOKEN");
-    };
+    let (account, token) = conn.credentials()?;
     let base = format!("{}/v1/Accounts/{account}", conn.url.trim_end_matches('/'));
     let http = reqwest::Client::new();
     match cmd {

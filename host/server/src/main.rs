@@ -1,5 +1,6 @@
 //! `callflow`: the command line. `callflow serve` runs the platform with embedded defaults.
 
+mod callouts;
 mod client;
 mod config;
 mod replay;
@@ -30,6 +31,14 @@ enum Command {
         connection: client::Connection,
         #[command(subcommand)]
         command: client::PluginCommand,
+    },
+    /// Run callouts on a running server: create, load contacts, start, pause, stop, watch,
+    /// export results.
+    Callouts {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: callouts::CalloutCommand,
     },
     /// Re-run a call's flow events through another plugin build and show where the commands
     /// differ (exit status 1 when they do).
@@ -63,6 +72,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(client::run(connection, command))
+        }
+        Command::Callouts {
+            connection,
+            command,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(callouts::run(connection, command))
         }
         Command::Replay(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
