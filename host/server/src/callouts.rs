@@ -12,6 +12,43 @@ use serde_json::Value;
 
 use crate::client::{Connection, answer};
 
+/// Where the server is and who is asking: `client::Connection`, but the server's URL is
+/// `--server` (and its clap id too: global args share ids with subcommands' args), because
+/// `create --url` is the calls' TwiML URL, as in Calls.json.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Server {
+    /// The server's base URL.
+    #[arg(
+        id = "server",
+        long = "server",
+        env = "CALLFLOW_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// The account to act as (its AccountSid).
+    #[arg(long, env = "CALLFLOW_ACCOUNT_SID", global = true)]
+    pub account: Option<String>,
+    /// The account's AuthToken (prefer the environment variable: flags show up in `ps`).
+    #[arg(
+        long,
+        env = "CALLFLOW_AUTH_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+}
+
+impl From<Server> for Connection {
+    fn from(s: Server) -> Connection {
+        Connection {
+            url: s.url,
+            account: s.account,
+            token: s.token,
+        }
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum CalloutCommand {
     /// Create a callout; prints its sid (first line), then what loading --contacts did.
@@ -179,8 +216,8 @@ impl Client {
     }
 }
 
-pub async fn run(conn: Connection, cmd: CalloutCommand) -> anyhow::Result<()> {
-    let api = Client::new(&conn)?;
+pub async fn run(server: Server, cmd: CalloutCommand) -> anyhow::Result<()> {
+    let api = Client::new(&server.into())?;
     match cmd {
         CalloutCommand::Create(args) => create(&api, args).await?,
         CalloutCommand::Add { id, contacts } => {

@@ -36,7 +36,7 @@ enum Command {
     /// export results.
     Callouts {
         #[command(flatten)]
-        connection: client::Connection,
+        server: callouts::Server,
         #[command(subcommand)]
         command: callouts::CalloutCommand,
     },
@@ -73,14 +73,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(client::run(connection, command))
         }
-        Command::Callouts {
-            connection,
-            command,
-        } => {
+        Command::Callouts { server, command } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(callouts::run(connection, command))
+            runtime.block_on(callouts::run(server, command))
         }
         Command::Replay(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -98,5 +95,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the whole command line (duplicate flags, groups, defaults).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    /// `callouts create --url` is the calls' TwiML URL; the server's is `--server`.
+    #[test]
+    fn callouts_create_url_is_not_the_server() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "callflow",
+            "callouts",
+            "--server",
+            "http://cf:1",
+            "create",
+            "--name",
+            "n",
+            "--from",
+            "+1555",
+            "--url",
+            "http://flow/",
+        ])
+        .unwrap();
+        let super::Command::Callouts { server, command } = cli.command else {
+            panic!("not callouts");
+        };
+        assert_eq!(server.url, "http://cf:1");
+        assert!(
+            format!("{command:?}").contains("http://flow/"),
+            "{command:?}"
+        );
     }
 }
