@@ -157,7 +157,7 @@ def test_uploads_report_bad_rows_and_merge_duplicates(callflow, from_number):
     )
     assert again.status_code == 200, again.text  # nothing new: only a merge
     assert (again.json()["added"], again.json()["merged"]) == (0, 1)
-    assert again.json()["invalid"] == [{"index": 1, "error": '"12" is not a phone number (6 to 15 digits)'}]
+    assert again.json()["invalid"] == [{"index": 1, "error": '"12" is not an international phone number (a country code and number, 6 to 15 digits)'}]
 
     listed = requests.get(url, params={"PhoneNumber": "+254700000002"}, auth=auth, timeout=10).json()
     assert [p["metadata"] for p in listed["participants"]] == [{"ward": "7"}]

@@ -429,14 +429,15 @@ impl Upload {
 }
 
 /// A participant's number in E.164: punctuation removed, a leading `00` read as `+`, `+`
-/// assumed when missing, then 6 to 15 digits.
+/// assumed when missing, then 6 to 15 digits. No country code starts with 0, so a number that
+/// still does is national (`0712…`) and refused rather than called at a wrong number.
 fn participant_phone(v: &str) -> Option<String> {
     let v = v.trim();
     let v = match v.strip_prefix("00") {
         Some(rest) => format!("+{rest}"),
         None => v.to_owned(),
     };
-    e164(&v).filter(|n| n.len() > 6)
+    e164(&v).filter(|n| n.len() > 6 && !n.starts_with("+0"))
 }
 
 fn participant(
@@ -444,8 +445,9 @@ fn participant(
     time_zone: Option<&str>,
     metadata: Map<String, Value>,
 ) -> Result<NewParticipant, String> {
-    let phone = participant_phone(phone)
-        .ok_or_else(|| format!("{phone:?} is not a phone number (6 to 15 digits)"))?;
+    let phone = participant_phone(phone).ok_or_else(|| {
+        format!("{phone:?} is not an international phone number (a country code and number, 6 to 15 digits)")
+    })?;
     let time_zone = match time_zone.map(str::trim).filter(|t| !t.is_empty()) {
         None => None,
         Some(t) => Some(parse_time_zone(t)?.name().to_owned()),
@@ -468,13 +470,14 @@ fn parse_csv(body: &[u8]) -> Result<Upload, String> {
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(body);
+    // Metadata keeps the column names as written; the two known columns match in any case.
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| format!("the header row cannot be read: {e}"))?
         .iter()
-        .map(|h| h.to_ascii_lowercase())
+        .map(str::to_owned)
         .collect();
-    let find = |name: &str| header.iter().position(|h| h == name);
+    let find = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
     let phone_col = find("phone_number")
         .or_else(|| find("phone"))
         .ok_or("the header row names no phone_number (or phone) column")?;
@@ -803,6 +806,9 @@ mod tests {
             ("254700000001", Some("+254700000001")),
             ("+12345", None),
             ("123456", Some("+123456")),
+            ("0712345678", None),
+            ("+0712345678", None),
+            ("\u{feff}", None),
             ("+1234567890123456", None),
             ("call me", None),
             ("", None),
@@ -813,7 +819,7 @@ mod tests {
 
     #[test]
     fn csv_rows_are_checked_and_reported_by_file_line() {
-        let body = "Phone,Time_Zone,name,ward\n\
+        let body = "\u{feff}Phone,Time_Zone,Name,ward\n\
                     +254700000001,Africa/Nairobi,Amina,3\n\
                     not a number,,Baraka,4\n\
                     \"+254 700 000 003\",,\"Chao, Jr.\",5\n\
@@ -823,16 +829,16 @@ mod tests {
         let phones: Vec<&str> = up.people.iter().map(|p| p.phone.as_str()).collect();
         assert_eq!(phones, ["+254700000001", "+254700000003"]);
         assert_eq!(up.people[0].time_zone.as_deref(), Some("Africa/Nairobi"));
-        assert_eq!(up.people[0].metadata, r#"{"name":"Amina","ward":"3"}"#);
+        assert_eq!(up.people[0].metadata, r#"{"Name":"Amina","ward":"3"}"#);
         assert_eq!(up.people[1].time_zone, None);
-        assert_eq!(up.people[1].metadata, r#"{"name":"Chao, Jr.","ward":"5"}"#);
+        assert_eq!(up.people[1].metadata, r#"{"Name":"Chao, Jr.","ward":"5"}"#);
         expect_test::expect![[r#"
             [
                 (
                     Line(
                         3,
                     ),
-                    "\"not a number\" is not a phone number (6 to 15 digits)",
+                    "\"not a number\" is not an international phone number (a country code and number, 6 to 15 digits)",
                 ),
                 (
                     Line(

@@ -61,7 +61,7 @@ pub enum CalloutCommand {
     },
     /// Start calling.
     Start { id: String },
-    /// Stop queueing new calls until resumed (calls under way finish).
+    /// Queue no new attempts until resumed (attempts already queued or under way go on).
     Pause { id: String },
     /// Go on after a pause.
     Resume { id: String },

@@ -235,7 +235,7 @@ async fn uploads_report_bad_rows_by_line_and_merge_duplicates() {
                +254700000003,Nowhere/Land,Chao\n";
     let r = api.load_participants(&root, &co, "text/csv", csv).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    expect_test::expect![[r#"{"added":2,"invalid":[{"error":"\"0712\" is not a phone number (6 to 15 digits)","line":3},{"error":"\"Nowhere/Land\" is not an IANA time zone name such as Africa/Nairobi","line":6}],"invalid_count":2,"merged":1,"total":2}"#]]
+    expect_test::expect![[r#"{"added":2,"invalid":[{"error":"\"0712\" is not an international phone number (a country code and number, 6 to 15 digits)","line":3},{"error":"\"Nowhere/Land\" is not an IANA time zone name such as Africa/Nairobi","line":6}],"invalid_count":2,"merged":1,"total":2}"#]]
         .assert_eq(&r.json().to_string());
     // the later row's non-empty metadata won; the time zone stayed
     let amina = api
