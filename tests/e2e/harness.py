@@ -293,6 +293,17 @@ class CallflowServer:
             self._log_file = None
         return proc.returncode
 
+    def kill(self) -> None:
+        """SIGKILL now: a crash, with no draining and nothing flushed."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
     def restart(self, env: Optional[dict] = None) -> "CallflowServer":
         """Stop and start again on the same ports and data dir; `env` adds to the extra env."""
         self.stop()

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::Engine;
 use crate::clock::now_ms;
 use crate::flow::{FlowRunner, builtin_pin, pin_for_call, pin_in};
-use crate::rate::TokenBucket;
+use crate::rate::{TokenBucket, smooth_burst};
 
 /// Attempts live at once per callout when it sets no `MaxConcurrent`.
 pub const DEFAULT_MAX_CONCURRENT: i64 = 50;
@@ -66,37 +66,60 @@ impl Scheduler {
         }
     }
 
-    /// Runs passes until `stop` turns true: at once when woken (a callout started, gained
-    /// participants, or an attempt ended), when a bucket refills, and at least every second.
-    pub fn start(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let wake = match self.pass(now_ms()).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::error!(error = %e, "callout pass failed");
-                        None
+    /// Runs until `stop` turns true, as two tasks: claims (at once when woken, when a bucket
+    /// refills, and at least every second) and retry decisions (when an attempt ends, and at
+    /// least every second). Decisions run plugins, which can be slow the first time (a
+    /// compile); claims never wait for them.
+    pub fn start(self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let claims = {
+            let me = self.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    let wake = match me.pass(now_ms()).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::error!(error = %e, "callout pass failed");
+                            None
+                        }
+                    };
+                    let pause = wake.map_or(1_000, |w| (w - now_ms()).clamp(1, 1_000)) as u64;
+                    tokio::select! {
+                        () = me.inner.engine.callouts.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                        _ = stop.changed() => return,
                     }
-                };
-                let now = now_ms();
-                let pause = wake.map_or(1_000, |w| (w - now).clamp(1, 1_000)) as u64;
-                tokio::select! {
-                    () = self.inner.engine.callouts.notified() => {}
-                    () = tokio::time::sleep(Duration::from_millis(pause)) => {}
-                    _ = stop.changed() => return,
                 }
-            }
-        })
+            })
+        };
+        let decisions = {
+            let mut stop = stop;
+            tokio::spawn(async move {
+                loop {
+                    match self.settle(now_ms()).await {
+                        // more may be waiting: go on at once
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "retry decisions failed"),
+                    }
+                    tokio::select! {
+                        () = self.inner.engine.settle.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        };
+        vec![claims, decisions]
     }
 
     fn store(&self) -> &Store {
         self.inner.flows.store()
     }
 
-    /// One pass: settle ended attempts, then claim due participants of every running callout.
-    /// Returns when the next pass is wanted, if sooner than the regular poll.
+    /// One pass of claims: due participants of every running callout. Returns when the next
+    /// pass is wanted, if sooner than the regular poll.
     pub async fn pass(&self, now: i64) -> Result<Option<i64>, StoreError> {
-        self.settle(now).await?;
         let mut wake: Option<i64> = None;
         let running = self.store().running_callouts().await?;
         self.forget_buckets(&running);
@@ -206,32 +229,31 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Asks the retry policy about every participant whose attempt has ended.
-    async fn settle(&self, now: i64) -> Result<(), StoreError> {
+    /// Asks the retry policy about a batch of participants whose attempt has ended; true when
+    /// the batch was full (more may be waiting).
+    pub async fn settle(&self, now: i64) -> Result<bool, StoreError> {
         let store = self.store();
         let mut callouts: HashMap<String, Option<Callout>> = HashMap::new();
-        // Bounded per pass, so claims are not starved by a flood of endings.
-        for _ in 0..10 {
-            let batch = store.settling_participants(SETTLE_BATCH).await?;
-            if batch.is_empty() {
-                break;
+        let batch = store.settling_participants(SETTLE_BATCH).await?;
+        let mut decided = 0;
+        for p in &batch {
+            if !callouts.contains_key(&p.callout_sid) {
+                let c = store.callout(&p.account_sid, &p.callout_sid).await?;
+                callouts.insert(p.callout_sid.clone(), c);
             }
-            for p in &batch {
-                if !callouts.contains_key(&p.callout_sid) {
-                    let c = store.callout(&p.account_sid, &p.callout_sid).await?;
-                    callouts.insert(p.callout_sid.clone(), c);
-                }
-                let Some(Some(c)) = callouts.get(&p.callout_sid) else {
-                    continue;
-                };
-                let settlement = self.decide(c, p, now).await?;
-                store.settle_participant(&p.sid, &settlement, now).await?;
-            }
-            if batch.len() < SETTLE_BATCH as usize {
-                break;
+            let Some(Some(c)) = callouts.get(&p.callout_sid) else {
+                continue;
+            };
+            let settlement = self.decide(c, p, now).await?;
+            if store.settle_participant(&p.sid, &settlement, now).await? {
+                decided += 1;
             }
         }
-        Ok(())
+        if decided > 0 {
+            // retries are due, or slots are free
+            self.inner.engine.callouts.notify_one();
+        }
+        Ok(decided > 0 && batch.len() == SETTLE_BATCH as usize)
     }
 
     /// What to do after a participant's latest attempt: the host's own rules first (a stopped
@@ -340,11 +362,6 @@ impl Scheduler {
         }
         Ok(decision.decision)
     }
-}
-
-/// A bucket's burst for a smooth rate (as the dispatcher's).
-fn smooth_burst(per_second: f64) -> f64 {
-    (per_second * 0.05).max(1.0)
 }
 
 fn attempt_of(c: &Call) -> Attempt {

@@ -47,8 +47,11 @@ pub struct Engine {
     pub(crate) live: LiveCalls,
     /// Wakes the outbound dispatcher when calls are queued.
     pub(crate) dispatch: Arc<Notify>,
-    /// Wakes the callout scheduler when a callout starts, resumes or gains participants.
+    /// Wakes the callout scheduler's claims when a callout starts, resumes or gains
+    /// participants, or an attempt ends (a slot frees up).
     pub(crate) callouts: Arc<Notify>,
+    /// Wakes the callout scheduler's retry decisions when an attempt ends.
+    pub(crate) settle: Arc<Notify>,
 }
 
 /// What a live call's task is asked to do.
@@ -78,12 +81,14 @@ impl Engine {
             live: LiveCalls::default(),
             dispatch: Arc::new(Notify::new()),
             callouts: Arc::new(Notify::new()),
+            settle: Arc::new(Notify::new()),
         }
     }
 
     /// Tells the callout scheduler that a callout started or resumed, or gained participants.
     pub fn callouts_changed(&self) {
         self.callouts.notify_one();
+        self.settle.notify_one();
     }
 
     /// Tells the outbound dispatcher that calls were queued.

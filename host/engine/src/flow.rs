@@ -61,8 +61,10 @@ struct Inner {
     prompts: Prompts,
     client: WebhookClient,
     config: FlowConfig,
-    /// Loaded plugins by digest.
+    /// Loaded plugins by digest (built-ins by `builtin:<name>`).
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Held while a plugin is loaded, so concurrent first uses compile it once.
+    loading: tokio::sync::Mutex<()>,
     /// How `<Dial>` places its calls; set once telephony runs.
     telephony: std::sync::OnceLock<Telephony>,
 }
@@ -170,6 +172,7 @@ impl FlowRunner {
                 client,
                 config,
                 loaded: Mutex::new(HashMap::new()),
+                loading: tokio::sync::Mutex::new(()),
                 telephony: std::sync::OnceLock::new(),
             }),
         }
@@ -191,21 +194,28 @@ impl FlowRunner {
     }
 
     pub(crate) async fn load(&self, pin: &Pin) -> Result<Arc<Plugin>, String> {
+        let key = match pin.plugin.strip_prefix("builtin:") {
+            Some(_) => pin.plugin.clone(),
+            None => pin.sha256.clone().ok_or("the pin names no digest")?,
+        };
+        if let Some(p) = self.lock_loaded().get(&key) {
+            return Ok(p.clone());
+        }
+        let _one_at_a_time = self.inner.loading.lock().await;
+        if let Some(p) = self.lock_loaded().get(&key) {
+            return Ok(p.clone());
+        }
         let wasm = match pin.plugin.strip_prefix("builtin:") {
             Some(name) => builtin::get(name)
                 .ok_or_else(|| format!("no built-in plugin {name}"))?
                 .to_vec(),
             None => {
-                let sha = pin.sha256.as_deref().ok_or("the pin names no digest")?;
-                if let Some(p) = self.lock_loaded().get(sha) {
-                    return Ok(p.clone());
-                }
                 let path = self
                     .inner
                     .config
                     .data_dir
                     .join("plugins")
-                    .join(format!("{sha}.wasm"));
+                    .join(format!("{key}.wasm"));
                 tokio::fs::read(&path)
                     .await
                     .map_err(|e| format!("reading plugin {}: {e}", pin.plugin))?
@@ -216,10 +226,24 @@ impl FlowRunner {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("loading plugin {}: {e}", pin.plugin))?;
-        if let Some(sha) = &pin.sha256 {
-            self.lock_loaded().insert(sha.clone(), plugin.clone());
-        }
+        self.lock_loaded().insert(key, plugin.clone());
         Ok(plugin)
+    }
+
+    /// Compiles the built-in plugins every call and callout uses, in the background, so the
+    /// first call finds them ready (or waits for this compile instead of starting another).
+    pub fn warm_up(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            for name in [DEFAULT_FLOW, "retry"] {
+                if let Err(e) = me.load(&builtin_pin(name)).await {
+                    tracing::error!(plugin = name, error = %e, "built-in plugin does not load");
+                }
+            }
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(ms, "built-in plugins ready");
+        });
     }
 
     pub(crate) fn runtime(&self) -> &Arc<Runtime> {

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::calls::{Control, EngineError};
 use crate::clock::now_ms;
-use crate::rate::TokenBucket;
+use crate::rate::{TokenBucket, smooth_burst};
 use crate::{EndRequest, Engine, Redirect};
 
 /// What runs on an answered call. It gets the call record, its media, the media's events and
@@ -115,12 +115,6 @@ pub struct DispatchLimits {
     pub account_calls_per_second: f64,
     /// Outbound calls each account may have live at once.
     pub account_max_calls: usize,
-}
-
-/// A bucket's burst for a smooth rate: one call, or 50 ms worth at high rates (so a late
-/// wake-up of the dispatcher does not lose rate).
-fn smooth_burst(per_second: f64) -> f64 {
-    (per_second * 0.05).max(1.0)
 }
 
 #[derive(Default)]

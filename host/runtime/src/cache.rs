@@ -48,7 +48,10 @@ pub fn compile(
     let bytes = engine.precompile_component(wasm)?;
     std::fs::create_dir_all(dir)?;
     // write to temporary names and rename, so a crash never leaves a half-written artifact
-    let tmp = artifact.with_extension("cwasm.tmp");
+    // (unique per writer: two compiles of one plugin at once must not rename each other's file)
+    static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = artifact.with_extension(format!("cwasm.{}-{n}.tmp", std::process::id()));
     std::fs::write(&tmp, &bytes)?;
     std::fs::write(&digest_file, sha256_hex(&bytes))?;
     std::fs::rename(&tmp, &artifact)?;

@@ -86,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         start_sip(&config, engine.clone(), flows.clone(), stop_rx.clone()).await?;
     // After telephony has ended the calls a previous run left live, so their participants are
     // settled on the first pass.
+    flows.warm_up();
     let scheduler = Scheduler::new(engine.clone(), flows).start(stop_rx);
     let upkeep = {
         let metrics = metrics.clone();
@@ -147,7 +148,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sip.shutdown();
-    scheduler.abort();
+    for t in scheduler {
+        t.abort();
+    }
     for t in sip_tasks {
         t.abort();
     }

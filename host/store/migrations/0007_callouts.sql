@@ -51,6 +51,8 @@ CREATE TABLE participants (
 -- the scheduler's claims: due participants of one callout, without scanning the others
 CREATE INDEX participants_due ON participants (callout_sid, state, next_at);
 CREATE INDEX participants_state ON participants (state, seq);
+-- lists and exports of one callout, in load order
+CREATE INDEX participants_callout ON participants (callout_sid, seq);
 
 ALTER TABLE calls ADD COLUMN callout_sid TEXT;
 ALTER TABLE calls ADD COLUMN participant_sid TEXT;

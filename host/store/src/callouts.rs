@@ -731,8 +731,7 @@ impl Store {
             .await?)
     }
 
-    /// A page of a callout's participants. Unlike other lists this one is oldest first (the
-    /// order they were loaded in): `before`/`after` keep their meaning of "older"/"newer".
+    /// A page of a callout's participants, newest first like every list.
     pub async fn list_participants(
         &self,
         account: &str,
@@ -808,10 +807,11 @@ impl Store {
         Ok(s)
     }
 
-    /// How many of the callout's participants have an attempt live (for its concurrency cap).
+    /// How many of the callout's participants have an attempt live (for its concurrency cap;
+    /// one whose attempt ended and awaits its retry decision holds no call).
     pub async fn calling_participants(&self, callout: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM participants WHERE callout_sid = $1 AND state IN ('calling', 'settling')",
+            "SELECT COUNT(*) FROM participants WHERE callout_sid = $1 AND state = 'calling'",
         )
         .bind(callout)
         .fetch_one(&self.pool)

@@ -226,7 +226,11 @@ mod tests {
                 2: 90000 ms (the fixed delay of 1 min 30 s)"#]],
         );
         assert!(Delay::FixedSeconds(0).check().is_err());
-        assert!(Delay::FixedSeconds(MAX_DELAY_MINUTES * 60 + 1).check().is_err());
+        assert!(
+            Delay::FixedSeconds(MAX_DELAY_MINUTES * 60 + 1)
+                .check()
+                .is_err()
+        );
         assert!(Delay::FixedSeconds(1).check().is_ok());
     }
 

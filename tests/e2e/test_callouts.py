@@ -1,0 +1,258 @@
+"""Callouts end to end: SIPp plays a telco (tests/sipp/uas_callout.xml) that answers, refuses or
+ignores each number by its last digit, and the real binary calls a few hundred participants,
+retries them as the bound policy says, survives a kill -9, and keeps its configured rate.
+
+The fate of a number, by its last digit: 0-5 answered (SIPp hangs up after 500 ms), 6-7 busy
+(486), 8-9 rings until callflow gives up at the callout's `Timeout` (CANCEL, `no-answer`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from collections import Counter
+from datetime import datetime
+
+import pytest
+
+from harness import DEFAULT_FROM, wait_until
+from sipp import SippServer, sipp_path
+from test_sip import trunk_toml
+
+HOLD_TWIML = "<Response><Pause length=\"10\"/></Response>"
+OUTCOME_BY_DIGIT = {d: "completed" for d in "012345"} | {"6": "busy", "7": "busy", "8": "no-answer", "9": "no-answer"}
+
+
+@pytest.fixture(autouse=True)
+def _sipp_installed():
+    if sipp_path() is None:
+        pytest.fail("sipp is not installed: `apt-get install sip-tester` (tests/run does it)")
+
+
+@pytest.fixture
+def telco(tmp_path):
+    """`telco(calls)`: a SIPp far end playing uas_callout for up to `calls` calls."""
+    servers = []
+
+    def make(calls: int, timeout_s: float = 300.0) -> SippServer:
+        workdir = tmp_path / f"sipp-{len(servers)}"
+        workdir.mkdir()
+        server = SippServer("uas_callout", calls=calls, timeout_s=timeout_s, workdir=workdir)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+def start(callflow_factory, sipp: SippServer, cps: float = 200.0, channels: int = 100):
+    server = callflow_factory(start=False)
+    server.config_toml = trunk_toml(sipp.port).replace("cps = 50.0", f"cps = {cps}").replace(
+        "max_channels = 20", f"max_channels = {channels}"
+    )
+    server.start()
+    client = server.client()
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM, voice_url="http://127.0.0.1:9/")
+    return server
+
+
+def v1(server, path: str) -> str:
+    return f"/v1/Accounts/{server.account_sid}/{path}"
+
+
+def create_callout(server, **params) -> dict:
+    form = {"Name": "warning", "From": DEFAULT_FROM, "Twiml": HOLD_TWIML} | params
+    r = server.request("POST", v1(server, "Callouts.json"), data=form)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def add_participants(server, sid: str, numbers: list) -> dict:
+    body = json.dumps([{"phone_number": n} for n in numbers])
+    r = server.request(
+        "POST",
+        v1(server, f"Callouts/{sid}/Participants.json"),
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def set_status(server, sid: str, status: str) -> dict:
+    r = server.request("POST", v1(server, f"Callouts/{sid}.json"), data={"Status": status})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def fetch(server, sid: str) -> dict:
+    r = server.request("GET", v1(server, f"Callouts/{sid}.json"))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_finished(server, sid: str, timeout: float) -> dict:
+    last = {}
+
+    def done():
+        last["c"] = fetch(server, sid)
+        return last["c"]["status"] in ("completed", "stopped")
+
+    try:
+        wait_until(done, timeout, interval=0.5)
+    except Exception:
+        raise AssertionError(f"callout not finished after {timeout} s: {last.get('c')}\n{server.log_tail()}")
+    return last["c"]
+
+
+def results(server, sid: str) -> list:
+    r = server.request("GET", v1(server, f"Callouts/{sid}/Results.csv"))
+    assert r.status_code == 200, r.text
+    return list(csv.DictReader(io.StringIO(r.text)))
+
+
+def all_calls(server) -> list:
+    """Every Call resource of the account, through Twilio's library (it pages)."""
+    return server.client().calls.list(page_size=1000)
+
+
+def numbers(prefix: str, n: int) -> list:
+    return [f"{prefix}{i:04d}" for i in range(n)]
+
+
+def test_callout_makes_exactly_the_attempts_the_policy_allows(callflow_factory, telco):
+    people = numbers("+1555200", 200)
+    expected_attempts = {p: 1 if OUTCOME_BY_DIGIT[p[-1]] == "completed" else 3 for p in people}
+    total = sum(expected_attempts.values())
+    sipp = telco(calls=total)
+    server = start(callflow_factory, sipp)
+
+    c = create_callout(
+        server,
+        Timeout="2",
+        MaxConcurrent="40",
+        CallsPerSecond="60",
+        RetryConfig=json.dumps({"max_attempts": 3, "delay": {"fixed_seconds": 1}}),
+    )
+    added = add_participants(server, c["sid"], people + people[:5])
+    assert (added["added"], added["merged"]) == (200, 5), added
+    set_status(server, c["sid"], "running")
+    final = wait_finished(server, c["sid"], timeout=240)
+
+    assert final["status"] == "completed"
+    s = final["summary"]
+    assert (s["total"], s["pending"], s["in_progress"]) == (200, 0, 0), s
+    assert (s["completed"], s["busy"], s["no_answer"], s["failed"]) == (120, 40, 40, 0), s
+    assert s["attempts"] == total, s
+
+    rows = results(server, c["sid"])
+    assert len(rows) == 200
+    for row in rows:
+        phone = row["phone_number"]
+        want = OUTCOME_BY_DIGIT[phone[-1]]
+        assert row["outcome"] == want, row
+        assert row["last_call_status"] == want, row
+        assert int(row["attempts"]) == expected_attempts[phone], row
+
+    # The Call resources agree: one per attempt, linked to the callout, the right statuses.
+    calls = all_calls(server)
+    assert len(calls) == total
+    by_status = Counter(call.status for call in calls)
+    assert by_status == Counter({"completed": 120, "busy": 120, "no-answer": 120}), by_status
+    per_number = Counter(call.to for call in calls)
+    assert per_number == Counter(expected_attempts)
+
+    # The telco saw every attempt, each one through its scenario without a failure.
+    result = sipp.wait(30)
+    assert result.counts() == (total, 0), result.describe()
+
+
+def test_a_callout_survives_kill_9_without_extra_or_forgotten_attempts(callflow_factory, telco):
+    people = numbers("+1555300", 120)
+    sipp = telco(calls=1000)
+    server = start(callflow_factory, sipp)
+    c = create_callout(
+        server,
+        Timeout="2",
+        MaxConcurrent="20",
+        CallsPerSecond="30",
+        RetryConfig=json.dumps({"max_attempts": 3, "delay": {"fixed_seconds": 1}}),
+    )
+    add_participants(server, c["sid"], people)
+    set_status(server, c["sid"], "running")
+
+    # Crash in the middle: some participants done, some calling, some waiting for a retry.
+    wait_until(lambda: fetch(server, c["sid"])["summary"]["attempts"] >= 100, 120, interval=0.2)
+    mid = fetch(server, c["sid"])["summary"]
+    assert mid["pending"] + mid["in_progress"] > 0, mid
+    server.kill()
+    server.start()
+
+    final = wait_finished(server, c["sid"], timeout=240)
+    s = final["summary"]
+    assert (s["total"], s["pending"], s["in_progress"]) == (120, 0, 0), s
+
+    calls = all_calls(server)
+    per_number = Counter(call.to for call in calls)
+    rows = {row["phone_number"]: row for row in results(server, c["sid"])}
+    assert set(rows) == set(people), "a participant was forgotten"
+    for phone in people:
+        row = rows[phone]
+        attempts = int(row["attempts"])
+        # never more than the policy allows, and every attempt is a real call
+        assert 1 <= attempts <= 3, row
+        assert per_number[phone] == attempts, (row, per_number[phone])
+        want = OUTCOME_BY_DIGIT[phone[-1]]
+        if want == "completed":
+            # an attempt the crash cut short ends failed, and is retried
+            assert row["outcome"] == "completed", row
+        else:
+            # busy and silent numbers are tried exactly as often as the policy allows; the
+            # crash may have turned one of the attempts into a failure
+            assert attempts == 3, row
+            assert row["outcome"] in (want, "failed"), row
+    assert sum(per_number.values()) == s["attempts"]
+
+
+def invite_times(messages: str) -> list:
+    """Arrival times (seconds) of the INVITEs in SIPp's -trace_msg log."""
+    times = []
+    stamp = None
+    lines = messages.splitlines()
+    pattern = re.compile(r"^-+ (\d{4}-\d\d-\d\d)\s+(\d\d:\d\d:\d\d\.\d+)")
+    for i, line in enumerate(lines):
+        m = pattern.match(line)
+        if m:
+            stamp = datetime.fromisoformat(f"{m.group(1)} {m.group(2)}").timestamp()
+            continue
+        if line.startswith("INVITE sip") and stamp is not None and "received" in lines[i - 2]:
+            times.append(stamp)
+            stamp = None
+    return times
+
+
+def test_a_callout_keeps_its_rate_over_a_minute(callflow_factory, telco):
+    """10 calls per second for a minute: the INVITE rate at the telco is within 2%."""
+    rate, seconds = 10.0, 60
+    count = int(rate * seconds) + 1
+    # numbers ending 0-5: all answered, so nothing is retried
+    people = [f"+1555400{i:04d}" for i in range(3 * count) if (i % 10) < 6][:count]
+    sipp = telco(calls=count, timeout_s=seconds + 60)
+    server = start(callflow_factory, sipp)
+    c = create_callout(server, CallsPerSecond=str(rate), MaxConcurrent="100")
+    add_participants(server, c["sid"], people)
+    set_status(server, c["sid"], "running")
+    wait_finished(server, c["sid"], timeout=seconds + 60)
+    result = sipp.wait(30)
+    assert result.counts() == (count, 0), result.describe()
+
+    times = invite_times(result.messages)
+    assert len(times) == count, f"{len(times)} INVITEs parsed of {count}"
+    span = times[-1] - times[0]
+    measured = (len(times) - 1) / span
+    print(f"configured {rate}/s, measured {measured:.3f}/s over {span:.1f} s")
+    assert abs(measured - rate) / rate <= 0.02, f"measured {measured:.3f}/s over {span:.1f} s"
