@@ -230,19 +230,20 @@ impl FlowRunner {
         Ok(plugin)
     }
 
-    /// Compiles the built-in plugins every call and callout uses, in the background, so the
-    /// first call finds them ready (or waits for this compile instead of starting another).
+    /// Compiles the built-in call flow every call runs unless bound to another, in the
+    /// background, so the first call finds it ready (or waits for this compile instead of
+    /// starting a second one). Other plugins compile at first use, on one core.
     pub fn warm_up(&self) {
         let me = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            for name in [DEFAULT_FLOW, "retry"] {
-                if let Err(e) = me.load(&builtin_pin(name)).await {
-                    tracing::error!(plugin = name, error = %e, "built-in plugin does not load");
+            match me.load(&builtin_pin(DEFAULT_FLOW)).await {
+                Ok(_) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(ms, plugin = DEFAULT_FLOW, "built-in call flow ready");
                 }
+                Err(e) => tracing::error!(error = %e, "the built-in call flow does not load"),
             }
-            let ms = started.elapsed().as_millis() as u64;
-            tracing::info!(ms, "built-in plugins ready");
         });
     }
 

@@ -255,7 +255,10 @@ impl Runtime {
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut c = Config::new();
         c.epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+            // a compile (an upload, a plugin's first use) takes one core, never all of them:
+            // live calls' plugins have deadlines of a few milliseconds and must not starve
+            .parallel_compilation(false);
         let engine = Engine::new(&c)?;
         let ticker = ticker::Ticker::start(&engine)?;
         let linker = sandbox::linker(&engine)?;
