@@ -764,10 +764,9 @@ impl Telephony {
         let mut bucket = TokenBucket::new(trunk.cps, smooth_burst(trunk.cps), now_ms());
         let mut accounts: HashMap<String, TokenBucket> = HashMap::new();
         loop {
-            // Calls in flight stay `queued` until their INVITE is answered by a provisional
-            // response, so read past them.
-            let in_flight = self.dispatched_total();
-            let batch = match self.store().queued_calls(100 + in_flight as u32).await {
+            // Calls marked sent leave the queue; the few between the read and the mark are
+            // skipped as live below.
+            let batch = match self.store().queued_calls(100).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the call queue failed");
@@ -908,6 +907,14 @@ impl Telephony {
                 return self.release_channel(&trunk.name);
             }
         };
+        // Marked sent before the INVITE can leave: after a crash it is ended, not sent again.
+        if !matches!(
+            self.store().mark_dispatched(&fresh.sid, now_ms()).await,
+            Ok(true)
+        ) {
+            self.unregister_live(&call.sid);
+            return self.release_channel(&trunk.name);
+        }
         let (reservation, local) = match self.reserve_media() {
             Ok(r) => r,
             Err(e) => {

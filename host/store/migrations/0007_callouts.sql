@@ -58,6 +58,9 @@ ALTER TABLE calls ADD COLUMN callout_sid TEXT;
 ALTER TABLE calls ADD COLUMN participant_sid TEXT;
 ALTER TABLE calls ADD COLUMN attempt INTEGER;
 ALTER TABLE calls ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+-- set (once) when the dispatcher sends the call's INVITE: a queued call with it set was already
+-- sent, so after a crash it is ended, never sent twice
+ALTER TABLE calls ADD COLUMN dispatched_at INTEGER;
 CREATE INDEX calls_participant ON calls (participant_sid);
 CREATE INDEX calls_callout ON calls (callout_sid, status);
 -- the dispatcher's queue: highest priority first, then oldest

@@ -114,7 +114,7 @@ impl Store {
     pub async fn queued_calls(&self, limit: u32) -> Result<Vec<Call>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM calls
-             WHERE status = 'queued' AND direction = 'outbound-api'
+             WHERE status = 'queued' AND direction = 'outbound-api' AND dispatched_at IS NULL
              ORDER BY priority DESC, seq LIMIT $1"
         );
         Ok(sqlx::query_as(&sql)
@@ -123,13 +123,29 @@ impl Store {
             .await?)
     }
 
-    /// Calls in `ringing` or `in-progress`, of every account: at start these are calls a
-    /// previous run did not finish.
+    /// Calls in `ringing` or `in-progress`, or `queued` but already sent, of every account: at
+    /// start these are calls a previous run did not finish.
     pub async fn live_calls(&self) -> Result<Vec<Call>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM calls WHERE status IN ('ringing', 'in-progress') ORDER BY seq"
+            "SELECT {COLUMNS} FROM calls
+             WHERE status IN ('ringing', 'in-progress') OR (status = 'queued' AND dispatched_at IS NOT NULL)
+             ORDER BY seq"
         );
         Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+    }
+
+    /// Marks a queued call as sent, once: false if it is no longer queued or was sent already
+    /// (by this run, an earlier one, or another node), so its INVITE must not go out.
+    pub async fn mark_dispatched(&self, sid: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE calls SET dispatched_at = $2
+             WHERE sid = $1 AND status = 'queued' AND dispatched_at IS NULL",
+        )
+        .bind(sid)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn list_calls(
@@ -560,6 +576,14 @@ pub(crate) mod tests {
         let live: Vec<_> = store.live_calls().await.unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].sid, sids[1].1);
+        // A sent call leaves the queue, once, and counts as live (a crash must not resend it).
+        assert!(store.mark_dispatched(&sids[0].1, 3_000).await.unwrap());
+        assert!(!store.mark_dispatched(&sids[0].1, 3_001).await.unwrap());
+        assert!(!store.mark_dispatched(&sids[1].1, 3_001).await.unwrap());
+        let q: Vec<_> = store.queued_calls(10).await.unwrap();
+        assert_eq!(q.len(), 2);
+        assert!(q.iter().all(|c| c.sid != sids[0].1));
+        assert_eq!(store.live_calls().await.unwrap().len(), 2);
     }
 
     #[tokio::test]
