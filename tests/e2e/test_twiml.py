@@ -79,10 +79,9 @@ def assert_signed(app: WebhookReceiver, req, token: str) -> None:
     assert RequestValidator(token).validate(url, dict(req.params), signature), (url, req.params)
 
 
-def test_an_inbound_caller_gathers_digits_and_records(start_callflow, app, sipp_dir):
-    callflow = start_callflow(free_port(udp_too=True))
-    client = callflow.client()
-    client.incoming_phone_numbers.create(
+def ivr_call(callflow, app, sipp_dir):
+    """The IVR caller (uac_ivr) calls the account's number, whose VoiceUrl is the app."""
+    callflow.client().incoming_phone_numbers.create(
         phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
     )
     result = run_sipp(
@@ -93,6 +92,12 @@ def test_an_inbound_caller_gathers_digits_and_records(start_callflow, app, sipp_
         workdir=sipp_dir("uac_ivr"),
     )
     assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+
+
+def test_an_inbound_caller_gathers_digits_and_records(start_callflow, app, sipp_dir):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    ivr_call(callflow, app, sipp_dir)
 
     token = callflow.auth_token
     voice = wait_until(lambda: requests_to(app, "/voice"), WAIT_S, interval=0.2)
@@ -183,6 +188,35 @@ def test_a_redirect_through_the_api_changes_a_live_call(start_callflow, app, sip
         lambda: (c := client.calls(sid).fetch()).status == "completed" and c, WAIT_S, interval=0.2
     )
     assert call, "the call completed"
+
+
+def test_a_bound_recording_plugin_trims_what_is_kept_and_notifies(start_callflow, app, sipp_dir):
+    """The account binds the SDK's trim-silence example: the Record verb's recording keeps only
+    what the plugin keeps, and the plugin's notification arrives."""
+    from test_plugins import cli, wasm
+
+    callflow = start_callflow(free_port(udp_too=True))
+    # (a peak threshold well above the line noise the caller sends after speaking)
+    config = {"threshold": 4000, "padding_ms": 200, "min_length_ms": 500,
+              "notify": {"url": app.url("/notify")}}
+    up = cli(callflow, "upload", str(wasm("callflow_example_trim_silence")), "--name", "trim",
+             "--bind", "--config", json.dumps(config))
+    assert up.returncode == 0, up.stderr
+    ivr_call(callflow, app, sipp_dir)
+
+    recorded = wait_until(lambda: requests_to(app, "/recorded"), WAIT_S, interval=0.2)
+    form = recorded[0].form
+    notified = wait_until(lambda: requests_to(app, "/notify"), WAIT_S, interval=0.2)
+    note = json.loads(notified[0].body)
+    assert note["kept"] is True, note
+    assert note["call_sid"] == form["CallSid"], note
+    # the quiet start (the beep's tail, the caller's first breath) was cut, and what the app
+    # and the Recording resource see is what was kept, not what was heard
+    assert note["start_ms"] > 0 and note["duration_ms"] < note["original_ms"], note
+    kept_s = int(form["RecordingDuration"])
+    assert abs(kept_s * 1000 - note["duration_ms"]) < 1000, (kept_s, note)
+    rec = callflow.client().recordings(form["RecordingSid"]).fetch()
+    assert abs(int(rec.duration) - kept_s) <= 1, (rec.duration, kept_s)
 
 
 def test_an_uploaded_sdk_plugin_drives_a_real_call(start_callflow, sipp_dir):

@@ -353,7 +353,7 @@ impl Scheduler {
             let logs: Vec<_> = decision
                 .logs
                 .iter()
-                .map(|l| json!({ "level": format!("{:?}", l.level).to_lowercase(), "message": l.message }))
+                .map(|l| json!({ "level": crate::flow::level_name(l.level), "message": l.message }))
                 .collect();
             let _ = self
                 .store()

@@ -19,7 +19,7 @@ use callflow_runtime::flow::{
     CallContext, Command, FetchResponse, FetchResult, FlowEvent, GatherResult, HttpMethod, Prompt,
     RecordResult, Redirect as FlowRedirect,
 };
-use callflow_runtime::{Limits, Plugin, Runtime, World, builtin};
+use callflow_runtime::{Limits, Plugin, Runtime, World, builtin, recording};
 use callflow_store::{Call, CallUpdate, NewRecording, Store};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -452,7 +452,7 @@ impl Session {
             for l in &step.logs {
                 self.log(
                     "flow.log",
-                    json!({"level": format!("{:?}", l.level), "message": l.message}),
+                    json!({"level": level_name(l.level), "message": l.message}),
                 )
                 .await;
             }
@@ -668,7 +668,7 @@ impl Session {
         if d.targets.len() > 1 {
             self.log(
                 "flow.log",
-                json!({"level": "Warn", "message": "only the first number of a <Dial> is called"}),
+                json!({"level": "warn", "message": "only the first number of a <Dial> is called"}),
             )
             .await;
         }
@@ -797,24 +797,56 @@ impl Session {
             (None, StopReason::Hangup) => "hangup".into(),
             _ => String::new(),
         };
-        let empty = !rec.heard_audio || rec.pcm.is_empty();
-        if empty {
-            return Outcome::Event(FlowEvent::Recorded(RecordResult {
+        let nothing = |digits: String| {
+            Outcome::Event(FlowEvent::Recorded(RecordResult {
                 recording_sid: None,
                 recording_url: None,
                 duration_ms: 0,
                 digits,
                 empty: true,
-            }));
+            }))
+        };
+        if !rec.heard_audio || rec.pcm.is_empty() {
+            return nothing(digits);
         }
-        match self
-            .store_recording(&rec.pcm, rec.duration_ms, started)
-            .await
-        {
+        // The account's recording plugin, if it binds one, decides what is kept.
+        let mut pcm = rec.pcm;
+        let mut notify = Vec::new();
+        match self.recording_plan(&pcm, rec.reason, rec.digit).await {
+            Ok(None) => {}
+            Ok(Some(plan)) => {
+                notify = plan.notify;
+                match plan.action {
+                    recording::Action::Keep(k) => {
+                        pcm.truncate(k.end as usize);
+                        pcm.drain(..k.start as usize);
+                    }
+                    recording::Action::Discard(why) => {
+                        self.log("recording.discarded", json!({ "reason": why }))
+                            .await;
+                        self.send_notifications(notify);
+                        return nothing(digits);
+                    }
+                }
+            }
+            // A failing plugin must not lose the caller's message: keep it all.
+            Err(why) => {
+                self.log("flow.error", json!({ "recording_plugin": why }))
+                    .await;
+            }
+        }
+        if pcm.is_empty() {
+            self.send_notifications(notify);
+            return nothing(digits);
+        }
+        let duration_ms = pcm.len() as u64 / 8;
+        let stored = self.store_recording(&pcm, duration_ms, started).await;
+        self.send_notifications(notify);
+        match stored {
             Ok((sid, url)) => Outcome::Event(FlowEvent::Recorded(RecordResult {
                 recording_sid: Some(sid),
                 recording_url: Some(url),
-                duration_ms: u32::try_from(rec.duration_ms).unwrap_or(u32::MAX),
+                duration_ms: u32::try_from(duration_ms).unwrap_or(u32::MAX),
                 digits,
                 empty: false,
             })),
@@ -829,6 +861,88 @@ impl Session {
                 }))
             }
         }
+    }
+
+    /// Runs the call's pinned recording plugin on a finished recording; `None` when the call
+    /// has none.
+    async fn recording_plan(
+        &self,
+        pcm: &[i16],
+        reason: StopReason,
+        digit: Option<char>,
+    ) -> Result<Option<recording::RecordingPlan>, String> {
+        let Some(pin) = pin_in(&self.call.plugins, World::Recording) else {
+            return Ok(None);
+        };
+        let plugin = self.runner.load(&pin).await?;
+        let ctx = recording::RecordingContext {
+            account_sid: self.call.account_sid.clone(),
+            call_sid: self.call.sid.clone(),
+            now_ms: now_ms(),
+            seed: rand::random(),
+            config: pin.config.clone(),
+            sample_rate: 8_000,
+            reason: match reason {
+                StopReason::MaxLength => "max-length",
+                StopReason::Silence => "silence",
+                StopReason::FinishKey(_) => "key",
+                StopReason::Hangup | StopReason::Stopped => "hangup",
+            }
+            .into(),
+            digits: digit.map(String::from).unwrap_or_default(),
+        };
+        let limits = self.runner.limits_for(&pin);
+        let plan = self
+            .inner()
+            .runtime
+            .process_recording(plugin, ctx, pcm.to_vec(), limits)
+            .await
+            .map_err(|e| e.to_string())?;
+        for line in &plan.logs {
+            self.log(
+                "recording.log",
+                json!({ "level": level_name(line.level), "message": line.message }),
+            )
+            .await;
+        }
+        Ok(Some(plan))
+    }
+
+    /// Makes the notifications a recording plugin asked for, in the background, each tried up to
+    /// three times; outcomes go to the call's log.
+    fn send_notifications(&self, requests: Vec<recording::HttpRequest>) {
+        if requests.is_empty() {
+            return;
+        }
+        let client = self.inner().client.clone();
+        let store = self.inner().store.clone();
+        let call = self.call.sid.clone();
+        tokio::spawn(async move {
+            for r in requests {
+                let method = method_name(r.method);
+                let headers: Vec<(String, String)> =
+                    r.headers.into_iter().map(|p| (p.name, p.value)).collect();
+                let mut outcome = String::new();
+                for attempt in 0..3u32 {
+                    match client
+                        .request(method, &r.url, &headers, r.body.clone())
+                        .await
+                    {
+                        Ok(status) if (200..300).contains(&status) => {
+                            outcome = format!("{status}");
+                            break;
+                        }
+                        Ok(status) => outcome = format!("{status}"),
+                        Err(e) => outcome = e.to_string(),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+                }
+                let detail = json!({ "url": r.url, "method": method, "outcome": outcome });
+                let _ = store
+                    .append_call_event(&call, now_ms(), "recording.notify", &detail.to_string())
+                    .await;
+            }
+        });
     }
 
     /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it.
@@ -881,6 +995,28 @@ impl Session {
             rec.sid
         );
         Ok((rec.sid, url))
+    }
+}
+
+/// A plugin log line's level as the call log writes it.
+pub(crate) fn level_name(l: callflow_runtime::flow::LogLevel) -> &'static str {
+    use callflow_runtime::flow::LogLevel;
+    match l {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}
+
+/// A plugin's HTTP request method.
+fn method_name(m: HttpMethod) -> &'static str {
+    match m {
+        HttpMethod::Get => "GET",
+        HttpMethod::Post => "POST",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Patch => "PATCH",
+        HttpMethod::Delete => "DELETE",
     }
 }
 

@@ -822,7 +822,8 @@ impl Store {
     pub async fn callout_finished(&self, callout: &str) -> Result<bool> {
         let (any, open): (bool, bool) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM participants WHERE callout_sid = $1),
-                    EXISTS (SELECT 1 FROM participants WHERE callout_sid = $1 AND state <> 'done')",
+                    EXISTS (SELECT 1 FROM participants
+                            WHERE callout_sid = $1 AND state IN ('pending', 'calling', 'settling'))",
         )
         .bind(callout)
         .fetch_one(&self.pool)

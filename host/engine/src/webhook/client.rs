@@ -203,6 +203,30 @@ impl WebhookClient {
         })
     }
 
+    /// Makes a request a plugin asked for (a notification): any method, the plugin's headers
+    /// and body, unsigned (the plugin's own headers carry any credentials), under the same
+    /// egress policy, timeouts and redirect refusal. Returns the status; the body is read (at
+    /// most `max_response_bytes`) and dropped.
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<u16, WebhookError> {
+        self.check_url(url)?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| WebhookError::Http(e.to_string()))?;
+        let mut builder = self.http.request(method, url).body(body);
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let mut resp = builder.send().await.map_err(classify)?;
+        let status = resp.status().as_u16();
+        read_body(&mut resp, self.config.max_response_bytes).await?;
+        Ok(status)
+    }
+
     /// Fetches media (a `<Play>` URL) with a GET, conditional on `validators` when it has any
     /// (`If-None-Match`, `If-Modified-Since`), reading at most `max_bytes` of body: the caller
     /// chooses the bound, since audio is far larger than TwiML ([`DEFAULT_MAX_MEDIA_BYTES`]).
