@@ -7,13 +7,12 @@
 //! a state the scheduler picks up again, and no participant is called twice for one decision.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 
 use crate::calls::{AttemptLink, insert_call};
+use crate::model::text_enum;
 use crate::sid::{Sid, SidKind};
 use crate::{Call, CallStatus, Direction, NewCall, Page, PageRequest, Result, Store, StoreError};
 
@@ -30,34 +29,17 @@ const PARTICIPANT_COLUMNS: &str =
 const INSERT_CHUNK: usize = 500;
 const TRANSACTION_ROWS: usize = 5_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CalloutStatus {
-    Draft,
-    Running,
-    Paused,
-    Stopped,
-    Completed,
+text_enum! {
+    pub enum CalloutStatus / StoredCalloutStatus ("callout status") {
+        Draft => "draft",
+        Running => "running",
+        Paused => "paused",
+        Stopped => "stopped",
+        Completed => "completed",
+    }
 }
 
 impl CalloutStatus {
-    pub const ALL: [CalloutStatus; 5] = [
-        CalloutStatus::Draft,
-        CalloutStatus::Running,
-        CalloutStatus::Paused,
-        CalloutStatus::Stopped,
-        CalloutStatus::Completed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CalloutStatus::Draft => "draft",
-            CalloutStatus::Running => "running",
-            CalloutStatus::Paused => "paused",
-            CalloutStatus::Stopped => "stopped",
-            CalloutStatus::Completed => "completed",
-        }
-    }
-
     /// Whether an operator (or the scheduler, for `completed`) may move a callout from `self`
     /// to `next`: draft → running (start); running ⇄ paused; any unfinished → stopped; running
     /// → completed when nobody is left; completed → running when participants are added.
@@ -72,74 +54,12 @@ impl CalloutStatus {
     }
 }
 
-impl fmt::Display for CalloutStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CalloutStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        CalloutStatus::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown callout status {s:?}"))
-    }
-}
-
-/// A `CalloutStatus` read from a TEXT column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredCalloutStatus(pub CalloutStatus);
-
-impl TryFrom<String> for StoredCalloutStatus {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse().map(StoredCalloutStatus)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ParticipantState {
-    Pending,
-    Calling,
-    Settling,
-    Done,
-}
-
-impl ParticipantState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParticipantState::Pending => "pending",
-            ParticipantState::Calling => "calling",
-            ParticipantState::Settling => "settling",
-            ParticipantState::Done => "done",
-        }
-    }
-}
-
-impl FromStr for ParticipantState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        [
-            ParticipantState::Pending,
-            ParticipantState::Calling,
-            ParticipantState::Settling,
-            ParticipantState::Done,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-        .ok_or_else(|| format!("unknown participant state {s:?}"))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredParticipantState(pub ParticipantState);
-
-impl TryFrom<String> for StoredParticipantState {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse().map(StoredParticipantState)
+text_enum! {
+    pub enum ParticipantState / StoredParticipantState ("participant state") {
+        Pending => "pending",
+        Calling => "calling",
+        Settling => "settling",
+        Done => "done",
     }
 }
 

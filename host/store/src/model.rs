@@ -1,8 +1,5 @@
 //! Records as stored, and the call status machine shared by the API and the engine.
 
-use std::fmt;
-use std::str::FromStr;
-
 use sqlx::FromRow;
 
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
@@ -36,44 +33,78 @@ pub struct IncomingNumber {
     pub date_updated: i64,
 }
 
-/// Twilio's call statuses. `queued`, `ringing` and `in-progress` are live; the rest are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CallStatus {
-    Queued,
-    Ringing,
-    InProgress,
-    Completed,
-    Busy,
-    Failed,
-    NoAnswer,
-    Canceled,
+/// A closed set of names kept in a TEXT column: the enum, `ALL`, `as_str`, `Display`,
+/// `FromStr`, and `$stored`, the newtype a row's column is read into.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident / $stored:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|c| c.as_str() == s)
+                    .ok_or_else(|| format!(concat!("unknown ", $what, " {:?}"), s))
+            }
+        }
+
+        #[doc = concat!("A `", stringify!($name), "` read from a TEXT column.")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $stored(pub $name);
+
+        impl TryFrom<String> for $stored {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse().map($stored)
+            }
+        }
+    };
+}
+
+pub(crate) use text_enum;
+
+text_enum! {
+    /// Twilio's call statuses. `queued`, `ringing` and `in-progress` are live; the rest are final.
+    pub enum CallStatus / StoredStatus ("call status") {
+        Queued => "queued",
+        Ringing => "ringing",
+        InProgress => "in-progress",
+        Completed => "completed",
+        Busy => "busy",
+        Failed => "failed",
+        NoAnswer => "no-answer",
+        Canceled => "canceled",
+    }
 }
 
 impl CallStatus {
-    pub const ALL: [CallStatus; 8] = [
-        CallStatus::Queued,
-        CallStatus::Ringing,
-        CallStatus::InProgress,
-        CallStatus::Completed,
-        CallStatus::Busy,
-        CallStatus::Failed,
-        CallStatus::NoAnswer,
-        CallStatus::Canceled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallStatus::Queued => "queued",
-            CallStatus::Ringing => "ringing",
-            CallStatus::InProgress => "in-progress",
-            CallStatus::Completed => "completed",
-            CallStatus::Busy => "busy",
-            CallStatus::Failed => "failed",
-            CallStatus::NoAnswer => "no-answer",
-            CallStatus::Canceled => "canceled",
-        }
-    }
-
     pub fn is_final(self) -> bool {
         !matches!(
             self,
@@ -96,22 +127,6 @@ impl CallStatus {
             ) | (Ringing, InProgress | Busy | Failed | NoAnswer | Canceled)
                 | (InProgress, Completed | Failed)
         )
-    }
-}
-
-impl fmt::Display for CallStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CallStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        CallStatus::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown call status {s:?}"))
     }
 }
 
@@ -187,17 +202,6 @@ impl Call {
     }
 }
 
-/// A `CallStatus` read from a TEXT column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredStatus(pub CallStatus);
-
-impl TryFrom<String> for StoredStatus {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse().map(StoredStatus)
-    }
-}
-
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
 pub struct CallEvent {
     pub id: i64,
@@ -233,7 +237,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_through_text() {
-        for s in CallStatus::ALL {
+        for &s in CallStatus::ALL {
             assert_eq!(s.as_str().parse::<CallStatus>(), Ok(s));
         }
         assert!("done".parse::<CallStatus>().is_err());
@@ -247,8 +251,8 @@ mod tests {
         assert!(InProgress.can_become(Completed));
         assert!(!InProgress.can_become(Busy));
         assert!(!InProgress.can_become(Canceled));
-        for fin in CallStatus::ALL.into_iter().filter(|s| s.is_final()) {
-            for next in CallStatus::ALL {
+        for fin in CallStatus::ALL.iter().copied().filter(|s| s.is_final()) {
+            for &next in CallStatus::ALL {
                 assert!(!fin.can_become(next), "{fin} -> {next}");
             }
         }
