@@ -733,16 +733,20 @@ pub async fn results(State(state): State<ApiState>, scoped: Scoped) -> ApiResult
             if after == 0 {
                 out.write_record(RESULTS_HEADER).map_err(export_error)?;
             }
+            // every last attempt of the page in one statement
+            let sids: Vec<&str> = rows.iter().filter_map(|p| p.call_sid.as_deref()).collect();
+            let last: std::collections::HashMap<String, callflow_store::Call> = state
+                .store()
+                .calls_by_sid(&sids)
+                .await
+                .map_err(export_error)?
+                .into_iter()
+                .filter(|c| c.account_sid == callout.account_sid)
+                .map(|c| (c.sid.clone(), c))
+                .collect();
             for p in &rows {
-                let last = match &p.call_sid {
-                    Some(c) => state
-                        .store()
-                        .call(&callout.account_sid, c)
-                        .await
-                        .map_err(export_error)?,
-                    None => None,
-                };
-                out.write_record(results_row(p, last.as_ref()))
+                let last = p.call_sid.as_ref().and_then(|c| last.get(c));
+                out.write_record(results_row(p, last))
                     .map_err(export_error)?;
             }
             let bytes = out.into_inner().map_err(|e| export_error(e.error()))?;
