@@ -356,6 +356,49 @@ def test_dial_bridges_a_child_call_and_reports_its_outcome(
         assert int(form["DialCallDuration"]) >= 1, form
 
 
+DIAL_TWO = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Response><Dial action="/dialed" timeout="10">
+  <Number>+15551230008</Number>
+  <Number>+15551230000</Number>
+</Dial></Response>"""
+
+
+def test_dial_rings_every_number_and_bridges_the_first_to_answer(
+    start_callflow, far_end, app, sipp_dir
+):
+    """Two numbers ring at once (tests/sipp/uas_callout.xml: one ending in 8 rings and never
+    answers, one ending in 0 answers): the answered one is bridged, the other is cancelled."""
+    app.routes = {"/voice": DIAL_TWO, "/dialed": AFTER_RECORD}
+    callee = far_end("uas_callout", calls=2)
+    callflow = start_callflow(callee.port)
+    client = callflow.client()
+    client.incoming_phone_numbers.create(
+        phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
+    )
+    caller = run_sipp(
+        "uac_hear",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        keys={"rtp_port": str(free_port(udp_too=True))},
+        timeout_s=40.0,
+        workdir=sipp_dir("uac_hear"),
+    )
+    assert caller.counts() == (1, 0) and caller.ok, f"caller:\n{caller.describe()}"
+    far_result = callee.wait(WAIT_S)
+    assert far_result.counts() == (2, 0), f"callee:\n{far_result.describe()}"
+
+    dialed = requests_to(app, "/dialed")
+    assert len(dialed) == 1, [r.path for r in app.requests]
+    form = dialed[0].form
+    assert form["DialCallStatus"] == "completed", form
+    winner = client.calls(form["DialCallSid"]).fetch()
+    assert winner.to == "+15551230000" and winner.status == "completed"
+    children = client.calls.list(parent_call_sid=form["CallSid"])
+    assert sorted(c.to for c in children) == ["+15551230000", "+15551230008"]
+    loser = next(c for c in children if c.to == "+15551230008")
+    assert loser.status == "canceled", loser.status
+
+
 @pytest.mark.parametrize("broken", ["refused", "http-500"])
 def test_a_broken_webhook_ends_in_the_application_error_and_a_clean_hangup(
     start_callflow, app, sipp_dir, broken

@@ -642,8 +642,9 @@ impl Session {
         }
     }
 
-    /// `<Dial>`: a child call to the first number, bridged with this one until either side
-    /// hangs up; its outcome is the flow's next event.
+    /// `<Dial>`: a child call to every number at once; the first to answer is bridged with
+    /// this call until either side hangs up, the others are ended; its outcome is the flow's
+    /// next event.
     async fn dial(&mut self, d: callflow_runtime::flow::Dial) -> Outcome {
         use callflow_runtime::flow::{DialResult, DialTarget};
         let failed = |why: &str| {
@@ -656,19 +657,26 @@ impl Session {
                 })),
             )
         };
-        let number = d.targets.iter().find_map(|t| match t {
-            DialTarget::Number(n) => Some(n.clone()),
-            DialTarget::Sip(_) => None,
-        });
-        let Some(number) = number else {
+        let numbers: Vec<String> = d
+            .targets
+            .iter()
+            .filter_map(|t| match t {
+                DialTarget::Number(n) => Some(n.clone()),
+                DialTarget::Sip(_) => None,
+            })
+            .take(MAX_DIAL_NUMBERS)
+            .collect();
+        if numbers.is_empty() {
             let (log, out) = failed("only phone numbers can be dialled yet (no <Sip> targets)");
             self.log("flow.error", log).await;
             return out;
-        };
-        if d.targets.len() > 1 {
+        }
+        if numbers.len() < d.targets.len() {
             self.log(
                 "flow.log",
-                json!({"level": "warn", "message": "only the first number of a <Dial> is called"}),
+                json!({"level": "warn", "message": format!(
+                    "only the first {MAX_DIAL_NUMBERS} numbers of a <Dial> are called, and no <Sip>"
+                )}),
             )
             .await;
         }
@@ -677,62 +685,111 @@ impl Session {
             self.log("flow.error", log).await;
             return out;
         };
-        let placed = tel
-            .dial(
-                &self.call,
-                self.media.clone(),
-                &number,
-                d.caller_id.clone(),
-                i64::from(d.timeout_ms.div_ceil(1000).max(1)),
-                i64::from(d.time_limit_ms.div_ceil(1000).max(1)),
-            )
-            .await;
-        let (child, mut leg) = match placed {
-            Ok(p) => p,
-            Err(why) => {
-                let (log, out) = failed(&why);
-                self.log("flow.error", log).await;
-                return out;
+        // Every number rings at once; the first to answer is bridged, the others are ended.
+        let (race, mut decided) = tokio::sync::watch::channel(None::<String>);
+        let race = Arc::new(race);
+        let mut children = Vec::new();
+        let mut legs = Vec::new();
+        for number in &numbers {
+            let placed = tel
+                .dial(
+                    &self.call,
+                    self.media.clone(),
+                    number,
+                    d.caller_id.clone(),
+                    i64::from(d.timeout_ms.div_ceil(1000).max(1)),
+                    i64::from(d.time_limit_ms.div_ceil(1000).max(1)),
+                    race.clone(),
+                )
+                .await;
+            match placed {
+                Ok((child, leg)) => {
+                    children.push(child);
+                    legs.push(leg);
+                }
+                Err(why) => {
+                    self.log("flow.error", json!({ "dial": why, "to": number }))
+                        .await
+                }
             }
-        };
-        self.log("flow.dial", json!({"child": child.sid, "to": number}))
+        }
+        if children.is_empty() {
+            return failed("no leg could be placed").1;
+        }
+        let sids: Vec<&str> = children.iter().map(|c| c.sid.as_str()).collect();
+        self.log("flow.dial", json!({"children": sids, "to": numbers}))
             .await;
-        // Whatever happens to this call, the child does not outlive it.
-        let guard = EndLeg {
-            telephony: tel.clone(),
-            sid: Some(child.sid.clone()),
-        };
+        // Whatever happens to this call, the children do not outlive it.
+        let guards: Vec<EndLeg> = children
+            .iter()
+            .map(|c| EndLeg {
+                telephony: tel.clone(),
+                sid: Some(c.sid.clone()),
+            })
+            .collect();
+        let (all_done, mut ended) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            for leg in legs {
+                let _ = leg.await;
+            }
+            let _ = all_done.send(());
+        });
+        let mut winner: Option<String> = None;
         loop {
             tokio::select! {
-                _ = &mut leg => break,
+                _ = &mut ended => break,
+                Ok(()) = decided.changed(), if winner.is_none() => {
+                    winner = decided.borrow().clone();
+                    for c in children.iter().filter(|c| Some(&c.sid) != winner.as_ref()) {
+                        tel.end_leg(&c.sid);
+                    }
+                }
                 e = self.events.recv() => match e {
                     None | Some(MediaEvent::Closed { .. }) => return Outcome::Gone,
                     Some(MediaEvent::Digit { digit: '*', .. }) if d.hangup_on_star => {
-                        tel.end_leg(&child.sid);
+                        for c in &children {
+                            tel.end_leg(&c.sid);
+                        }
                     }
                     Some(_) => {}
                 },
                 Some(r) = self.redirects.recv() => {
-                    tel.end_leg(&child.sid);
-                    let _ = (&mut leg).await;
-                    drop(guard);
+                    for c in &children {
+                        tel.end_leg(&c.sid);
+                    }
+                    let _ = (&mut ended).await;
+                    drop(guards);
                     return Outcome::Redirected(r);
                 }
             }
         }
-        guard.disarm();
-        let stored = self
-            .inner()
-            .store
-            .call(&child.account_sid, &child.sid)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(child);
+        for g in guards {
+            g.disarm();
+        }
+        let mut stored = Vec::new();
+        for c in &children {
+            let fresh = self
+                .inner()
+                .store
+                .call(&c.account_sid, &c.sid)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| c.clone());
+            stored.push(fresh);
+        }
+        let pick = winner
+            .as_ref()
+            .and_then(|w| stored.iter().find(|c| &c.sid == w))
+            .unwrap_or(&stored[0]);
+        let status = match &winner {
+            Some(_) => pick.status().as_str().to_owned(),
+            None => unanswered_status(stored.iter().map(|c| c.status().as_str())),
+        };
         Outcome::Event(FlowEvent::DialDone(DialResult {
-            status: stored.status().as_str().to_owned(),
-            call_sid: Some(stored.sid.clone()),
-            duration_s: u32::try_from(stored.duration.unwrap_or(0)).unwrap_or(0),
+            status,
+            call_sid: Some(pick.sid.clone()),
+            duration_s: u32::try_from(pick.duration.unwrap_or(0)).unwrap_or(0),
         }))
     }
 
@@ -998,6 +1055,25 @@ impl Session {
     }
 }
 
+/// The numbers one `<Dial>` rings at once (Twilio's limit).
+const MAX_DIAL_NUMBERS: usize = 10;
+
+/// `DialCallStatus` when no leg answered: the legs' common status, else `no-answer` if any leg
+/// rang out, else `busy` if any was busy, else `failed`.
+fn unanswered_status<'a>(statuses: impl Iterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = statuses.collect();
+    let pick = if all.windows(2).all(|w| w[0] == w[1]) {
+        all.first().copied().unwrap_or("failed")
+    } else if all.contains(&"no-answer") {
+        "no-answer"
+    } else if all.contains(&"busy") {
+        "busy"
+    } else {
+        "failed"
+    };
+    pick.to_owned()
+}
+
 /// A plugin log line's level as the call log writes it.
 pub(crate) fn level_name(l: callflow_runtime::flow::LogLevel) -> &'static str {
     use callflow_runtime::flow::LogLevel;
@@ -1070,6 +1146,16 @@ impl Drop for EndLeg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dial_nobody_answered_reports_the_most_telling_status() {
+        let of = |v: &[&str]| unanswered_status(v.iter().copied());
+        assert_eq!(of(&["busy", "busy"]), "busy");
+        assert_eq!(of(&["failed"]), "failed");
+        assert_eq!(of(&["busy", "no-answer", "failed"]), "no-answer");
+        assert_eq!(of(&["busy", "failed"]), "busy");
+        assert_eq!(of(&["canceled", "failed"]), "failed");
+    }
 
     #[test]
     fn logged_events_come_back_as_the_same_events() {

@@ -65,6 +65,10 @@ pub fn silent_flow() -> Flow {
     })
 }
 
+/// The legs of one `<Dial>` race to answer: the first one's sid is sent here, and only it is
+/// bridged with the parent.
+pub type DialRace = Arc<watch::Sender<Option<String>>>;
+
 /// What is particular to one leg: its reserved RTP port, and for a `<Dial>`'s child the bridge
 /// it runs instead of the account's flow, on its parent's media worker.
 #[derive(Default)]
@@ -291,6 +295,7 @@ impl Telephony {
         caller_id: Option<String>,
         timeout_s: i64,
         time_limit_s: i64,
+        race: DialRace,
     ) -> Result<(Call, JoinHandle<()>), String> {
         let trunk = self
             .inner
@@ -334,9 +339,21 @@ impl Telephony {
         }
         let control = self.register_live(&child.sid);
         let bridge_to = parent_media.clone();
-        let bridge: Flow = Arc::new(move |_call, media, mut events, _redirects| {
+        let bridge: Flow = Arc::new(move |call, media, mut events, _redirects| {
             let parent = bridge_to.clone();
+            let race = race.clone();
             Box::pin(async move {
+                // The first leg to answer is bridged; one answering after it is hung up.
+                let won = race.send_if_modified(|w| {
+                    let first = w.is_none();
+                    if first {
+                        *w = Some(call.sid.clone());
+                    }
+                    first
+                });
+                if !won {
+                    return;
+                }
                 media.bridge(&parent);
                 while let Some(e) = events.recv().await {
                     if let MediaEvent::Closed { .. } = e {
