@@ -27,7 +27,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::Redirect;
 use crate::clock::now_ms;
 use crate::prompts::Prompts;
-use crate::telephony::{Flow, Telephony};
+use crate::telephony::{DialLeg, Flow, Telephony};
 use crate::webhook::{Method, WebhookClient, WebhookRequest};
 
 /// The flow plugin a call runs when its account bound none.
@@ -695,11 +695,13 @@ impl Session {
                 .dial(
                     &self.call,
                     self.media.clone(),
-                    number,
-                    d.caller_id.clone(),
-                    i64::from(d.timeout_ms.div_ceil(1000).max(1)),
-                    i64::from(d.time_limit_ms.div_ceil(1000).max(1)),
-                    race.clone(),
+                    DialLeg {
+                        to: number,
+                        caller_id: d.caller_id.clone(),
+                        timeout_s: i64::from(d.timeout_ms.div_ceil(1000).max(1)),
+                        time_limit_s: i64::from(d.time_limit_ms.div_ceil(1000).max(1)),
+                        race: race.clone(),
+                    },
                 )
                 .await;
             match placed {

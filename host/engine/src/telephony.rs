@@ -65,6 +65,18 @@ pub fn silent_flow() -> Flow {
     })
 }
 
+/// One number a `<Dial>` calls.
+#[derive(Debug, Clone)]
+pub struct DialLeg<'a> {
+    pub to: &'a str,
+    pub caller_id: Option<String>,
+    /// Ring timeout, seconds.
+    pub timeout_s: i64,
+    /// Longest call, seconds.
+    pub time_limit_s: i64,
+    pub race: DialRace,
+}
+
 /// The legs of one `<Dial>` race to answer: the first one's sid is sent here, and only it is
 /// bridged with the parent.
 pub type DialRace = Arc<watch::Sender<Option<String>>>;
@@ -291,12 +303,15 @@ impl Telephony {
         &self,
         parent: &Call,
         parent_media: CallMedia,
-        to: &str,
-        caller_id: Option<String>,
-        timeout_s: i64,
-        time_limit_s: i64,
-        race: DialRace,
+        leg: DialLeg<'_>,
     ) -> Result<(Call, JoinHandle<()>), String> {
+        let DialLeg {
+            to,
+            caller_id,
+            timeout_s,
+            time_limit_s,
+            race,
+        } = leg;
         let trunk = self
             .inner
             .trunks
