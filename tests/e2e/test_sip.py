@@ -177,6 +177,16 @@ def test_inbound_call_is_answered_and_completed(start_callflow, twiml, sipp_dir)
     assert call.status == "completed"
     assert call.duration is not None and int(call.duration) >= 1, call.duration
 
+    # The caller hung up during the <Pause>: the flow's plugin heard `hangup` last.
+    def flow_events():
+        r = callflow.request("GET", f"/v1/Accounts/{callflow.account_sid}/Calls/{call.sid}/Events")
+        assert r.status_code == 200, r.text
+        events = [e["detail"]["event"] for e in r.json()["events"] if e["kind"] == "flow.event"]
+        return events if events and events[-1] == "Hangup" else None
+
+    events = wait_until(flow_events, WAIT_S, interval=0.2)
+    assert events, "no hangup event reached the flow"
+
 
 def test_inbound_call_over_tcp(start_callflow, twiml, sipp_dir):
     """The same call over TCP (one connection, messages framed by Content-Length)."""

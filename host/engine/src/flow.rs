@@ -460,7 +460,30 @@ impl Session {
                 self.log("flow.command", json!(command)).await;
                 match self.apply(command).await {
                     Outcome::Event(e) => queue.push_back(e),
-                    Outcome::Hangup | Outcome::Gone => return,
+                    Outcome::Hangup => return,
+                    Outcome::Gone => {
+                        // The other side hung up mid-flow: the plugin hears of it last (what
+                        // it answers has no call left to act on, only its logs are kept).
+                        let (now, seed) = (now_ms(), rand::random::<u64>());
+                        let event = FlowEvent::Hangup;
+                        self.log("flow.event", event_entry(&event, now, seed)).await;
+                        let state = std::mem::take(&mut self.state);
+                        let ctx = self.context(config, now, seed);
+                        let runtime = self.inner().runtime.clone();
+                        if let Ok(step) = runtime
+                            .call_flow(plugin.clone(), ctx, state, event, limits)
+                            .await
+                        {
+                            for l in &step.logs {
+                                self.log(
+                                    "flow.log",
+                                    json!({"level": level_name(l.level), "message": l.message}),
+                                )
+                                .await;
+                            }
+                        }
+                        return;
+                    }
                     Outcome::Redirected(r) => {
                         self.log(
                             "flow.redirect",
@@ -503,7 +526,9 @@ impl Session {
                 None | Some(MediaEvent::Closed { .. }) => Next::Gone,
                 Some(e) => Next::Media(e),
             },
-            Some(r) = self.redirects.recv() => {
+            r = self.redirects.recv() => {
+                // Telephony drops its end when the call is over.
+                let Some(r) = r else { return Next::Gone };
                 // What the stop ends reports before `Stopped`; none of it is for the new
                 // instructions.
                 self.media.stop();

@@ -65,6 +65,9 @@ pub fn silent_flow() -> Flow {
     })
 }
 
+/// How long a call's flow may take, once the call is over, to tell its plugin.
+const FLOW_GRACE: Duration = Duration::from_secs(1);
+
 /// One number a `<Dial>` calls.
 #[derive(Debug, Clone)]
 pub struct DialLeg<'a> {
@@ -764,8 +767,14 @@ impl Telephony {
                 }
             }
         }
+        // The flow hears that the call is over (its redirect channel closes) and has a moment to
+        // tell its plugin; one busy elsewhere (a slow fetch) is dropped.
+        drop(redirect);
         if let Some(f) = flow {
-            f.abort();
+            let abort = f.abort_handle();
+            if tokio::time::timeout(FLOW_GRACE, f).await.is_err() {
+                abort.abort();
+            }
         }
         drop(media);
         self.unregister_live(&call.sid);
