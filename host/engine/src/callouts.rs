@@ -75,6 +75,7 @@ impl Scheduler {
             let me = self.clone();
             let mut stop = stop.clone();
             tokio::spawn(async move {
+                me.finish_interrupted_stops().await;
                 loop {
                     let wake = match me.pass(now_ms()).await {
                         Ok(w) => w,
@@ -111,6 +112,25 @@ impl Scheduler {
             })
         };
         vec![claims, decisions]
+    }
+
+    /// A stop cancels its pending participants in chunks after the callout is marked stopped;
+    /// a crash in between leaves some pending, finished here.
+    async fn finish_interrupted_stops(&self) {
+        let store = self.store();
+        match store.stopped_with_pending().await {
+            Ok(sids) => {
+                for sid in sids {
+                    match store.cancel_pending(&sid, now_ms()).await {
+                        Ok(n) => tracing::info!(callout = %sid, n, "finished an interrupted stop"),
+                        Err(e) => {
+                            tracing::error!(callout = %sid, error = %e, "finishing a stop failed")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "looking for interrupted stops failed"),
+        }
     }
 
     fn store(&self) -> &Store {

@@ -28,6 +28,8 @@ const PARTICIPANT_COLUMNS: &str =
 /// 32,766), and rows per transaction.
 const INSERT_CHUNK: usize = 500;
 const TRANSACTION_ROWS: usize = 5_000;
+/// Participants cancelled per statement when a callout stops.
+const CANCEL_CHUNK: i64 = 5_000;
 
 text_enum! {
     pub enum CalloutStatus / StoredCalloutStatus ("callout status") {
@@ -392,19 +394,46 @@ impl Store {
             .ok_or_else(|| {
                 StoreError::Conflict("the callout changed while being updated".into())
             })?;
-        if to == CalloutStatus::Stopped {
-            sqlx::query(
-                "UPDATE participants SET state = 'done', outcome = 'canceled', reason = 'the callout was stopped',
-                    date_updated = $2
-                 WHERE callout_sid = $1 AND state = 'pending'",
-            )
-            .bind(sid)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
+        if to == CalloutStatus::Stopped {
+            self.cancel_pending(sid, now).await?;
+        }
         Ok(updated)
+    }
+
+    /// Finishes a stopped callout's pending participants as `canceled`, a few thousand per
+    /// statement so that a million of them do not hold the writer for seconds. Stopping does it;
+    /// the scheduler does it again at start, for a stop a crash interrupted.
+    pub async fn cancel_pending(&self, callout: &str, now: i64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(
+                "UPDATE participants SET state = 'done', outcome = 'canceled',
+                    reason = 'the callout was stopped', date_updated = $2
+                 WHERE seq IN (SELECT seq FROM participants
+                               WHERE callout_sid = $1 AND state = 'pending' LIMIT $3)",
+            )
+            .bind(callout)
+            .bind(now)
+            .bind(CANCEL_CHUNK)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+            total += n;
+            if n < CANCEL_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Stopped callouts that still have pending participants (a stop a crash interrupted).
+    pub async fn stopped_with_pending(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT sid FROM callouts c WHERE status = 'stopped' AND EXISTS
+                (SELECT 1 FROM participants p WHERE p.callout_sid = c.sid AND p.state = 'pending')",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Adds participants, merging numbers already present (in the callout, or earlier in
@@ -910,16 +939,25 @@ mod tests {
             (r.status(), r.date_started),
             (CalloutStatus::Running, Some(3))
         );
-        s.add_participants(&a.sid, &c.sid, &[person("+1555001", "{}")], 4)
-            .await
-            .unwrap();
+        let many: Vec<_> = (0..5_001)
+            .map(|i| person(&format!("+1555{i:07}"), "{}"))
+            .collect();
+        s.add_participants(&a.sid, &c.sid, &many, 4).await.unwrap();
         let st = s
             .set_callout_status(&a.sid, &c.sid, CalloutStatus::Stopped, 5)
             .await
             .unwrap();
         assert_eq!(st.date_finished, Some(5));
         let sum = s.callout_summary(&c.sid).await.unwrap();
-        assert_eq!((sum.total, sum.canceled, sum.pending), (1, 1, 0));
+        assert_eq!((sum.total, sum.canceled, sum.pending), (5_001, 5_001, 0));
+        assert!(s.stopped_with_pending().await.unwrap().is_empty());
+        // A stop a crash interrupted leaves pending participants; they are found and finished.
+        s.add_participants(&a.sid, &c.sid, &[person("+1999", "{}")], 5)
+            .await
+            .unwrap();
+        assert_eq!(s.stopped_with_pending().await.unwrap(), vec![c.sid.clone()]);
+        assert_eq!(s.cancel_pending(&c.sid, 6).await.unwrap(), 1);
+        assert!(s.stopped_with_pending().await.unwrap().is_empty());
         assert!(
             s.set_callout_status(&a.sid, &c.sid, CalloutStatus::Running, 6)
                 .await
