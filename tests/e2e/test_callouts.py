@@ -256,3 +256,37 @@ def test_a_callout_keeps_its_rate_over_a_minute(callflow_factory, telco):
     measured = (len(times) - 1) / span
     print(f"configured {rate}/s, measured {measured:.3f}/s over {span:.1f} s")
     assert abs(measured - rate) / rate <= 0.02, f"measured {measured:.3f}/s over {span:.1f} s"
+
+
+def test_an_account_at_its_limit_does_not_hold_up_another(callflow_factory, telco):
+    """`[dispatch] account_max_calls = 2`: one account queues 150 calls that ring forever, so
+    two of them ring and the rest wait; another account's call, queued behind all of them, goes
+    out at once and is answered."""
+    sipp = telco(calls=200)
+    server = callflow_factory(start=False)
+    server.config_toml = (
+        trunk_toml(sipp.port).replace("cps = 50.0", "cps = 200.0").replace("max_channels = 20", "max_channels = 100")
+        + "\n[dispatch]\naccount_max_calls = 2\n"
+    )
+    server.start()
+    root = server.client()
+    root.incoming_phone_numbers.create(phone_number=DEFAULT_FROM, voice_url="http://127.0.0.1:9/")
+    busy_account = [
+        root.calls.create(to=f"+1555600{i:04d}8", from_=DEFAULT_FROM, twiml=HOLD_TWIML, timeout=60)
+        for i in range(150)
+    ]
+    sub = root.api.v2010.accounts.create(friendly_name="other")
+    other = server.client(sub.sid, sub.auth_token)
+    other.incoming_phone_numbers.create(phone_number="+15005550007", voice_url="http://127.0.0.1:9/")
+    call = other.calls.create(to="+15556000000", from_="+15005550007", twiml=HOLD_TWIML)
+
+    def done():
+        c = other.calls(call.sid).fetch()
+        return c if c.status == "completed" else None
+
+    finished = wait_until(done, 30, interval=0.3)
+    assert finished is not None, f"the other account's call is {other.calls(call.sid).fetch().status}"
+    ringing = [c for c in root.calls.list(status="ringing", page_size=200)]
+    queued = [c for c in root.calls.list(status="queued", page_size=200)]
+    assert len(ringing) <= 2, len(ringing)
+    assert len(ringing) + len(queued) == len(busy_account)

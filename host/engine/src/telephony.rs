@@ -65,6 +65,9 @@ pub fn silent_flow() -> Flow {
     })
 }
 
+/// Queued calls the dispatcher reads at a time.
+const QUEUE_PAGE: u32 = 100;
+
 /// How long a call's flow may take, once the call is over, to tell its plugin.
 const FLOW_GRACE: Duration = Duration::from_secs(1);
 
@@ -804,10 +807,13 @@ impl Telephony {
         let limits = self.inner.limits;
         let mut bucket = TokenBucket::new(trunk.cps, smooth_burst(trunk.cps), now_ms());
         let mut accounts: HashMap<String, TokenBucket> = HashMap::new();
+        // Where the next page of the queue starts: calls an account's limit skipped stay behind
+        // while the dispatcher reads on, so they never hold up other accounts' calls.
+        let mut cursor: Option<(i64, i64)> = None;
         loop {
             // Calls marked sent leave the queue; the few between the read and the mark are
             // skipped as live below.
-            let batch = match self.store().queued_calls(100).await {
+            let batch = match self.store().queued_calls(QUEUE_PAGE, cursor).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the call queue failed");
@@ -818,6 +824,8 @@ impl Telephony {
             // account's bucket refills.
             let mut wake = now_ms() + 1_000;
             let mut blocked = false;
+            let full = batch.len() == QUEUE_PAGE as usize;
+            let last = batch.last().map(|c| (c.priority, c.seq));
             for call in batch {
                 if self.is_live(&call.sid) {
                     continue;
@@ -888,6 +896,11 @@ impl Telephony {
                     me.count_dispatched(&account, false);
                 });
             }
+            if full && !blocked {
+                cursor = last;
+                continue;
+            }
+            cursor = None;
             let freed = self.inner.freed.notified();
             let pause = Duration::from_millis((wake - now_ms()).clamp(1, 1_000) as u64);
             tokio::select! {

@@ -1060,7 +1060,7 @@ mod tests {
             .create_call(&a.sid, &template().call_to("+1777", "{}"), 12)
             .await
             .unwrap();
-        let q = s.queued_calls(10).await.unwrap();
+        let q = s.queued_calls(10, None).await.unwrap();
         assert_eq!(q.last().unwrap().sid, api.sid);
 
         // The first attempt ends busy: the trigger makes its participant settle.

@@ -108,17 +108,21 @@ impl Store {
         Ok(call.filter(|c| c.account_sid == account))
     }
 
-    /// The first `limit` outbound API calls waiting in `queued`, highest priority first, then
-    /// oldest: the dispatcher's queue (through the `calls_queue` index, so its cost does not grow
-    /// with the backlog).
-    pub async fn queued_calls(&self, limit: u32) -> Result<Vec<Call>> {
+    /// Up to `limit` outbound API calls waiting in `queued` and not sent yet, highest priority
+    /// first, then oldest, after `after` (a call's `(priority, seq)`, to page on): the
+    /// dispatcher's queue (through the `calls_queue` index, so its cost does not grow with the
+    /// backlog).
+    pub async fn queued_calls(&self, limit: u32, after: Option<(i64, i64)>) -> Result<Vec<Call>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM calls
              WHERE status = 'queued' AND direction = 'outbound-api' AND dispatched_at IS NULL
+               AND ($2 IS NULL OR priority < $2 OR (priority = $2 AND seq > $3))
              ORDER BY priority DESC, seq LIMIT $1"
         );
         Ok(sqlx::query_as(&sql)
             .bind(i64::from(limit))
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
             .fetch_all(&self.pool)
             .await?)
     }
@@ -569,10 +573,18 @@ pub(crate) mod tests {
             })
             .await
             .unwrap();
-        let q: Vec<_> = store.queued_calls(10).await.unwrap();
+        let q: Vec<_> = store.queued_calls(10, None).await.unwrap();
         let q: Vec<_> = q.into_iter().map(|c| c.sid).collect();
         assert_eq!(q, [sids[0].1.clone(), sids[2].1.clone(), sids[3].1.clone()]);
-        assert_eq!(store.queued_calls(1).await.unwrap().len(), 1);
+        let first = store.queued_calls(1, None).await.unwrap();
+        assert_eq!(first.len(), 1);
+        // the next page starts after the last call of this one
+        let next = store
+            .queued_calls(10, Some((first[0].priority, first[0].seq)))
+            .await
+            .unwrap();
+        let next: Vec<_> = next.into_iter().map(|c| c.sid).collect();
+        assert_eq!(next, [sids[2].1.clone(), sids[3].1.clone()]);
         let live: Vec<_> = store.live_calls().await.unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].sid, sids[1].1);
@@ -580,7 +592,7 @@ pub(crate) mod tests {
         assert!(store.mark_dispatched(&sids[0].1, 3_000).await.unwrap());
         assert!(!store.mark_dispatched(&sids[0].1, 3_001).await.unwrap());
         assert!(!store.mark_dispatched(&sids[1].1, 3_001).await.unwrap());
-        let q: Vec<_> = store.queued_calls(10).await.unwrap();
+        let q: Vec<_> = store.queued_calls(10, None).await.unwrap();
         assert_eq!(q.len(), 2);
         assert!(q.iter().all(|c| c.sid != sids[0].1));
         assert_eq!(store.live_calls().await.unwrap().len(), 2);
