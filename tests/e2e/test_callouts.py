@@ -290,3 +290,32 @@ def test_an_account_at_its_limit_does_not_hold_up_another(callflow_factory, telc
     queued = [c for c in root.calls.list(status="queued", page_size=200)]
     assert len(ringing) <= 2, len(ringing)
     assert len(ringing) + len(queued) == len(busy_account)
+
+
+def test_pausing_holds_attempts_already_queued(callflow_factory, telco):
+    """With two channels, most of the ten claimed attempts wait in the queue; a pause keeps them
+    there (no INVITE leaves while paused), and resuming lets them and the rest go out."""
+    people = numbers("+1555700", 30)  # last digits 0-9: only those ending 0-5 answer
+    people = [p for p in people if p[-1] in "012345"][:12]
+    sipp = telco(calls=len(people))
+    server = start(callflow_factory, sipp, channels=2)
+    c = create_callout(server, MaxConcurrent="10", RetryConfig=json.dumps({"max_attempts": 1}))
+    add_participants(server, c["sid"], people)
+    set_status(server, c["sid"], "running")
+    time.sleep(0.3)
+    set_status(server, c["sid"], "paused")
+    time.sleep(1.5)  # what was sent before the pause settles
+
+    def sent():
+        return sum(1 for call in all_calls(server) if call.status != "queued")
+
+    before = sent()
+    time.sleep(3.0)
+    after = sent()
+    queued = len(all_calls(server)) - after
+    assert before == after, f"{after - before} attempts went out while paused"
+    assert queued > 0, "nothing was held in the queue"
+
+    set_status(server, c["sid"], "running")
+    final = wait_finished(server, c["sid"], timeout=60)
+    assert (final["summary"]["completed"], final["summary"]["attempts"]) == (len(people), len(people))

@@ -89,6 +89,8 @@ impl Engine {
     pub fn callouts_changed(&self) {
         self.callouts.notify_one();
         self.settle.notify_one();
+        // a resumed callout's held attempts can go out
+        self.dispatch.notify_one();
     }
 
     /// Tells the outbound dispatcher that calls were queued.

@@ -61,7 +61,8 @@ pub enum CalloutCommand {
     },
     /// Start calling.
     Start { id: String },
-    /// Queue no new attempts until resumed (attempts already queued or under way go on).
+    /// Hold the callout until resumed: no new attempts, and attempts still queued wait (calls
+    /// already ringing or answered go on).
     Pause { id: String },
     /// Go on after a pause.
     Resume { id: String },

@@ -1062,6 +1062,19 @@ mod tests {
             .unwrap();
         let q = s.queued_calls(10, None).await.unwrap();
         assert_eq!(q.last().unwrap().sid, api.sid);
+        // A paused callout's attempts wait in the queue; resumed, they are back.
+        for (status, at) in [(CalloutStatus::Running, 13), (CalloutStatus::Paused, 14)] {
+            s.set_callout_status(&a.sid, &c.sid, status, at)
+                .await
+                .unwrap();
+        }
+        let q = s.queued_calls(10, None).await.unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].sid, api.sid);
+        s.set_callout_status(&a.sid, &c.sid, CalloutStatus::Running, 15)
+            .await
+            .unwrap();
+        assert_eq!(s.queued_calls(10, None).await.unwrap().len(), 3);
 
         // The first attempt ends busy: the trigger makes its participant settle.
         s.transition_call(&a.sid, &calls[0].sid, &end(CallStatus::Busy, 20), |_| {

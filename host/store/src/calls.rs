@@ -108,8 +108,8 @@ impl Store {
         Ok(call.filter(|c| c.account_sid == account))
     }
 
-    /// Up to `limit` outbound API calls waiting in `queued` and not sent yet, highest priority
-    /// first, then oldest, after `after` (a call's `(priority, seq)`, to page on): the
+    /// Up to `limit` outbound API calls waiting in `queued` and not sent yet (a paused
+    /// callout's attempts wait), highest priority first, then oldest, after `after` (a call's `(priority, seq)`, to page on): the
     /// dispatcher's queue (through the `calls_queue` index, so its cost does not grow with the
     /// backlog).
     pub async fn queued_calls(&self, limit: u32, after: Option<(i64, i64)>) -> Result<Vec<Call>> {
@@ -117,6 +117,8 @@ impl Store {
             "SELECT {COLUMNS} FROM calls
              WHERE status = 'queued' AND direction = 'outbound-api' AND dispatched_at IS NULL
                AND ($2 IS NULL OR priority < $2 OR (priority = $2 AND seq > $3))
+               AND NOT EXISTS (SELECT 1 FROM callouts co
+                               WHERE co.sid = calls.callout_sid AND co.status = 'paused')
              ORDER BY priority DESC, seq LIMIT $1"
         );
         Ok(sqlx::query_as(&sql)
@@ -138,12 +140,15 @@ impl Store {
         Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
     }
 
-    /// Marks a queued call as sent, once: false if it is no longer queued or was sent already
-    /// (by this run, an earlier one, or another node), so its INVITE must not go out.
+    /// Marks a queued call as sent, once: false if it is no longer queued, was sent already
+    /// (by this run, an earlier one, or another node), or belongs to a callout paused since it
+    /// was read from the queue, so its INVITE must not go out (now).
     pub async fn mark_dispatched(&self, sid: &str, now: i64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE calls SET dispatched_at = $2
-             WHERE sid = $1 AND status = 'queued' AND dispatched_at IS NULL",
+             WHERE sid = $1 AND status = 'queued' AND dispatched_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM callouts co
+                               WHERE co.sid = calls.callout_sid AND co.status = 'paused')",
         )
         .bind(sid)
         .bind(now)
