@@ -317,14 +317,12 @@ DIAL = b"""<?xml version="1.0" encoding="UTF-8"?>
 <Response><Dial action="/dialed" timeout="10">+15551230001</Dial></Response>"""
 
 
-@pytest.mark.parametrize("far, status", [("uas_answer", "completed"), ("uas_busy", "busy")])
-def test_dial_bridges_a_child_call_and_reports_its_outcome(
-    start_callflow, far_end, app, sipp_dir, far, status
-):
-    from test_sip import CALLEE
-
-    app.routes = {"/voice": DIAL, "/dialed": AFTER_RECORD}
-    callee = far_end(far)
+def call_and_dial(start_callflow, far_end, app, sipp_dir, voice, far, calls=1):
+    """SIPp calls the account's number, whose VoiceUrl answers `voice` (a <Dial>, action
+    `/dialed`); the far end plays `far` for `calls` legs. Returns the server, a client and the
+    far end's result (the caller's is checked here)."""
+    app.routes = {"/voice": voice, "/dialed": AFTER_RECORD}
+    callee = far_end(far, calls=calls)
     callflow = start_callflow(callee.port)
     client = callflow.client()
     client.incoming_phone_numbers.create(
@@ -339,7 +337,16 @@ def test_dial_bridges_a_child_call_and_reports_its_outcome(
         workdir=sipp_dir("uac_hear"),
     )
     assert caller.counts() == (1, 0) and caller.ok, f"caller:\n{caller.describe()}"
-    far_result = callee.wait(WAIT_S)
+    return callflow, client, callee.wait(WAIT_S)
+
+
+@pytest.mark.parametrize("far, status", [("uas_answer", "completed"), ("uas_busy", "busy")])
+def test_dial_bridges_a_child_call_and_reports_its_outcome(
+    start_callflow, far_end, app, sipp_dir, far, status
+):
+    from test_sip import CALLEE
+
+    callflow, client, far_result = call_and_dial(start_callflow, far_end, app, sipp_dir, DIAL, far)
     assert far_result.counts() == (1, 0) and far_result.ok, f"callee:\n{far_result.describe()}"
 
     dialed = requests_to(app, "/dialed")
@@ -368,23 +375,9 @@ def test_dial_rings_every_number_and_bridges_the_first_to_answer(
 ):
     """Two numbers ring at once (tests/sipp/uas_callout.xml: one ending in 8 rings and never
     answers, one ending in 0 answers): the answered one is bridged, the other is cancelled."""
-    app.routes = {"/voice": DIAL_TWO, "/dialed": AFTER_RECORD}
-    callee = far_end("uas_callout", calls=2)
-    callflow = start_callflow(callee.port)
-    client = callflow.client()
-    client.incoming_phone_numbers.create(
-        phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
+    callflow, client, far_result = call_and_dial(
+        start_callflow, far_end, app, sipp_dir, DIAL_TWO, "uas_callout", calls=2
     )
-    caller = run_sipp(
-        "uac_hear",
-        callflow.sip_addr,
-        service=DEFAULT_FROM,
-        keys={"rtp_port": str(free_port(udp_too=True))},
-        timeout_s=40.0,
-        workdir=sipp_dir("uac_hear"),
-    )
-    assert caller.counts() == (1, 0) and caller.ok, f"caller:\n{caller.describe()}"
-    far_result = callee.wait(WAIT_S)
     assert far_result.counts() == (2, 0), f"callee:\n{far_result.describe()}"
 
     dialed = requests_to(app, "/dialed")

@@ -432,31 +432,15 @@ impl Session {
             if delivered > MAX_EVENTS {
                 return self.application_error("too many flow events").await;
             }
-            let (now, seed) = (now_ms(), rand::random::<u64>());
-            self.log("flow.event", event_entry(&event, now, seed)).await;
-            let state = std::mem::take(&mut self.state);
-            let ctx = self.context(config, now, seed);
-            let runtime = self.inner().runtime.clone();
-            let step = runtime
-                .call_flow(plugin.clone(), ctx, state, event, limits)
-                .await;
-            let step = match step {
-                Ok(s) => s,
+            let commands = match self.deliver(&plugin, config, limits, event).await {
+                Ok(c) => c,
                 Err(e) => {
                     return self
                         .application_error(&format!("the flow plugin failed: {e}"))
                         .await;
                 }
             };
-            self.state = step.state;
-            for l in &step.logs {
-                self.log(
-                    "flow.log",
-                    json!({"level": level_name(l.level), "message": l.message}),
-                )
-                .await;
-            }
-            for command in step.commands {
+            for command in commands {
                 self.log("flow.command", json!(command)).await;
                 match self.apply(command).await {
                     Outcome::Event(e) => queue.push_back(e),
@@ -464,24 +448,9 @@ impl Session {
                     Outcome::Gone => {
                         // The other side hung up mid-flow: the plugin hears of it last (what
                         // it answers has no call left to act on, only its logs are kept).
-                        let (now, seed) = (now_ms(), rand::random::<u64>());
-                        let event = FlowEvent::Hangup;
-                        self.log("flow.event", event_entry(&event, now, seed)).await;
-                        let state = std::mem::take(&mut self.state);
-                        let ctx = self.context(config, now, seed);
-                        let runtime = self.inner().runtime.clone();
-                        if let Ok(step) = runtime
-                            .call_flow(plugin.clone(), ctx, state, event, limits)
-                            .await
-                        {
-                            for l in &step.logs {
-                                self.log(
-                                    "flow.log",
-                                    json!({"level": level_name(l.level), "message": l.message}),
-                                )
-                                .await;
-                            }
-                        }
+                        let _ = self
+                            .deliver(&plugin, config, limits, FlowEvent::Hangup)
+                            .await;
                         return;
                     }
                     Outcome::Redirected(r) => {
@@ -501,6 +470,35 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Hands one event to the plugin: the event is logged (whole, with the time and seed the
+    /// invocation sees, for replays), the plugin's new state kept and its log lines logged; its
+    /// commands are returned.
+    async fn deliver(
+        &mut self,
+        plugin: &Arc<Plugin>,
+        config: &str,
+        limits: Limits,
+        event: FlowEvent,
+    ) -> Result<Vec<Command>, callflow_runtime::InvokeError> {
+        let (now, seed) = (now_ms(), rand::random::<u64>());
+        self.log("flow.event", event_entry(&event, now, seed)).await;
+        let state = std::mem::take(&mut self.state);
+        let ctx = self.context(config, now, seed);
+        let runtime = self.inner().runtime.clone();
+        let step = runtime
+            .call_flow(plugin.clone(), ctx, state, event, limits)
+            .await?;
+        self.state = step.state;
+        for l in &step.logs {
+            self.log(
+                "flow.log",
+                json!({"level": level_name(l.level), "message": l.message}),
+            )
+            .await;
+        }
+        Ok(step.commands)
     }
 
     /// Says Twilio's application-error words, logs why, and returns (the call is hung up).
