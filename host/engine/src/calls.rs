@@ -9,6 +9,7 @@ use callflow_store::{Call, CallStatus, NewDelivery, Store, StoreError, Transitio
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::clock::rfc2822;
+use crate::events;
 use crate::outbox::Outbox;
 
 /// What `POST Calls/{Sid}.json` with `Status=…` asks for.
@@ -173,6 +174,16 @@ impl Engine {
         .await
     }
 
+    /// Stores `rows` in the outbox (a row whose idempotency key was used is skipped) and wakes
+    /// it.
+    pub(crate) async fn enqueue(&self, rows: &[NewDelivery], now: i64) -> Result<(), StoreError> {
+        for row in rows {
+            self.store.enqueue_delivery(row, now).await?;
+        }
+        self.outbox.wake();
+        Ok(())
+    }
+
     /// Applies a status change with its status callback, atomically, and wakes the outbox.
     pub(crate) async fn transition(&self, call: &Call, t: Transition) -> Result<Call, EngineError> {
         // Twilio's SequenceNumber counts this call's earlier callbacks; no callback, no count.
@@ -191,11 +202,12 @@ impl Engine {
         } else {
             0
         };
-        let stored = if wanted {
+        let stored = if wanted || events::has_plugin(call) {
             self.store
                 .transition_call(&call.account_sid, &call.sid, &t, |stored| {
                     status_callback(stored, sequence, t.at)
                         .into_iter()
+                        .chain(events::call_event(stored, t.at))
                         .collect()
                 })
                 .await
@@ -291,6 +303,7 @@ pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<
         url: url.clone(),
         method: call.status_callback_method.clone(),
         params,
+        ..NewDelivery::default()
     })
 }
 

@@ -906,7 +906,7 @@ impl Session {
                     recording::Action::Discard(why) => {
                         self.log("recording.discarded", json!({ "reason": why }))
                             .await;
-                        self.send_notifications(notify);
+                        self.send_notifications(notify, None).await;
                         return nothing(digits);
                     }
                 }
@@ -918,12 +918,13 @@ impl Session {
             }
         }
         if pcm.is_empty() {
-            self.send_notifications(notify);
+            self.send_notifications(notify, None).await;
             return nothing(digits);
         }
         let duration_ms = pcm.len() as u64 / 8;
         let stored = self.store_recording(&pcm, duration_ms, started).await;
-        self.send_notifications(notify);
+        let url = stored.as_ref().ok().map(|(_, url)| url.as_str());
+        self.send_notifications(notify, url).await;
         match stored {
             Ok((sid, url)) => Outcome::Event(FlowEvent::Recorded(RecordResult {
                 recording_sid: Some(sid),
@@ -990,41 +991,43 @@ impl Session {
         Ok(Some(plan))
     }
 
-    /// Makes the notifications a recording plugin asked for, in the background, each tried up to
-    /// three times; outcomes go to the call's log.
-    fn send_notifications(&self, requests: Vec<recording::HttpRequest>) {
-        if requests.is_empty() {
+    /// Hands the notifications a recording plugin asked for (and the recording-ready event of a
+    /// call-events plugin, if the call has one) to the outbox, which makes them with its
+    /// retries; a request the outbox cannot take is logged on the call.
+    async fn send_notifications(
+        &self,
+        requests: Vec<recording::HttpRequest>,
+        recording_url: Option<&str>,
+    ) {
+        let mut rows = Vec::new();
+        for r in requests {
+            let (method, url) = (method_name(r.method), r.url.clone());
+            match crate::events::plugin_request(&self.call, r) {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    let detail = json!({ "url": url, "method": method, "error": e });
+                    self.log("recording.notify", detail).await;
+                }
+            }
+        }
+        let now = now_ms();
+        rows.extend(recording_url.and_then(|u| crate::events::recording_event(&self.call, u, now)));
+        if rows.is_empty() {
             return;
         }
-        let client = self.inner().client.clone();
-        let store = self.inner().store.clone();
-        let call = self.call.sid.clone();
-        tokio::spawn(async move {
-            for r in requests {
-                let method = method_name(r.method);
-                let headers: Vec<(String, String)> =
-                    r.headers.into_iter().map(|p| (p.name, p.value)).collect();
-                let mut outcome = String::new();
-                for attempt in 0..3u32 {
-                    match client
-                        .request(method, &r.url, &headers, r.body.clone())
-                        .await
-                    {
-                        Ok(status) if (200..300).contains(&status) => {
-                            outcome = format!("{status}");
-                            break;
-                        }
-                        Ok(status) => outcome = format!("{status}"),
-                        Err(e) => outcome = e.to_string(),
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
-                }
-                let detail = json!({ "url": r.url, "method": method, "outcome": outcome });
-                let _ = store
-                    .append_call_event(&call, now_ms(), "recording.notify", &detail.to_string())
-                    .await;
-            }
-        });
+        let enqueued = match self.inner().telephony.get() {
+            Some(tel) => tel
+                .engine()
+                .enqueue(&rows, now)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("telephony is not running".into()),
+        };
+        let detail = match enqueued {
+            Ok(()) => json!({ "queued": rows.iter().map(|r| &r.url).collect::<Vec<_>>() }),
+            Err(e) => json!({ "error": e }),
+        };
+        self.log("recording.notify", detail).await;
     }
 
     /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it.
@@ -1111,7 +1114,7 @@ pub(crate) fn level_name(l: callflow_runtime::flow::LogLevel) -> &'static str {
 }
 
 /// A plugin's HTTP request method.
-fn method_name(m: HttpMethod) -> &'static str {
+pub(crate) fn method_name(m: HttpMethod) -> &'static str {
     match m {
         HttpMethod::Get => "GET",
         HttpMethod::Post => "POST",

@@ -1,15 +1,14 @@
-//! callflow's call engine.
-//!
-//! Today it owns the parts of a call's life that need no SIP or media: ending queued calls, status
-//! callbacks, the webhook client every outgoing HTTP request goes through, the persisted delivery
-//! outbox, the token bucket rate limits are built on (`rate`), and `prompts`: `<Play>` audio
-//! fetched through the webhook client and `<Say>` speech, both kept in the shared audio cache.
-//! The call state machine, the dispatcher and plugin execution join it as the SIP, media and
-//! plugin layers land.
+//! callflow's call engine: calls' status changes and their callbacks (`calls`), SIP legs,
+//! media and the dispatcher (`telephony`), each call's flow plugin (`flow`), callouts and their
+//! retry policies (`callouts`), call-events plugins (`events`), the webhook client every
+//! outgoing HTTP request goes through and the persisted delivery outbox that never loses one,
+//! the token buckets rate limits are built on (`rate`), and `prompts` (`<Play>` audio and
+//! `<Say>` speech in the shared audio cache).
 
 pub mod callouts;
 mod calls;
 pub mod clock;
+mod events;
 pub mod flow;
 mod outbox;
 pub mod prompts;

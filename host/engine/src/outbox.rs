@@ -1,8 +1,10 @@
 //! The delivery outbox worker: sends persisted webhooks, records every attempt, and retries
 //! transient failures with exponential backoff. Rows are claimed with a lease, so a crash or a
-//! restart never loses a webhook; it is sent again once the lease runs out.
+//! restart never loses a webhook; it is sent again once the lease runs out. It also carries
+//! call-events plugins' work (see `events`): a `call-event` row runs the call's plugin, and the
+//! `plugin-request` rows it asks for are sent as the plugin wrote them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use callflow_store::{AttemptOutcome, Delivery, Store};
@@ -10,6 +12,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::now_ms;
+use crate::events::{CALL_EVENT, EVENT_MAX_ATTEMPTS, PLUGIN_REQUEST};
+use crate::flow::FlowRunner;
 use crate::webhook::{Method, WebhookClient, WebhookError, WebhookRequest};
 
 /// When to try again after a failed attempt.
@@ -67,12 +71,22 @@ impl Default for OutboxConfig {
 }
 
 /// Handle to the outbox; `wake` after enqueueing so the worker does not wait for its next poll.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Outbox {
     store: Store,
     client: WebhookClient,
     config: OutboxConfig,
     wake: Arc<Notify>,
+    /// Runs call-events plugins (set once both exist: the flow runner is built later).
+    flows: Arc<OnceLock<FlowRunner>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long the worker sleeps at most when nothing is due (new rows also wake it).
@@ -85,7 +99,15 @@ impl Outbox {
             client,
             config,
             wake: Arc::new(Notify::new()),
+            flows: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Gives the outbox the flow runner that runs call-events plugins; until then their events
+    /// wait (they are retried).
+    pub fn attach(&self, flows: FlowRunner) {
+        let _ = self.flows.set(flows);
+        self.wake();
     }
 
     pub fn wake(&self) {
@@ -141,6 +163,9 @@ impl Outbox {
     }
 
     async fn deliver(&self, d: Delivery) {
+        if d.webhook.kind == CALL_EVENT {
+            return self.run_event(d).await;
+        }
         let started = Instant::now();
         let result = self.attempt(&d).await;
         let at = now_ms();
@@ -192,7 +217,66 @@ impl Outbox {
         self.wake();
     }
 
+    /// Runs a call-event row's plugin and stores the requests it asked for with the attempt.
+    async fn run_event(&self, d: Delivery) {
+        let started = Instant::now();
+        let result = match self.flows.get() {
+            Some(flows) => flows.run_call_event(&d).await,
+            None => Err("call-events plugins are not running yet".into()),
+        };
+        let at = now_ms();
+        let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let attempts = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
+        let (error, follow_ups) = match result {
+            Ok(requests) => (None, requests),
+            Err(e) => (Some(e), Vec::new()),
+        };
+        let retry_at = match &error {
+            Some(_) if attempts < EVENT_MAX_ATTEMPTS => self.config.backoff.retry_at(attempts, at),
+            _ => None,
+        };
+        if let Some(err) = &error {
+            tracing::warn!(delivery = d.id, call = ?d.webhook.call_sid, attempts, error = %err,
+                retry = retry_at.is_some(), "call-events plugin failed");
+        }
+        let outcome = AttemptOutcome {
+            at,
+            status_code: None,
+            error,
+            duration_ms,
+            retry_at,
+        };
+        match self
+            .store
+            .record_attempt_with(d.id, &outcome, &follow_ups)
+            .await
+        {
+            Ok(stored) => {
+                if stored < follow_ups.len() {
+                    tracing::debug!(
+                        delivery = d.id,
+                        skipped = follow_ups.len() - stored,
+                        "plugin requests already made (same idempotency key)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(delivery = d.id, error = %e, "outbox: cannot record a call event");
+            }
+        }
+        self.wake();
+    }
+
     async fn attempt(&self, d: &Delivery) -> Result<u16, WebhookError> {
+        if d.webhook.kind == PLUGIN_REQUEST {
+            // as the plugin wrote it: its method, headers and body, unsigned
+            let w = &d.webhook;
+            let body = w.body.clone().unwrap_or_default();
+            return self
+                .client
+                .request(&w.method, &w.url, &w.headers, body)
+                .await;
+        }
         let token = match self.store.account(&d.webhook.account_sid).await {
             Ok(Some(account)) => account.auth_token,
             Ok(None) => {

@@ -164,6 +164,11 @@ fn key_of(e: &UaEvent) -> CallKey {
 }
 
 impl Telephony {
+    /// The engine this telephony reports calls to.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
     /// Starts routing the SIP stack's events and, when a trunk is configured, the outbound
     /// dispatcher. Calls a previous run left ringing or in progress are ended first (their SIP
     /// dialogs died with that process). The tasks stop when `stop` turns true.

@@ -101,6 +101,9 @@ pub struct WebhookSettings {
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
     pub max_attempts: u32,
+    /// A PEM file of certificate authorities trusted for HTTPS webhooks besides the built-in
+    /// public roots (a private CA, or a test CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -144,6 +147,7 @@ impl Default for WebhookSettings {
             retry_base_ms: 5_000,
             retry_max_ms: 3_600_000,
             max_attempts: 15,
+            ca_file: None,
         }
     }
 }
@@ -185,6 +189,9 @@ pub struct Overrides {
     pub webhook_retry_base_ms: Option<u64>,
     #[arg(long, env = "CALLFLOW_WEBHOOK_RETRY_MAX_MS")]
     pub webhook_retry_max_ms: Option<u64>,
+    /// PEM file of extra certificate authorities trusted for HTTPS webhooks.
+    #[arg(long, env = "CALLFLOW_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -221,6 +228,9 @@ impl Config {
         set(&mut self.webhooks.timeout_ms, &o.webhook_timeout_ms);
         set(&mut self.webhooks.retry_base_ms, &o.webhook_retry_base_ms);
         set(&mut self.webhooks.retry_max_ms, &o.webhook_retry_max_ms);
+        if o.webhook_ca_file.is_some() {
+            self.webhooks.ca_file = o.webhook_ca_file.clone();
+        }
         if o.database_url.is_some() {
             self.database_url = o.database_url.clone();
         }

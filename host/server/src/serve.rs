@@ -39,6 +39,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ensure_root(&store).await?;
     store_trunks(&store, &config.trunks).await?;
 
+    let extra_roots_pem = match &config.webhooks.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading webhooks.ca_file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let webhooks = WebhookClient::new(WebhookConfig {
         connect_timeout: Duration::from_millis(config.webhooks.connect_timeout_ms),
         timeout: Duration::from_millis(config.webhooks.timeout_ms),
@@ -46,6 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         egress: EgressPolicy {
             allow_private: config.webhooks.allow_private,
         },
+        extra_roots_pem,
     })?;
     let outbox = Outbox::new(
         store.clone(),
@@ -63,7 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let engine = Engine::new(store.clone(), outbox.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let outbox_task = tokio::spawn(outbox.run(stop_rx.clone()));
+    let outbox_task = tokio::spawn(outbox.clone().run(stop_rx.clone()));
     let runtime = Arc::new(
         Runtime::new(RuntimeConfig {
             cache_dir: Some(config.data_dir.join("plugins").join("cache")),
@@ -82,6 +90,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits: Limits::default(),
         },
     );
+    // call-events plugins run from the outbox, which started before the flow runner existed
+    outbox.attach(flows.clone());
     let (sip, sip_tasks) =
         start_sip(&config, engine.clone(), flows.clone(), stop_rx.clone()).await?;
     // After telephony has ended the calls a previous run left live, so their participants are

@@ -618,6 +618,7 @@ pub(crate) mod tests {
             url: "http://example.com/cb".into(),
             method: "POST".into(),
             params: vec![("CallStatus".into(), "canceled".into())],
+            ..NewDelivery::default()
         };
         store
             .transition_call(&a.sid, &call.sid, &to(CallStatus::Canceled, 2_000), |_| {

@@ -6,16 +6,24 @@ use sqlx::{FromRow, SqliteConnection};
 use crate::{Result, Store, StoreError};
 
 /// A webhook to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewDelivery {
     pub account_sid: String,
     pub call_sid: Option<String>,
-    /// What it is, e.g. `status-callback` or `recording-status-callback`.
+    /// What it is, e.g. `status-callback` or `recording-status-callback`; `call-event` (a
+    /// lifecycle event for a call-events plugin, JSON in `body`) and `plugin-request` (a request
+    /// such a plugin asked for) are the plugin rows.
     pub kind: String,
     pub url: String,
     pub method: String,
     /// Form parameters, in order.
     pub params: Vec<(String, String)>,
+    /// A plugin request's own headers (webhooks carry only their signature).
+    pub headers: Vec<(String, String)>,
+    /// A plugin request's body or a call event's JSON (webhooks are form-encoded `params`).
+    pub body: Option<Vec<u8>>,
+    /// Rows with the same key are made at most once per account: a second one is not stored.
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +65,9 @@ struct Row {
     url: String,
     method: String,
     params: String,
+    headers: String,
+    body: Option<Vec<u8>>,
+    idempotency_key: Option<String>,
     state: String,
     attempts: i64,
     next_attempt_at: i64,
@@ -70,6 +81,8 @@ impl TryFrom<Row> for Delivery {
     fn try_from(r: Row) -> Result<Self> {
         let params = serde_json::from_str(&r.params)
             .map_err(|e| StoreError::Corrupt(format!("delivery {} params: {e}", r.id)))?;
+        let headers = serde_json::from_str(&r.headers)
+            .map_err(|e| StoreError::Corrupt(format!("delivery {} headers: {e}", r.id)))?;
         Ok(Delivery {
             id: r.id,
             webhook: NewDelivery {
@@ -79,6 +92,9 @@ impl TryFrom<Row> for Delivery {
                 url: r.url,
                 method: r.method,
                 params,
+                headers,
+                body: r.body,
+                idempotency_key: r.idempotency_key,
             },
             state: DeliveryState::parse(&r.state)?,
             attempts: r.attempts,
@@ -91,8 +107,8 @@ impl TryFrom<Row> for Delivery {
 }
 
 const COLUMNS: &str =
-    "id, account_sid, call_sid, kind, url, method, params, state, attempts, next_attempt_at,
-    last_error, created_at, finished_at";
+    "id, account_sid, call_sid, kind, url, method, params, headers, body, idempotency_key, state,
+    attempts, next_attempt_at, last_error, created_at, finished_at";
 
 /// The result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,16 +122,21 @@ pub struct AttemptOutcome {
     pub retry_at: Option<i64>,
 }
 
+/// Stores `d`, due at `now`; `None` when a row with its idempotency key already exists.
 pub(crate) async fn insert_delivery(
     conn: &mut SqliteConnection,
     d: &NewDelivery,
     now: i64,
-) -> Result<i64> {
+) -> Result<Option<i64>> {
     let params =
         serde_json::to_string(&d.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO webhook_deliveries (account_sid, call_sid, kind, url, method, params, next_attempt_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    let headers =
+        serde_json::to_string(&d.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let id: Option<(i64,)> = sqlx::query_as(
+        "INSERT OR IGNORE INTO webhook_deliveries
+             (account_sid, call_sid, kind, url, method, params, headers, body, idempotency_key,
+              next_attempt_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(&d.account_sid)
     .bind(&d.call_sid)
@@ -123,11 +144,14 @@ pub(crate) async fn insert_delivery(
     .bind(&d.url)
     .bind(&d.method)
     .bind(params)
+    .bind(headers)
+    .bind(&d.body)
+    .bind(&d.idempotency_key)
     .bind(now)
     .bind(now)
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(id)
+    Ok(id.map(|(id,)| id))
 }
 
 fn rows(rows: Vec<Row>) -> Result<Vec<Delivery>> {
@@ -135,8 +159,9 @@ fn rows(rows: Vec<Row>) -> Result<Vec<Delivery>> {
 }
 
 impl Store {
-    /// Persists a webhook for sending as soon as possible.
-    pub async fn enqueue_delivery(&self, d: &NewDelivery, now: i64) -> Result<i64> {
+    /// Persists a webhook for sending as soon as possible; `None` when its idempotency key
+    /// was already used (nothing is stored).
+    pub async fn enqueue_delivery(&self, d: &NewDelivery, now: i64) -> Result<Option<i64>> {
         let mut conn = self.writer.acquire().await?;
         insert_delivery(&mut conn, d, now).await
     }
@@ -194,7 +219,24 @@ impl Store {
 
     /// Records an attempt and moves the delivery on: delivered, rescheduled or given up.
     pub async fn record_attempt(&self, id: i64, o: &AttemptOutcome) -> Result<()> {
+        self.record_attempt_with(id, o, &[]).await.map(|_| ())
+    }
+
+    /// [`Store::record_attempt`] that also stores `follow_ups` (the requests a call-events
+    /// plugin asked for while handling this row) in the same transaction, so a crash either
+    /// keeps both or neither. Returns how many were stored (an idempotency key already used
+    /// stores nothing).
+    pub async fn record_attempt_with(
+        &self,
+        id: i64,
+        o: &AttemptOutcome,
+        follow_ups: &[NewDelivery],
+    ) -> Result<usize> {
         let mut tx = self.writer.begin().await?;
+        let mut stored = 0;
+        for d in follow_ups {
+            stored += usize::from(insert_delivery(&mut tx, d, o.at).await?.is_some());
+        }
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -222,7 +264,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(stored)
     }
 
     pub async fn delivery(&self, id: i64) -> Result<Option<Delivery>> {
@@ -263,6 +305,7 @@ mod tests {
                 ("CallSid".into(), "CA1".into()),
                 ("CallStatus".into(), "busy".into()),
             ],
+            ..NewDelivery::default()
         }
     }
 
@@ -279,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn claim_leases_then_retry_then_deliver() {
         let store = store().await;
-        let id = store.enqueue_delivery(&hook(), 100).await.unwrap();
+        let id = store.enqueue_delivery(&hook(), 100).await.unwrap().unwrap();
         assert!(
             store
                 .claim_deliveries(99, 1_000, 10)
@@ -344,7 +387,7 @@ mod tests {
     #[tokio::test]
     async fn giving_up_marks_failed() {
         let store = store().await;
-        let id = store.enqueue_delivery(&hook(), 0).await.unwrap();
+        let id = store.enqueue_delivery(&hook(), 0).await.unwrap().unwrap();
         store.record_attempt(id, &failed(1, None)).await.unwrap();
         let d = store.delivery(id).await.unwrap().unwrap();
         assert_eq!(
@@ -352,5 +395,85 @@ mod tests {
             (DeliveryState::Failed, Some("HTTP 500"))
         );
         assert_eq!(store.call_deliveries("CA1").await.unwrap().len(), 1);
+    }
+
+    fn plugin_request(account: &str, key: &str) -> NewDelivery {
+        NewDelivery {
+            account_sid: account.into(),
+            call_sid: Some("CA1".into()),
+            kind: "plugin-request".into(),
+            url: "https://rapidpro.example/api/v2/flow_starts.json".into(),
+            method: "POST".into(),
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: Some(b"{\"flow\":\"f\"}".to_vec()),
+            idempotency_key: Some(key.into()),
+            ..NewDelivery::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_stores_one_request_per_account() {
+        let store = store().await;
+        let first = store
+            .enqueue_delivery(&plugin_request("AC1", "start:PA1"), 0)
+            .await
+            .unwrap();
+        assert!(first.is_some());
+        let again = store
+            .enqueue_delivery(&plugin_request("AC1", "start:PA1"), 5)
+            .await
+            .unwrap();
+        assert_eq!(again, None);
+        // keys are per account; rows without a key are never merged
+        assert!(
+            store
+                .enqueue_delivery(&plugin_request("AC2", "start:PA1"), 5)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.enqueue_delivery(&hook(), 5).await.unwrap().is_some());
+        assert!(store.enqueue_delivery(&hook(), 6).await.unwrap().is_some());
+        // headers and body come back as stored
+        let d = store.delivery(first.unwrap()).await.unwrap().unwrap();
+        assert_eq!(d.webhook, plugin_request("AC1", "start:PA1"));
+    }
+
+    #[tokio::test]
+    async fn follow_ups_are_stored_with_the_attempt_that_made_them() {
+        let store = store().await;
+        let event = store.enqueue_delivery(&hook(), 0).await.unwrap().unwrap();
+        let ok = AttemptOutcome {
+            at: 10,
+            status_code: None,
+            error: None,
+            duration_ms: 1,
+            retry_at: None,
+        };
+        let asks = [
+            plugin_request("AC1", "k1"),
+            plugin_request("AC1", "k1"),
+            plugin_request("AC1", "k2"),
+        ];
+        assert_eq!(
+            store.record_attempt_with(event, &ok, &asks).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            store.delivery(event).await.unwrap().unwrap().state,
+            DeliveryState::Delivered
+        );
+        let due = store.due_deliveries(10, 10).await.unwrap();
+        assert_eq!(
+            due.iter()
+                .map(|d| d.webhook.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("k1"), Some("k2")]
+        );
+        // the same event handled again (say, after a crash) adds nothing
+        assert_eq!(
+            store.record_attempt_with(event, &ok, &asks).await.unwrap(),
+            0
+        );
     }
 }

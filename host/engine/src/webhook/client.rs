@@ -24,6 +24,8 @@ pub struct WebhookConfig {
     /// Responses larger than this are an error (a TwiML document is small; this bounds memory).
     pub max_response_bytes: usize,
     pub egress: EgressPolicy,
+    /// Certificate authorities trusted besides the built-in public roots (PEM).
+    pub extra_roots_pem: Option<Vec<u8>>,
 }
 
 impl Default for WebhookConfig {
@@ -33,6 +35,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(15),
             max_response_bytes: 1 << 20,
             egress: EgressPolicy::default(),
+            extra_roots_pem: None,
         }
     }
 }
@@ -140,7 +143,20 @@ pub struct WebhookClient {
 
 impl WebhookClient {
     pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.extra_roots_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| WebhookError::Http(format!("extra CA certificates: {e}")))?;
+            if roots.is_empty() {
+                return Err(WebhookError::Http(
+                    "extra CA certificates: no certificate in the PEM".into(),
+                ));
+            }
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
             // a redirect could lead to an address the policy refuses; webhooks go where they are told
