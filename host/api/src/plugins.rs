@@ -10,9 +10,7 @@ use axum::extract::{RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use callflow_engine::clock::{now_ms, rfc2822};
 use callflow_runtime::{LoadError, Plugin, World};
-use callflow_store::{
-    Binding, BindingScope, NewBinding, NewPlugin, PluginVersion, Sid, SidKind, StoreError,
-};
+use callflow_store::{Binding, BindingScope, NewBinding, NewPlugin, PluginVersion, StoreError};
 use serde_json::{Value, json};
 
 use crate::ApiState;
@@ -325,9 +323,16 @@ pub async fn bind(
             BindingScope::Number(n.to_owned())
         }
         (None, Some(c)) => {
-            // callouts arrive with their own issue; until then a well-formed sid is accepted
-            Sid::parse(SidKind::Callout, c)
-                .ok_or_else(|| ApiError::param("CalloutSid", "is not a callout sid"))?;
+            state
+                .store()
+                .callout(&account.sid, c)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "CalloutSid",
+                        &format!("{c} is not a callout of this account"),
+                    )
+                })?;
             BindingScope::Callout(c.to_owned())
         }
         (None, None) => BindingScope::Account,

@@ -275,7 +275,14 @@ async fn bindings_choose_a_plugin_per_world_and_scope() {
         ),
         (
             vec![("Plugin", plugin), ("CalloutSid", "nope")],
-            "callout sid",
+            "not a callout of this account",
+        ),
+        (
+            vec![
+                ("Plugin", plugin),
+                ("CalloutSid", "CO00000000000000000000000000000000"),
+            ],
+            "not a callout of this account",
         ),
         (vec![], "required"),
     ] {
