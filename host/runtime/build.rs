@@ -15,6 +15,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("callflow-plugin-hello", "CALLFLOW_PLUGIN_HELLO"),
     ("callflow-plugin-twiml", "CALLFLOW_PLUGIN_TWIML"),
     ("callflow-plugin-retry", "CALLFLOW_PLUGIN_RETRY"),
+    ("callflow-plugin-rapidpro", "CALLFLOW_PLUGIN_RAPIDPRO"),
     ("callflow-test-abuse", "CALLFLOW_TEST_GUEST_ABUSE"),
     ("callflow-test-fs-import", "CALLFLOW_TEST_GUEST_FS_IMPORT"),
     ("callflow-test-net-import", "CALLFLOW_TEST_GUEST_NET_IMPORT"),

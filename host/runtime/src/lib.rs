@@ -764,8 +764,17 @@ pub mod builtin {
     /// delay, terminal SIP codes, calling hours in the participant's time zone.
     pub const RETRY: &[u8] = include_bytes!(env!("CALLFLOW_PLUGIN_RETRY"));
 
+    /// The RapidPro adapter (`plugins/rapidpro`, a call-events plugin): starts a RapidPro flow for
+    /// a callout participant once an attempt at them ends.
+    pub const RAPIDPRO: &[u8] = include_bytes!(env!("CALLFLOW_PLUGIN_RAPIDPRO"));
+
     /// Every built-in plugin by name.
-    pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO), ("twiml", TWIML), ("retry", RETRY)];
+    pub const ALL: &[(&str, &[u8])] = &[
+        ("hello", HELLO),
+        ("twiml", TWIML),
+        ("retry", RETRY),
+        ("rapidpro", RAPIDPRO),
+    ];
 
     /// The built-in plugin called `name`.
     pub fn get(name: &str) -> Option<&'static [u8]> {
