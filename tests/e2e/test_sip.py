@@ -188,6 +188,68 @@ def test_inbound_call_is_answered_and_completed(start_callflow, twiml, sipp_dir)
     assert events, "no hangup event reached the flow"
 
 
+def test_inbound_call_rings_while_its_first_document_is_fetched(start_callflow, twiml, sipp_dir):
+    """Twilio's order: the VoiceUrl is fetched while the call rings (CallStatus=ringing), the call
+    is answered for the first verb that needs the line, and later requests say in-progress."""
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)
+    twiml.body = (
+        '<Response><Gather timeout="1" action="/after"><Say>hello</Say></Gather>'
+        '<Redirect>/after</Redirect></Response>'
+    ).encode()
+
+    result = run_sipp(
+        "uac_answer_bye",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        extra=["-d", "4000"],
+        timeout_s=SIPP_TIMEOUT_S,
+        workdir=sipp_dir("uac_answer_bye"),
+    )
+    assert_one_good_call(result)
+    fetched = wait_until(lambda: len(twiml.requests) >= 2 and twiml.requests, WAIT_S, interval=0.2)
+    assert fetched, f"expected the first fetch and the redirect, got {twiml.requests}"
+    first, second = fetched[0], fetched[1]
+    assert (first.path, first.form.get("CallStatus")) == ("/voice", "ringing"), first.form
+    assert (second.path, second.form.get("CallStatus")) == ("/after", "in-progress"), second.form
+    sid = first.form["CallSid"]
+    r = callflow.request("GET", f"/v1/Accounts/{callflow.account_sid}/Calls/{sid}/Events")
+    kinds = [e["kind"] for e in r.json()["events"]]
+    assert kinds.index("flow.answered") > kinds.index("flow.event"), kinds
+
+
+@pytest.mark.parametrize("reason,code,status", [("busy", 486, "busy"), ("rejected", 603, None)])
+def test_inbound_call_rejected_by_its_twiml_is_never_answered(
+    start_callflow, twiml, sipp_dir, reason, code, status
+):
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)
+    twiml.body = f'<Response><Reject reason="{reason}"/><Say>never heard</Say></Response>'.encode()
+
+    result = run_sipp(
+        "uac_rapidpro_reject",
+        callflow.sip_addr,
+        service=DEFAULT_FROM,
+        timeout_s=SIPP_TIMEOUT_S,
+        workdir=sipp_dir(f"uac_reject_{reason}"),
+    )
+    # the scenario fails on a 200 OK: the call was never answered
+    assert_one_good_call(result)
+    assert f"final response: SIP/2.0 {code}" in result.logs, result.logs
+    calls = wait_until(
+        lambda: [c for c in client.calls.list(limit=5) if c.status in FINAL_STATUSES],
+        WAIT_S,
+        interval=0.2,
+    )
+    assert calls and len(calls) == 1, client.calls.list(limit=5)
+    assert calls[0].status != "completed" and int(calls[0].duration or 0) == 0
+    if status:
+        assert calls[0].status == status
+    assert [r.form.get("CallStatus") for r in twiml.requests] == ["ringing"]
+
+
 def test_inbound_call_over_tcp(start_callflow, twiml, sipp_dir):
     """The same call over TCP (one connection, messages framed by Content-Length)."""
     callflow = start_callflow(free_port(udp_too=True))

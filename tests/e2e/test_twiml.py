@@ -106,7 +106,8 @@ def test_an_inbound_caller_gathers_digits_and_records(start_callflow, app, sipp_
     assert first.method == "POST"
     assert first.form["From"] == SIPP_CALLER and first.form["To"] == DEFAULT_FROM
     assert first.form["Direction"] == "inbound"
-    assert first.form["CallStatus"] == "in-progress"
+    # Twilio fetches an inbound call's first document while it rings
+    assert first.form["CallStatus"] == "ringing"
     assert first.form["ApiVersion"] == "2010-04-01"
     assert_signed(app, first, token)
 
@@ -114,6 +115,7 @@ def test_an_inbound_caller_gathers_digits_and_records(start_callflow, app, sipp_
     assert len(gather) == 1, [r.path for r in app.requests]
     assert gather[0].form["Digits"] == "123"
     assert gather[0].form["CallSid"] == first.form["CallSid"]
+    assert gather[0].form["CallStatus"] == "in-progress"
     assert_signed(app, gather[0], token)
 
     recorded = requests_to(app, "/recorded")

@@ -17,7 +17,7 @@ use callflow_media::record::{RecordOptions, StopReason};
 use callflow_media::worker::{CallMedia, Collect, CollectEnd, MediaEvent, PlayItem};
 use callflow_runtime::flow::{
     CallContext, Command, FetchResponse, FetchResult, FlowEvent, GatherResult, HttpMethod, Prompt,
-    RecordResult, Redirect as FlowRedirect,
+    RecordResult, Redirect as FlowRedirect, RejectReason,
 };
 use callflow_runtime::{Limits, Plugin, Runtime, World, builtin, recording};
 use callflow_store::{Call, CallUpdate, NewRecording, Store};
@@ -27,7 +27,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::Redirect;
 use crate::clock::now_ms;
 use crate::prompts::Prompts;
-use crate::telephony::{DialLeg, Flow, Telephony};
+use crate::telephony::{DialLeg, Flow, PendingAnswer, Telephony};
 use crate::webhook::{Method, WebhookClient, WebhookRequest};
 
 /// The flow plugin a call runs when its account bound none.
@@ -184,12 +184,12 @@ impl FlowRunner {
         let _ = self.inner.telephony.set(telephony);
     }
 
-    /// The [`Flow`] telephony runs on answered calls.
+    /// The [`Flow`] telephony runs on calls (inbound ones while they still ring).
     pub fn flow(&self) -> Flow {
         let me = self.clone();
-        Arc::new(move |call, media, events, redirects| {
+        Arc::new(move |call, media, events, redirects, pending| {
             let me = me.clone();
-            Box::pin(async move { me.run(call, media, events, redirects).await })
+            Box::pin(async move { me.run(call, media, events, redirects, pending).await })
         })
     }
 
@@ -275,6 +275,7 @@ impl FlowRunner {
         media: CallMedia,
         events: UnboundedReceiver<MediaEvent>,
         redirects: UnboundedReceiver<Redirect>,
+        pending: Option<PendingAnswer>,
     ) {
         let mut s = Session {
             runner: self.clone(),
@@ -283,6 +284,7 @@ impl FlowRunner {
             media,
             events,
             redirects,
+            pending,
             state: Vec::new(),
         };
         let pin = pin_of(&s.call);
@@ -313,6 +315,9 @@ struct Session {
     media: CallMedia,
     events: UnboundedReceiver<MediaEvent>,
     redirects: UnboundedReceiver<Redirect>,
+    /// An inbound call still ringing: answered before the first command that needs media,
+    /// refused by a `<Reject>` or `<Hangup>` that comes first. Until then `media` is detached.
+    pending: Option<PendingAnswer>,
     state: Vec<u8>,
 }
 
@@ -348,7 +353,12 @@ impl Session {
             direction: c.direction.clone(),
             from: c.from_number.clone(),
             to: c.to_number.clone(),
-            status: "in-progress".into(),
+            status: if self.pending.is_some() {
+                "ringing"
+            } else {
+                "in-progress"
+            }
+            .into(),
             answered_by: c.answered_by.clone(),
             now_ms: now,
             seed,
@@ -442,6 +452,19 @@ impl Session {
             };
             for command in commands {
                 self.log("flow.command", json!(command)).await;
+                if self.pending.is_some() {
+                    match command {
+                        Command::Fetch(_) => {}
+                        Command::Reject(reason) => return self.refuse(reject_code(reason)).await,
+                        // Twilio does not answer a call whose first verb hangs up
+                        Command::Hangup => return self.refuse(DECLINE).await,
+                        _ => {
+                            if !self.answer().await {
+                                return;
+                            }
+                        }
+                    }
+                }
                 match self.apply(command).await {
                     Outcome::Event(e) => queue.push_back(e),
                     Outcome::Hangup => return,
@@ -501,10 +524,39 @@ impl Session {
         Ok(step.commands)
     }
 
+    /// Answers a call still ringing (a no-op once answered): the call's media replaces the
+    /// detached one. False when the call ended first.
+    async fn answer(&mut self) -> bool {
+        let Some(pending) = self.pending.take() else {
+            return true;
+        };
+        match pending.answer().await {
+            Some((media, events)) => {
+                self.media = media;
+                self.events = events;
+                self.log("flow.answered", json!({})).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Refuses a call still ringing with SIP status `code`; it is never answered.
+    async fn refuse(&mut self, code: u16) {
+        if let Some(pending) = self.pending.take() {
+            self.log("flow.refused", json!({ "sip": code })).await;
+            pending.refuse(code);
+        }
+    }
+
     /// Says Twilio's application-error words, logs why, and returns (the call is hung up).
     async fn application_error(&mut self, why: &str) {
         tracing::warn!(call = %self.call.sid, why, "application error");
         self.log("flow.error", json!({ "error": why })).await;
+        // Twilio answers a ringing call to say so
+        if !self.answer().await {
+            return;
+        }
         if let Ok(audio) = self
             .inner()
             .prompts
@@ -1080,6 +1132,17 @@ impl Session {
             rec.sid
         );
         Ok((rec.sid, url))
+    }
+}
+
+/// SIP status refusing a call whose flow hangs up or `<Reject>`s it (`603 Decline`).
+const DECLINE: u16 = 603;
+
+/// The SIP status `<Reject reason=…>` refuses a ringing call with.
+fn reject_code(reason: RejectReason) -> u16 {
+    match reason {
+        RejectReason::Busy => 486,
+        RejectReason::Rejected => DECLINE,
     }
 }
 

@@ -36,24 +36,56 @@ use crate::clock::now_ms;
 use crate::rate::{TokenBucket, smooth_burst};
 use crate::{EndRequest, Engine, Redirect};
 
-/// What runs on an answered call. It gets the call record, its media, the media's events and
-/// the API's redirects, and returns when the flow is over; the call is then hung up. When the
-/// call ends first, the flow is dropped where it stands.
+/// What runs on a call. It gets the call record, its media, the media's events and the API's
+/// redirects, and returns when the flow is over; the call is then hung up. When the call ends
+/// first, the flow is dropped where it stands. An inbound call's flow may start while the call
+/// still rings (when [`MediaSetup::flow_answers`]): it then gets a [`PendingAnswer`] and
+/// detached media, and answers or refuses the call once it knows what to do.
 pub type Flow = Arc<
     dyn Fn(
             Call,
             CallMedia,
             mpsc::UnboundedReceiver<MediaEvent>,
             mpsc::UnboundedReceiver<Redirect>,
+            Option<PendingAnswer>,
         ) -> Pin<Box<dyn Future<Output = ()> + Send>>
         + Send
         + Sync,
 >;
 
+/// An inbound call still ringing, which its flow answers or refuses: Twilio fetches the first
+/// document before answering, so `<Reject>` refuses a call that is never answered.
+#[derive(Debug)]
+pub struct PendingAnswer {
+    decide: oneshot::Sender<AnswerDecision>,
+    answered: oneshot::Receiver<(CallMedia, mpsc::UnboundedReceiver<MediaEvent>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerDecision {
+    Answer,
+    /// Refuse with this SIP status.
+    Refuse(u16),
+}
+
+impl PendingAnswer {
+    /// Answers the call: its media and events once the caller confirms, or `None` when the
+    /// call ended first.
+    pub async fn answer(self) -> Option<(CallMedia, mpsc::UnboundedReceiver<MediaEvent>)> {
+        self.decide.send(AnswerDecision::Answer).ok()?;
+        self.answered.await.ok()
+    }
+
+    /// Refuses the call unanswered with SIP status `code` (486 busy, 603 declined).
+    pub fn refuse(self, code: u16) {
+        let _ = self.decide.send(AnswerDecision::Refuse(code));
+    }
+}
+
 /// The flow every call runs until the engine runs plugins: keep the media up (it sends
 /// silence) until the call ends; should the media close first, the call is hung up.
 pub fn silent_flow() -> Flow {
-    Arc::new(|_call, media, mut events, _redirects| {
+    Arc::new(|_call, media, mut events, _redirects, _pending| {
         Box::pin(async move {
             let _media = media;
             while let Some(e) = events.recv().await {
@@ -94,6 +126,8 @@ struct Leg {
     reservation: Option<Reservation>,
     near: Option<CallMedia>,
     flow: Option<Flow>,
+    /// An inbound call not answered yet: the SDP to answer it with.
+    answer_with: Option<LocalMedia>,
 }
 
 /// Calls' media: the workers and ports, the address SDP names, and what answered calls run.
@@ -103,6 +137,9 @@ pub struct MediaSetup {
     /// The address in our SDP (`c=`): where peers send RTP.
     pub advertised_ip: IpAddr,
     pub flow: Flow,
+    /// Inbound calls ring while their flow fetches its first instructions, and the flow
+    /// answers or refuses them (Twilio's order); otherwise they are answered at once.
+    pub flow_answers: bool,
 }
 
 /// The SIP side of the engine.
@@ -365,7 +402,7 @@ impl Telephony {
         }
         let control = self.register_live(&child.sid);
         let bridge_to = parent_media.clone();
-        let bridge: Flow = Arc::new(move |call, media, mut events, _redirects| {
+        let bridge: Flow = Arc::new(move |call, media, mut events, _redirects, _pending| {
             let parent = bridge_to.clone();
             let race = race.clone();
             Box::pin(async move {
@@ -389,9 +426,9 @@ impl Telephony {
             })
         });
         let leg = Leg {
-            reservation: None,
             near: Some(parent_media),
             flow: Some(bridge),
+            ..Leg::default()
         };
         let task = tokio::spawn(self.clone().outbound(child.clone(), trunk, control, leg));
         Ok((child, task))
@@ -608,9 +645,6 @@ impl Telephony {
         };
         tracing::info!(call = %call.sid, account = %call.account_sid, %key, "inbound call");
         let control = self.register_live(&call.sid);
-        if let Err(e) = self.inner.sip.answer(key, local).await {
-            tracing::warn!(call = %call.sid, error = %e, "could not answer");
-        }
         self.follow(
             call,
             key,
@@ -619,6 +653,7 @@ impl Telephony {
             control,
             Leg {
                 reservation: Some(reservation),
+                answer_with: Some(local),
                 ..Leg::default()
             },
         )
@@ -646,6 +681,39 @@ impl Telephony {
         let (flow_done, mut flow_ended) = mpsc::channel::<()>(1);
         // Whether the SIP leg was answered, whatever the store managed to record.
         let mut answered = false;
+        // An inbound call: answered now, or by its flow, which starts while the call rings.
+        let mut decision = None;
+        let mut hand_over = None;
+        if let Some(local) = leg.answer_with {
+            if self.inner.media.flow_answers
+                && let Some(redirects) = redirects.take()
+            {
+                let (decide, decided) = oneshot::channel();
+                let (media_tx, media_rx) = oneshot::channel();
+                decision = Some(decided);
+                hand_over = Some(media_tx);
+                let pending = PendingAnswer {
+                    decide,
+                    answered: media_rx,
+                };
+                let _ = self.inner.sip.ring(key).await;
+                let (_, no_events) = mpsc::unbounded_channel();
+                let run = (self.inner.media.flow)(
+                    call.clone(),
+                    CallMedia::detached(),
+                    no_events,
+                    redirects,
+                    Some(pending),
+                );
+                let done = flow_done.clone();
+                flow = Some(tokio::spawn(async move {
+                    run.await;
+                    let _ = done.send(()).await;
+                }));
+            } else if let Err(e) = self.inner.sip.answer(key, local).await {
+                tracing::warn!(call = %call.sid, error = %e, "could not answer");
+            }
+        }
         let limit = Duration::from_secs(call.time_limit.max(1) as u64);
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -685,10 +753,15 @@ impl Telephony {
                             if let Some((m, rx @ Some(_))) = media.as_mut()
                                 && let Some(rx) = rx.take()
                                 && call.status() == CallStatus::InProgress
-                                && let Some(redirects) = redirects.take()
                             {
+                                if let Some(to_flow) = hand_over.take() {
+                                    // the flow that answered goes on with the call's media
+                                    let _ = to_flow.send((m.clone(), rx));
+                                    continue;
+                                }
+                                let Some(redirects) = redirects.take() else { continue };
                                 let run =
-                                    (leg.flow.as_ref().unwrap_or(&self.inner.media.flow))(call.clone(), m.clone(), rx, redirects);
+                                    (leg.flow.as_ref().unwrap_or(&self.inner.media.flow))(call.clone(), m.clone(), rx, redirects, None);
                                 let done = flow_done.clone();
                                 flow = Some(tokio::spawn(async move {
                                     run.await;
@@ -764,12 +837,38 @@ impl Telephony {
                         }
                     }
                 },
+                d = async {
+                    match decision.as_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    decision = None;
+                    // a flow gone without deciding has ended: its end hangs the call up
+                    let (Ok(d), Some(local)) = (d, leg.answer_with) else { continue };
+                    let r = match d {
+                        AnswerDecision::Answer => self.inner.sip.answer(key, local).await,
+                        AnswerDecision::Refuse(code) => self.inner.sip.reject(key, code).await,
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(call = %call.sid, error = %e, ?d, "could not answer or refuse");
+                    }
+                }
                 () = timer => {
                     deadline = None;
                     tracing::info!(call = %call.sid, "time limit reached");
                     let _ = self.inner.sip.hangup(key).await;
                 }
                 Some(()) = flow_ended.recv() => {
+                    // a refusal the flow made as it ended is its last word, not a hang-up
+                    if let Some(Ok(AnswerDecision::Refuse(code))) =
+                        decision.take().map(|mut d| d.try_recv())
+                    {
+                        if let Err(e) = self.inner.sip.reject(key, code).await {
+                            tracing::warn!(call = %call.sid, error = %e, code, "could not refuse");
+                        }
+                        continue;
+                    }
                     tracing::debug!(call = %call.sid, "flow over; hanging up");
                     let _ = self.inner.sip.hangup(key).await;
                 }

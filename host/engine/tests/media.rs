@@ -112,7 +112,7 @@ async fn rig() -> Rig {
     let ports = media.free_ports();
     let (tx, flows) = mpsc::unbounded_channel();
     // The flow hands the call to the test and lasts until the test says it is over.
-    let flow: Flow = Arc::new(move |call, media, events, _redirects| {
+    let flow: Flow = Arc::new(move |call, media, events, _redirects, _pending| {
         let tx = tx.clone();
         Box::pin(async move {
             let (done, over) = oneshot::channel();
@@ -125,6 +125,7 @@ async fn rig() -> Rig {
         media: media.clone(),
         advertised_ip: [127, 0, 0, 1].into(),
         flow,
+        flow_answers: false,
     };
     let (stop, stop_rx) = watch::channel(false);
     Telephony::start(

@@ -407,6 +407,20 @@ impl Drop for Media {
 }
 
 impl CallMedia {
+    /// Media for a call that has none yet (an inbound call still ringing while its flow fetches
+    /// what to do): every command goes nowhere and no event ever comes.
+    pub fn detached() -> CallMedia {
+        let (tx, _) = mpsc::channel();
+        CallMedia {
+            inner: Arc::new(Handle {
+                id: 0,
+                port: 0,
+                worker: usize::MAX,
+                tx,
+            }),
+        }
+    }
+
     /// Our RTP port.
     pub fn port(&self) -> u16 {
         self.inner.port

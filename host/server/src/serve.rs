@@ -215,6 +215,7 @@ async fn start_sip(
         media: Arc::new(workers),
         advertised_ip: media_ip,
         flow: flows.flow(),
+        flow_answers: true,
     };
     let limits = DispatchLimits {
         max_calls: config.dispatch.max_calls,
