@@ -315,8 +315,8 @@ struct Session {
     media: CallMedia,
     events: UnboundedReceiver<MediaEvent>,
     redirects: UnboundedReceiver<Redirect>,
-    /// An inbound call still ringing: answered before the first command that needs media,
-    /// refused by a `<Reject>` or `<Hangup>` that comes first. Until then `media` is detached.
+    /// An inbound call still ringing: answered before the first command other than a fetch,
+    /// refused unanswered by a `<Reject>` that comes first. Until then `media` is detached.
     pending: Option<PendingAnswer>,
     state: Vec<u8>,
 }
@@ -455,9 +455,9 @@ impl Session {
                 if self.pending.is_some() {
                     match command {
                         Command::Fetch(_) => {}
+                        // Twilio: <Reject> first is the only way not to answer a call (a
+                        // <Hangup> or an empty document answers it, then hangs up)
                         Command::Reject(reason) => return self.refuse(reject_code(reason)).await,
-                        // Twilio does not answer a call whose first verb hangs up
-                        Command::Hangup => return self.refuse(DECLINE).await,
                         _ => {
                             if !self.answer().await {
                                 return;
@@ -1135,14 +1135,12 @@ impl Session {
     }
 }
 
-/// SIP status refusing a call whose flow hangs up or `<Reject>`s it (`603 Decline`).
-const DECLINE: u16 = 603;
-
-/// The SIP status `<Reject reason=…>` refuses a ringing call with.
+/// The SIP status `<Reject reason=…>` refuses a ringing call with (`486 Busy Here`, `603
+/// Decline`).
 fn reject_code(reason: RejectReason) -> u16 {
     match reason {
         RejectReason::Busy => 486,
-        RejectReason::Rejected => DECLINE,
+        RejectReason::Rejected => 603,
     }
 }
 

@@ -684,6 +684,8 @@ impl Telephony {
         // An inbound call: answered now, or by its flow, which starts while the call rings.
         let mut decision = None;
         let mut hand_over = None;
+        // A call its flow refused ends as Twilio's <Reject> says: busy, or no-answer.
+        let mut refused: Option<CallStatus> = None;
         if let Some(local) = leg.answer_with {
             if self.inner.media.flow_answers
                 && let Some(redirects) = redirects.take()
@@ -783,7 +785,7 @@ impl Telephony {
                         }
                         UaEvent::Incoming(_) => {}
                         UaEvent::Ended { end, code, by_peer, .. } => {
-                            let mut status = status_of(end);
+                            let mut status = refused.unwrap_or_else(|| status_of(end));
                             if status == CallStatus::Completed && !answered {
                                 // Answered but never confirmed (no ACK): it never got going.
                                 status = CallStatus::Failed;
@@ -848,7 +850,10 @@ impl Telephony {
                     let (Ok(d), Some(local)) = (d, leg.answer_with) else { continue };
                     let r = match d {
                         AnswerDecision::Answer => self.inner.sip.answer(key, local).await,
-                        AnswerDecision::Refuse(code) => self.inner.sip.reject(key, code).await,
+                        AnswerDecision::Refuse(code) => {
+                            refused = Some(refused_status(code));
+                            self.inner.sip.reject(key, code).await
+                        }
                     };
                     if let Err(e) = r {
                         tracing::warn!(call = %call.sid, error = %e, ?d, "could not answer or refuse");
@@ -864,6 +869,7 @@ impl Telephony {
                     if let Some(Ok(AnswerDecision::Refuse(code))) =
                         decision.take().map(|mut d| d.try_recv())
                     {
+                        refused = Some(refused_status(code));
                         if let Err(e) = self.inner.sip.reject(key, code).await {
                             tracing::warn!(call = %call.sid, error = %e, code, "could not refuse");
                         }
@@ -1185,6 +1191,16 @@ fn stream_params(n: &Negotiated) -> StreamParams {
         ptime_ms: n.ptime,
         remote: Some(n.remote).filter(|r| !r.ip().is_unspecified()),
         send: n.direction.sends() && !n.on_hold(),
+    }
+}
+
+/// How a call its flow refused with SIP `code` ends (Twilio's `<Reject>`: `busy` for the
+/// busy reason, `no-answer` otherwise).
+fn refused_status(code: u16) -> CallStatus {
+    if code == 486 {
+        CallStatus::Busy
+    } else {
+        CallStatus::NoAnswer
     }
 }
 
