@@ -319,13 +319,16 @@ DIAL = b"""<?xml version="1.0" encoding="UTF-8"?>
 <Response><Dial action="/dialed" timeout="10">+15551230001</Dial></Response>"""
 
 
-def call_and_dial(start_callflow, far_end, app, sipp_dir, voice, far, calls=1):
+def call_and_dial(start_callflow, far_end, app, sipp_dir, voice, far, calls=1, start=None):
     """SIPp calls the account's number, whose VoiceUrl answers `voice` (a <Dial>, action
-    `/dialed`); the far end plays `far` for `calls` legs. Returns the server, a client and the
-    far end's result (the caller's is checked here)."""
-    app.routes = {"/voice": voice, "/dialed": AFTER_RECORD}
+    `/dialed`; or a function of the far end's port giving it); the far end plays `far` for
+    `calls` legs, reached through the trunk (or as `start(port)` configures callflow). Returns
+    the server, a client and the far end's result (the caller's is checked here)."""
     callee = far_end(far, calls=calls)
-    callflow = start_callflow(callee.port)
+    if callable(voice):
+        voice = voice(callee.port)
+    app.routes = {"/voice": voice, "/dialed": AFTER_RECORD}
+    callflow = (start or start_callflow)(callee.port)
     client = callflow.client()
     client.incoming_phone_numbers.create(
         phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
@@ -363,6 +366,63 @@ def test_dial_bridges_a_child_call_and_reports_its_outcome(
     assert child.status == status
     if status == "completed":
         assert int(form["DialCallDuration"]) >= 1, form
+
+
+def dial_sip(port: int) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Dial action="/dialed" timeout="10">'
+        f"<Sip>sip:+15551230001@127.0.0.1:{port};transport=udp</Sip></Dial></Response>"
+    ).encode()
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["private-allowed", "policy-refuses"])
+def test_dial_sip_calls_the_uri_directly_under_the_egress_policy(
+    callflow_factory, far_end, app, sipp_dir, allowed
+):
+    """<Sip> goes to the URI's host, not the trunk (which points nowhere here); loopback is a
+    private address, so it is called only when [sip] dial_private_uris allows it."""
+    from test_sip import trunk_toml
+
+    def start(_port):
+        server = callflow_factory(start=False)
+        flag = "true" if allowed else "false"
+        server.config_toml = trunk_toml(free_port(udp_too=True)) + f"[sip]\ndial_private_uris = {flag}\n"
+        return server.start()
+
+    if allowed:
+        callflow, client, far_result = call_and_dial(
+            None, far_end, app, sipp_dir, dial_sip, "uas_answer", start=start
+        )
+        assert far_result.counts() == (1, 0) and far_result.ok, f"callee:\n{far_result.describe()}"
+    else:
+        callee = far_end("uas_answer")  # never called
+        app.routes = {"/voice": dial_sip(callee.port), "/dialed": AFTER_RECORD}
+        callflow = start(callee.port)
+        client = callflow.client()
+        client.incoming_phone_numbers.create(
+            phone_number=DEFAULT_FROM, voice_url=app.url("/voice"), voice_method="POST"
+        )
+        caller = run_sipp(
+            "uac_hear",
+            callflow.sip_addr,
+            service=DEFAULT_FROM,
+            keys={"rtp_port": str(free_port(udp_too=True))},
+            timeout_s=40.0,
+            workdir=sipp_dir("uac_hear"),
+        )
+        assert caller.counts() == (1, 0) and caller.ok, f"caller:\n{caller.describe()}"
+    dialed = wait_until(lambda: requests_to(app, "/dialed"), WAIT_S, interval=0.2)
+    assert dialed and len(dialed) == 1, [r.path for r in app.requests]
+    form = dialed[0].form
+    if allowed:
+        assert form["DialCallStatus"] == "completed", form
+        child = client.calls(form["DialCallSid"]).fetch()
+        assert child.to.startswith("sip:+15551230001@127.0.0.1:"), child.to
+        assert child.direction == "outbound-dial" and child.status == "completed"
+    else:
+        assert form["DialCallStatus"] == "failed", form
+        log = call_log(callflow, form["CallSid"])
+        assert "egress policy refuses" in json.dumps(log), log
 
 
 DIAL_TWO = b"""<?xml version="1.0" encoding="UTF-8"?>

@@ -732,17 +732,17 @@ impl Session {
                 })),
             )
         };
+        // numbers go through the trunk, SIP URIs straight to their host (telephony decides)
         let numbers: Vec<String> = d
             .targets
             .iter()
-            .filter_map(|t| match t {
-                DialTarget::Number(n) => Some(n.clone()),
-                DialTarget::Sip(_) => None,
+            .map(|t| match t {
+                DialTarget::Number(n) | DialTarget::Sip(n) => n.clone(),
             })
             .take(MAX_DIAL_NUMBERS)
             .collect();
         if numbers.is_empty() {
-            let (log, out) = failed("only phone numbers can be dialled yet (no <Sip> targets)");
+            let (log, out) = failed("a <Dial> with nothing to call");
             self.log("flow.error", log).await;
             return out;
         }
@@ -750,7 +750,7 @@ impl Session {
             self.log(
                 "flow.log",
                 json!({"level": "warn", "message": format!(
-                    "only the first {MAX_DIAL_NUMBERS} numbers of a <Dial> are called, and no <Sip>"
+                    "only the first {MAX_DIAL_NUMBERS} targets of a <Dial> are called"
                 )}),
             )
             .await;

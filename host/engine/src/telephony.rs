@@ -174,6 +174,8 @@ pub struct DispatchLimits {
     pub account_calls_per_second: f64,
     /// Outbound calls each account may have live at once.
     pub account_max_calls: usize,
+    /// Where `<Dial><Sip>` may call: public addresses only unless private ones are allowed.
+    pub sip_uris: crate::webhook::EgressPolicy,
 }
 
 #[derive(Default)]
@@ -360,12 +362,16 @@ impl Telephony {
             time_limit_s,
             race,
         } = leg;
-        let trunk = self
-            .inner
-            .trunks
-            .default_trunk()
-            .cloned()
-            .ok_or("no SIP trunk is configured")?;
+        let trunk = if to.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("sip:")) {
+            // a <Sip> target: straight to the URI's host, as the egress policy allows
+            self.sip_uri_route(to).await?
+        } else {
+            self.inner
+                .trunks
+                .default_trunk()
+                .cloned()
+                .ok_or("no SIP trunk is configured")?
+        };
         let new = NewCall {
             direction: Direction::OutboundDial,
             parent_call_sid: Some(parent.sid.clone()),
@@ -432,6 +438,38 @@ impl Telephony {
         };
         let task = tokio::spawn(self.clone().outbound(child.clone(), trunk, control, leg));
         Ok((child, task))
+    }
+
+    /// The route of a `<Dial><Sip>` call: a trunk of its own to the URI's host (no credentials,
+    /// no channel limit), once the host resolves to addresses the egress policy allows.
+    async fn sip_uri_route(&self, uri: &str) -> Result<TrunkSpec, String> {
+        let target = SipTarget::parse(uri)?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{} has no address", target.host));
+        }
+        if let Some(refused) = addrs
+            .iter()
+            .find(|a| !self.inner.limits.sip_uris.allows(a.ip()))
+        {
+            return Err(format!(
+                "the egress policy refuses {} ({}): private addresses are not allowed for <Sip>",
+                target.host,
+                refused.ip()
+            ));
+        }
+        Ok(TrunkSpec {
+            name: SIP_URI_ROUTE.into(),
+            host: target.host,
+            port: target.port,
+            transport: target.transport,
+            from_domain: Some(self.inner.media.advertised_ip.to_string()),
+            max_channels: 0,
+            ..TrunkSpec::default()
+        })
     }
 
     /// Ends a call this node is driving (a `<Dial>`'s child when its parent moves on).
@@ -1140,7 +1178,15 @@ impl Telephony {
         } else {
             format!("{}:{}", trunk.host, trunk.port)
         };
-        let dial = trunk.dial.apply(&call.to_number);
+        let uri = if trunk.name == SIP_URI_ROUTE {
+            // a <Sip> target is called at the URI exactly as written (checked when routed)
+            call.to_number.clone()
+        } else {
+            format!(
+                "sip:{}@{host}",
+                escape_user(&trunk.dial.apply(&call.to_number))
+            )
+        };
         let caller = trunk.caller_id.apply(&call.from_number);
         let auth = match (&trunk.username, &trunk.password) {
             (Some(u), Some(p)) => Some(Auth {
@@ -1156,11 +1202,90 @@ impl Telephony {
                 TrunkTransport::Udp => rsip::common::Transport::Udp,
                 TrunkTransport::Tcp => rsip::common::Transport::Tcp,
             },
-            uri: format!("sip:{}@{host}", escape_user(&dial)),
+            uri,
             from: format!("sip:{}@{}", escape_user(&caller), trunk.from_host()),
             auth,
             media,
             ring_timeout: Duration::from_secs(call.timeout.clamp(1, 600) as u64),
+        })
+    }
+}
+
+/// The route name of `<Dial><Sip>` calls (trunk names cannot contain `:`).
+const SIP_URI_ROUTE: &str = "sip:uri";
+
+/// Where a `<Sip>` noun's URI says to call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SipTarget {
+    host: String,
+    port: u16,
+    transport: TrunkTransport,
+}
+
+impl SipTarget {
+    /// `sip:[user@]host[:port][;params]`; `transport=udp|tcp` is honoured, `sips:` and other
+    /// transports are refused (no TLS here), and so is anything that could break the message.
+    fn parse(uri: &str) -> Result<SipTarget, String> {
+        let bad = |why: &str| format!("<Sip>{uri}</Sip>: {why}");
+        if uri.len() > 512
+            || uri
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "<>\"".contains(c))
+        {
+            return Err(bad("not a usable SIP URI"));
+        }
+        let rest = match uri.get(..4) {
+            Some(s) if s.eq_ignore_ascii_case("sip:") => &uri[4..],
+            _ => {
+                return Err(bad(
+                    "only sip: URIs can be dialled (sips: needs TLS, which callflow does not speak)",
+                ));
+            }
+        };
+        let (addr, params) = rest.split_once(';').unwrap_or((rest, ""));
+        let addr = addr.split_once('?').map_or(addr, |(a, _)| a);
+        let hostport = addr.rsplit_once('@').map_or(addr, |(_, h)| h);
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed IPv6 address"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad("bad port"))?,
+            None => 5060,
+        };
+        let mut transport = TrunkTransport::Udp;
+        for param in params.split(';') {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            if name.eq_ignore_ascii_case("transport") {
+                transport = match value.to_ascii_lowercase().as_str() {
+                    "udp" => TrunkTransport::Udp,
+                    "tcp" => TrunkTransport::Tcp,
+                    other => {
+                        return Err(bad(&format!(
+                            "transport {other} is not supported (udp or tcp)"
+                        )));
+                    }
+                };
+            }
+        }
+        Ok(SipTarget {
+            host: host.to_owned(),
+            port,
+            transport,
         })
     }
 }
@@ -1217,6 +1342,37 @@ fn status_of(end: CallEnd) -> CallStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sip_targets_parse_and_refuse_what_cannot_be_called() {
+        let t = SipTarget::parse("sip:alice@example.org").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.transport),
+            ("example.org", 5060, TrunkTransport::Udp)
+        );
+        let t = SipTarget::parse("SIP:+1555@10.0.0.2:5070;transport=TCP;x=y").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.transport),
+            ("10.0.0.2", 5070, TrunkTransport::Tcp)
+        );
+        let t = SipTarget::parse("sip:[2001:db8::1]:5062").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("2001:db8::1", 5062));
+        let t = SipTarget::parse("sip:bob@pbx.example?X-Header=1").unwrap();
+        assert_eq!(t.host, "pbx.example");
+        for bad in [
+            "sips:alice@example.org",
+            "tel:+15551234",
+            "sip:alice@",
+            "sip:alice@host:0",
+            "sip:alice@host:99999",
+            "sip:alice@host;transport=tls",
+            "sip:alice@host\r\nVia: x",
+            "sip:al ice@host",
+            "sip:<alice@host>",
+        ] {
+            assert!(SipTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn every_sip_end_maps_to_a_store_status() {

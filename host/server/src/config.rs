@@ -66,6 +66,9 @@ pub struct SipSettings {
     /// The RTP port range SDP answers and offers name.
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
+    /// Let `<Dial><Sip>` call loopback and private addresses (labs, tests); by default a SIP
+    /// URI must resolve to public addresses only, like webhooks.
+    pub dial_private_uris: bool,
 }
 
 impl Default for SipSettings {
@@ -74,6 +77,7 @@ impl Default for SipSettings {
             advertised_addr: None,
             rtp_port_min: 10_000,
             rtp_port_max: 19_998,
+            dial_private_uris: false,
         }
     }
 }

@@ -221,6 +221,9 @@ async fn start_sip(
         max_calls: config.dispatch.max_calls,
         account_calls_per_second: config.dispatch.account_calls_per_second,
         account_max_calls: config.dispatch.account_max_calls,
+        sip_uris: EgressPolicy {
+            allow_private: config.sip.dial_private_uris,
+        },
     };
     let (telephony, tasks) =
         Telephony::start(sip.clone(), events, engine, trunks, media, limits, stop)
