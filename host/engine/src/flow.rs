@@ -746,6 +746,15 @@ impl Session {
             self.log("flow.error", log).await;
             return out;
         }
+        if d.record {
+            // said, not silently dropped: the app asked for something this build cannot do
+            self.log(
+                "flow.log",
+                json!({"level": "warn", "message":
+                    "<Dial record> is not supported yet: the call is bridged without a recording"}),
+            )
+            .await;
+        }
         if numbers.len() < d.targets.len() {
             self.log(
                 "flow.log",
