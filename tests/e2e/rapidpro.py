@@ -65,6 +65,8 @@ class TestCA:
     `ca_file` is the PEM callflow is told to trust (`[webhooks] ca_file`); `server_context()` is
     what the simulator serves with."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     __test__ = False  # not a pytest test class
 
     def __init__(self, directory: Path):

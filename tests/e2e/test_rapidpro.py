@@ -64,13 +64,13 @@ def _sipp_installed():
 
 
 @pytest.fixture(scope="module")
-def test_ca(tmp_path_factory):
+def sim_ca(tmp_path_factory):
     return TestCA(tmp_path_factory.mktemp("rapidpro-ca"))
 
 
 @pytest.fixture
-def sim(test_ca):
-    s = RapidProSim(test_ca).start()
+def sim(sim_ca):
+    s = RapidProSim(sim_ca).start()
     yield s
     s.stop()
 
@@ -91,13 +91,13 @@ def phone(sipp_dir):  # noqa: F811
 
 
 @pytest.fixture
-def rapidpro_callflow(callflow_factory, test_ca):
+def rapidpro_callflow(callflow_factory, sim_ca):
     """`rapidpro_callflow(trunk_port)`: a callflow trusting the test CA, its trunk at the port,
     the root account owning DEFAULT_FROM (the channel's address)."""
 
     def start(trunk_port: int, voice_url=None, status_callback=None, extra_toml: str = ""):
         server = callflow_factory(start=False)
-        server.config_toml = trunk_toml(trunk_port) + test_ca.webhooks_toml() + extra_toml
+        server.config_toml = trunk_toml(trunk_port) + sim_ca.webhooks_toml() + extra_toml
         server.start()
         kwargs = {}
         if status_callback:
@@ -698,7 +698,7 @@ def v1(server, path: str) -> str:
 
 
 def test_callout_starts_one_rapidpro_flow_per_answered_participant_across_a_restart(
-    sim, callflow_factory, test_ca, tmp_path
+    sim, callflow_factory, sim_ca, tmp_path
 ):
     """A callout bound to `builtin:rapidpro` (on: answered): SIPp's uas_callout answers numbers
     ending 0-5, is busy for 6-7 and never answers 8-9; busy and unanswered numbers are retried.
@@ -714,7 +714,7 @@ def test_callout_starts_one_rapidpro_flow_per_answered_participant_across_a_rest
         server = callflow_factory(start=False)
         server.config_toml = (
             trunk_toml(telco.port).replace("cps = 50.0", "cps = 100.0").replace("max_channels = 20", "max_channels = 50")
-            + test_ca.webhooks_toml()
+            + sim_ca.webhooks_toml()
         )
         server.start()
         server.client().incoming_phone_numbers.create(phone_number=DEFAULT_FROM, voice_url="http://127.0.0.1:9/")
@@ -785,7 +785,7 @@ def test_callout_starts_one_rapidpro_flow_per_answered_participant_across_a_rest
             extra = f.json["extra"]
             phone_number = f.json["urns"][0][len("tel:"):]
             assert extra["callout"] == callout, extra
-            assert extra["participant"].startswith("PA") or extra["participant"], extra
+            assert extra["participant"].startswith("CP"), extra
             assert isinstance(extra["attempt"], int) and extra["attempt"] >= 1, extra
             assert extra["status"] == "completed", extra
             assert rows[phone_number]["outcome"] == "completed", rows[phone_number]
