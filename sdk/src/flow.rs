@@ -27,7 +27,7 @@ pub use wit::callflow::plugin::flow_types::{
     CallContext, Command, DialResult, DialTarget, FetchResponse, FetchResult, FlowEvent, FlowStep,
     Gather, GatherResult, Play, Prompt, Record, RecordResult, Redirect, RejectReason, Say,
 };
-pub use wit::callflow::plugin::flow_types::{Dial, Fetch};
+pub use wit::callflow::plugin::flow_types::{Dial, DialRecording, Fetch};
 pub use wit::callflow::plugin::types::{HttpMethod, LogLevel, LogLine, Param};
 
 use crate::PluginError;

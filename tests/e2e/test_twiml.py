@@ -425,6 +425,46 @@ def test_dial_sip_calls_the_uri_directly_under_the_egress_policy(
         assert "egress policy refuses" in json.dumps(log), log
 
 
+DIAL_RECORDED = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Response><Dial action="/dialed" timeLimit="4" record="record-from-answer">+15551230004</Dial></Response>"""
+
+
+def test_a_recorded_dial_stores_the_conversation_and_reports_it_at_the_action(
+    start_callflow, far_end, app, sipp_dir
+):
+    """tests/sipp/uas_rapidpro.xml answers a number ending in 4 and speaks at once (g711a.pcap,
+    7 s); the Dial's 4 s time limit ends the bridge. The action gets RecordingUrl/Sid/Duration,
+    the Recording (source DialVerb, on the parent call) exists first, and its WAV holds the
+    callee's speech."""
+    import io
+    import wave
+
+    callflow, client, far_result = call_and_dial(
+        start_callflow, far_end, app, sipp_dir, DIAL_RECORDED, "uas_rapidpro"
+    )
+    assert far_result.counts() == (1, 0) and far_result.ok, f"callee:\n{far_result.describe()}"
+    dialed = requests_to(app, "/dialed")
+    assert len(dialed) == 1, [r.path for r in app.requests]
+    form = dialed[0].form
+    assert form["DialCallStatus"] == "completed", form
+    assert form["RecordingSid"].startswith("RE"), form
+    assert not form["RecordingUrl"].endswith((".wav", ".mp3")), form["RecordingUrl"]
+    assert 3 <= int(form["RecordingDuration"]) <= 5, form
+    rec = client.recordings(form["RecordingSid"]).fetch()
+    assert rec.call_sid == form["CallSid"] and rec.source == "DialVerb", (rec.call_sid, rec.source)
+    assert int(rec.duration) == int(form["RecordingDuration"])
+    wav = requests.get(
+        form["RecordingUrl"] + ".wav", auth=(callflow.account_sid, callflow.auth_token), timeout=10
+    )
+    assert wav.status_code == 200, wav.status_code
+    with wave.open(io.BytesIO(wav.content)) as w:
+        assert (w.getframerate(), w.getnchannels()) == (8000, 1)
+        frames = w.readframes(w.getnframes())
+    samples = memoryview(frames).cast("h")
+    loud = sum(1 for x in samples if abs(x) > 2000)
+    assert loud > 800, f"the callee's speech is not in the recording ({loud} loud samples)"
+
+
 DIAL_TWO = b"""<?xml version="1.0" encoding="UTF-8"?>
 <Response><Dial action="/dialed" timeout="10">
   <Number>+15551230008</Number>

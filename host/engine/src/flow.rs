@@ -729,6 +729,7 @@ impl Session {
                     status: "failed".into(),
                     call_sid: None,
                     duration_s: 0,
+                    recording: None,
                 })),
             )
         };
@@ -745,15 +746,6 @@ impl Session {
             let (log, out) = failed("a <Dial> with nothing to call");
             self.log("flow.error", log).await;
             return out;
-        }
-        if d.record {
-            // said, not silently dropped: the app asked for something this build cannot do
-            self.log(
-                "flow.log",
-                json!({"level": "warn", "message":
-                    "<Dial record> is not supported yet: the call is bridged without a recording"}),
-            )
-            .await;
         }
         if numbers.len() < d.targets.len() {
             self.log(
@@ -821,6 +813,7 @@ impl Session {
             let _ = all_done.send(());
         });
         let mut winner: Option<String> = None;
+        let mut recording_since: Option<i64> = None;
         loop {
             tokio::select! {
                 _ = &mut ended => break,
@@ -828,6 +821,11 @@ impl Session {
                     winner = decided.borrow().clone();
                     for c in children.iter().filter(|c| Some(&c.sid) != winner.as_ref()) {
                         tel.end_leg(&c.sid);
+                    }
+                    if d.record && recording_since.is_none() {
+                        // record-from-answer: both sides, from the bridge to the end
+                        self.media.record_conversation(u64::from(d.time_limit_ms));
+                        recording_since = Some(now_ms());
                     }
                 }
                 e = self.events.recv() => match e {
@@ -872,11 +870,59 @@ impl Session {
             Some(_) => pick.status().as_str().to_owned(),
             None => unanswered_status(stored.iter().map(|c| c.status().as_str())),
         };
+        let recording = match recording_since {
+            Some(started) => match self.dial_recording(started).await {
+                Ok(r) => r,
+                Err(ended) => return ended,
+            },
+            None => None,
+        };
         Outcome::Event(FlowEvent::DialDone(DialResult {
             status,
             call_sid: Some(pick.sid.clone()),
             duration_s: u32::try_from(pick.duration.unwrap_or(0)).unwrap_or(0),
+            recording,
         }))
+    }
+
+    /// Ends a `<Dial record>`'s conversation recording and stores it as a Recording (source
+    /// `DialVerb`) before the action hears of it; `None` when nothing was said or it could not
+    /// be stored (logged). `Err` when the call ended or was redirected meanwhile.
+    async fn dial_recording(
+        &mut self,
+        started: i64,
+    ) -> Result<Option<callflow_runtime::flow::DialRecording>, Outcome> {
+        self.media.end_conversation();
+        let pcm = loop {
+            match self.next_media().await {
+                Next::Gone => return Err(Outcome::Gone),
+                Next::Redirected(r) => return Err(Outcome::Redirected(r)),
+                Next::Media(MediaEvent::Conversation(pcm)) => break *pcm,
+                Next::Media(_) => {}
+            }
+        };
+        if pcm.is_empty() {
+            return Ok(None);
+        }
+        let duration_ms = pcm.len() as u64 / 8;
+        match self
+            .store_recording(&pcm, duration_ms, started, "DialVerb")
+            .await
+        {
+            Ok((sid, url)) => {
+                self.send_notifications(Vec::new(), Some(&url)).await;
+                Ok(Some(callflow_runtime::flow::DialRecording {
+                    sid,
+                    url,
+                    duration_s: u32::try_from(duration_ms.div_ceil(1000)).unwrap_or(u32::MAX),
+                }))
+            }
+            Err(why) => {
+                self.log("flow.error", json!({ "dial_recording": why }))
+                    .await;
+                Ok(None)
+            }
+        }
     }
 
     async fn play_audio(
@@ -983,7 +1029,9 @@ impl Session {
             return nothing(digits);
         }
         let duration_ms = pcm.len() as u64 / 8;
-        let stored = self.store_recording(&pcm, duration_ms, started).await;
+        let stored = self
+            .store_recording(&pcm, duration_ms, started, "RecordVerb")
+            .await;
         let url = stored.as_ref().ok().map(|(_, url)| url.as_str());
         self.send_notifications(notify, url).await;
         match stored {
@@ -1097,12 +1145,13 @@ impl Session {
         pcm: &[i16],
         duration_ms: u64,
         started: i64,
+        source: &str,
     ) -> Result<(String, String), String> {
         let store = &self.inner().store;
         let new = NewRecording {
             call_sid: self.call.sid.clone(),
             status: "completed".into(),
-            source: "RecordVerb".into(),
+            source: source.into(),
             channels: 1,
             duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
             start_time: started,

@@ -257,6 +257,81 @@ impl Recorder {
     }
 }
 
+/// A conversation being recorded (`<Dial record>`): what the peer said and what the call sent
+/// it (the bridged party's voice, prompts), kept apart as they come and mixed at the end. Both
+/// sides run on the worker's clock, a frame at a time, so they stay aligned; each stops at
+/// `max_samples`.
+#[derive(Debug)]
+pub struct Conversation {
+    heard: Blocks,
+    said: Blocks,
+    max_samples: usize,
+}
+
+impl Conversation {
+    pub fn new(max_ms: u64) -> Conversation {
+        Conversation {
+            heard: Blocks::default(),
+            said: Blocks::default(),
+            max_samples: usize::try_from(max_ms * SAMPLES_PER_MS).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The peer's audio, as it is released in order.
+    pub fn heard(&mut self, pcm: &[i16]) {
+        let room = self.max_samples.saturating_sub(self.heard.len());
+        self.heard.extend(&pcm[..pcm.len().min(room)]);
+    }
+
+    /// What the call sent for one frame (`None`: silence of `samples`, e.g. a digit's time).
+    pub fn said(&mut self, pcm: Option<&[i16]>, samples: usize) {
+        let room = self.max_samples.saturating_sub(self.said.len());
+        match pcm {
+            Some(pcm) => self.said.extend(&pcm[..pcm.len().min(room)]),
+            None => self.said.extend_zeros(samples.min(room)),
+        }
+    }
+
+    /// Both sides mixed into one mono track, as long as the longer side.
+    pub fn finish(self) -> Vec<i16> {
+        let heard = self.heard.into_vec();
+        let said = self.said.into_vec();
+        let n = heard.len().max(said.len());
+        (0..n)
+            .map(|i| {
+                let a = i32::from(heard.get(i).copied().unwrap_or(0));
+                let b = i32::from(said.get(i).copied().unwrap_or(0));
+                (a + b).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod conversation_tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_are_mixed_aligned_and_clipped() {
+        let mut c = Conversation::new(1_000);
+        c.heard(&[100, 200, i16::MAX]);
+        c.said(Some(&[1, 2, 10]), 3);
+        c.said(None, 2);
+        assert_eq!(c.finish(), vec![101, 202, i16::MAX, 0, 0]);
+    }
+
+    #[test]
+    fn each_side_stops_at_the_limit() {
+        let mut c = Conversation::new(1); // 8 samples
+        c.heard(&[1; 5]);
+        c.heard(&[1; 5]);
+        c.said(None, 100);
+        let mixed = c.finish();
+        assert_eq!(mixed.len(), 8);
+        assert_eq!(mixed.iter().filter(|&&s| s == 1).count(), 8);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

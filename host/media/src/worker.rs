@@ -23,7 +23,7 @@ use crate::Audio;
 use crate::amd::{Amd, AmdConfig, Verdict};
 use crate::dtmf::{InbandDetector, Rfc4733Receiver, Rfc4733Sender, TelephoneEvent};
 use crate::g711::{self, Law};
-use crate::record::{RecordOptions, Recorder, Recording, StopReason};
+use crate::record::{Conversation, RecordOptions, Recorder, Recording, StopReason};
 use crate::rtp::{Accepted, Frame, Incoming, MAX_PACKET, Outgoing, RtpStats, StreamParams};
 
 /// The workers' tick.
@@ -108,6 +108,9 @@ pub enum MediaEvent {
         end: CollectEnd,
     },
     Recorded(Box<Recording>),
+    /// The conversation `record_conversation` started, both sides mixed (mono, 8 kHz), after
+    /// `end_conversation`.
+    Conversation(Box<Vec<i16>>),
     /// The digits queued by `send_digits` have gone out.
     DigitsSent,
     /// Answering-machine detection has decided.
@@ -153,6 +156,14 @@ enum Command {
     Detect {
         id: u64,
         config: AmdConfig,
+    },
+    /// Record both directions of the call until `EndConversation`.
+    RecordConversation {
+        id: u64,
+        max_ms: u64,
+    },
+    EndConversation {
+        id: u64,
     },
     /// Each call hears the other (both are on this worker).
     Bridge {
@@ -421,6 +432,22 @@ impl CallMedia {
         }
     }
 
+    /// Starts recording the conversation, both directions (what the peer says and what is sent
+    /// to it), for at most `max_ms`. `end_conversation` ends it with
+    /// [`MediaEvent::Conversation`].
+    pub fn record_conversation(&self, max_ms: u64) {
+        self.send(Command::RecordConversation {
+            id: self.id(),
+            max_ms,
+        });
+    }
+
+    /// Ends the conversation recording (it reports [`MediaEvent::Conversation`]; nothing if
+    /// none runs).
+    pub fn end_conversation(&self) {
+        self.send(Command::EndConversation { id: self.id() });
+    }
+
     /// Our RTP port.
     pub fn port(&self) -> u16 {
         self.inner.port
@@ -630,6 +657,8 @@ struct Call {
     bridge_out: VecDeque<i16>,
     /// The peer's audio, waiting to be sent to this call.
     bridge_in: VecDeque<i16>,
+    /// `<Dial record>`: both directions, while it runs.
+    conversation: Option<Box<Conversation>>,
 }
 
 impl Call {
@@ -665,6 +694,7 @@ impl Call {
             bridged: None,
             bridge_out: VecDeque::new(),
             bridge_in: VecDeque::new(),
+            conversation: None,
         })
     }
 
@@ -728,6 +758,7 @@ impl Call {
             bridged,
             bridge_out,
             amd,
+            conversation,
             ..
         } = self;
         let law = params.law;
@@ -749,6 +780,9 @@ impl Call {
                 && let Some(v) = a.push(now, pcm)
             {
                 detected = Some(v);
+            }
+            if let Some(c) = conversation.as_mut() {
+                c.heard(pcm);
             }
             if bridged.is_some() {
                 bridge_out.extend(pcm.iter());
@@ -948,6 +982,11 @@ impl Call {
                     false
                 }
             };
+            if let Some(c) = self.conversation.as_mut() {
+                self.pcm.clear();
+                g711::decode(self.params.law, frame, &mut self.pcm);
+                c.said(Some(&self.pcm), samples);
+            }
             if done {
                 self.playing = None;
                 self.emit(MediaEvent::PlayDone { interrupted: false });
@@ -961,6 +1000,9 @@ impl Call {
         } else {
             // The event packet stands for this frame's time.
             self.out.skip(samples as u32);
+            if let Some(c) = self.conversation.as_mut() {
+                c.said(None, samples);
+            }
         }
         if !sending || len == 0 {
             return false;
@@ -1073,6 +1115,14 @@ impl Call {
                 self.params = params;
             }
             Command::Detect { config, .. } => self.amd = Some(Amd::new(config, now)),
+            Command::RecordConversation { max_ms, .. } => {
+                self.conversation = Some(Box::new(Conversation::new(max_ms)));
+            }
+            Command::EndConversation { .. } => {
+                if let Some(c) = self.conversation.take() {
+                    self.emit(MediaEvent::Conversation(Box::new(c.finish())));
+                }
+            }
             Command::Open(_)
             | Command::Close { .. }
             | Command::Bridge { .. }
@@ -1176,6 +1226,8 @@ impl Worker {
             | Command::Update { id, .. }
             | Command::Bridge { id, .. }
             | Command::Detect { id, .. }
+            | Command::RecordConversation { id, .. }
+            | Command::EndConversation { id }
             | Command::Close { id } => *id,
         };
         match c {

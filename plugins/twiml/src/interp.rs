@@ -659,6 +659,11 @@ impl Step<'_> {
             extra.push(("DialCallSid", sid));
         }
         extra.push(("DialCallDuration", d.duration_s.to_string()));
+        if let Some(r) = d.recording {
+            extra.push(("RecordingUrl", r.url));
+            extra.push(("RecordingSid", r.sid));
+            extra.push(("RecordingDuration", r.duration_s.to_string()));
+        }
         let params = self.action_params(extra);
         self.fetch(action, method, params, false);
     }

@@ -95,6 +95,7 @@ fn dial_done(status: &str, secs: u32) -> Ev {
         status: status.into(),
         call_sid: (secs > 0).then(|| "CA00000000000000000000000000000002".into()),
         duration_s: secs,
+        recording: None,
     }))
 }
 fn redirect_to(url: &str, method: HttpMethod) -> Ev {
@@ -638,6 +639,32 @@ fn dial_with_an_action_reports_the_outcome_there() {
               dial [+15551111111, sip:desk@pbx.example.com] timeout 30000 ms, limit 14400000 ms, caller-id +15550001111, hangup-on-star, record
             > dial-done no-answer, 0 s
               fetch GET https://example.com/after DialCallStatus=no-answer DialCallDuration=0
+        "#]],
+    );
+}
+
+#[test]
+fn a_recorded_dial_reports_its_recording_at_the_action() {
+    let recorded = Ev::Event(FlowEvent::DialDone(DialResult {
+        status: "completed".into(),
+        call_sid: Some("CA00000000000000000000000000000002".into()),
+        duration_s: 7,
+        recording: Some(callflow_sdk::flow::DialRecording {
+            sid: "RE00000000000000000000000000000003".into(),
+            url: "https://cf.example/2010-04-01/Accounts/AC1/Recordings/RE00000000000000000000000000000003".into(),
+            duration_s: 6,
+        }),
+    }));
+    check_doc(
+        r#"<Response><Dial action="/after" record="record-from-answer">+15551111111</Dial></Response>"#,
+        vec![recorded],
+        expect![[r#"
+            > start
+              fetch POST https://example.com/voice?call=1
+            > fetched 200 text/xml; charset=utf-8 (90 bytes)
+              dial [+15551111111] timeout 30000 ms, limit 14400000 ms, record
+            > dial-done completed, 7 s
+              fetch POST https://example.com/after DialCallStatus=completed DialCallSid=CA00000000000000000000000000000002 DialCallDuration=7 RecordingUrl=https://cf.example/2010-04-01/Accounts/AC1/Recordings/RE00000000000000000000000000000003 RecordingSid=RE00000000000000000000000000000003 RecordingDuration=6
         "#]],
     );
 }
