@@ -465,6 +465,38 @@ def test_a_recorded_dial_stores_the_conversation_and_reports_it_at_the_action(
     assert loud > 800, f"the callee's speech is not in the recording ({loud} loud samples)"
 
 
+def test_a_call_created_with_record_is_recorded_whole(start_callflow, far_end, app):
+    """Record=true on Calls.json: the call is recorded from the answer to the end, both sides;
+    the callee (uas_rapidpro, a number ending in 4) speaks at once and the TwiML holds 3 s."""
+    import io
+    import wave
+
+    app.routes = {"/voice": b'<Response><Pause length="3"/></Response>'}
+    callee = far_end("uas_rapidpro")
+    callflow = start_callflow(callee.port)
+    client = callflow.client()
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
+    call = client.calls.create(
+        to="+15551230004", from_=DEFAULT_FROM, url=app.url("/voice"), record=True
+    )
+    result = callee.wait(WAIT_S)
+    assert result.counts() == (1, 0) and result.ok, f"callee:\n{result.describe()}"
+    recs = wait_until(lambda: client.recordings.list(call_sid=call.sid), WAIT_S, interval=0.2)
+    assert recs and len(recs) == 1, recs
+    rec = recs[0]
+    assert rec.source == "OutboundAPI" and 2 <= int(rec.duration) <= 5, (rec.source, rec.duration)
+    wav = requests.get(
+        callflow.url(f"/2010-04-01/Accounts/{callflow.account_sid}/Recordings/{rec.sid}.wav"),
+        auth=(callflow.account_sid, callflow.auth_token),
+        timeout=10,
+    )
+    assert wav.status_code == 200, wav.status_code
+    with wave.open(io.BytesIO(wav.content)) as w:
+        frames = w.readframes(w.getnframes())
+    loud = sum(1 for x in memoryview(frames).cast("h") if abs(x) > 2000)
+    assert loud > 800, f"the callee's speech is not in the recording ({loud} loud samples)"
+
+
 DIAL_TWO = b"""<?xml version="1.0" encoding="UTF-8"?>
 <Response><Dial action="/dialed" timeout="10">
   <Number>+15551230008</Number>

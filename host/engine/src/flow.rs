@@ -287,6 +287,21 @@ impl FlowRunner {
             pending,
             state: Vec::new(),
         };
+        // `Record=true` on create: the whole call, both sides, from the answer
+        let recording = s.call.record.then(|| {
+            let limit_ms = u64::try_from(s.call.time_limit).unwrap_or(0) * 1000;
+            s.media.record_conversation(limit_ms);
+            now_ms()
+        });
+        self.start_and_drive(&mut s).await;
+        if let Some(started) = recording {
+            s.media.end_conversation();
+            // stored apart from the call's task, which is dropped a second after the call ends
+            tokio::spawn(async move { s.store_call_recording(started).await });
+        }
+    }
+
+    async fn start_and_drive(&self, s: &mut Session) {
         let pin = pin_of(&s.call);
         let plugin = match self.load(&pin).await {
             Ok(p) => p,
@@ -812,6 +827,14 @@ impl Session {
             }
             let _ = all_done.send(());
         });
+        if d.record && self.call.record {
+            self.log(
+                "flow.log",
+                json!({"level": "info", "message":
+                    "the whole call is being recorded (Record=true): <Dial record> adds no second recording"}),
+            )
+            .await;
+        }
         let mut winner: Option<String> = None;
         let mut recording_since: Option<i64> = None;
         loop {
@@ -822,7 +845,7 @@ impl Session {
                     for c in children.iter().filter(|c| Some(&c.sid) != winner.as_ref()) {
                         tel.end_leg(&c.sid);
                     }
-                    if d.record && recording_since.is_none() {
+                    if d.record && recording_since.is_none() && !self.call.record {
                         // record-from-answer: both sides, from the bridge to the end
                         self.media.record_conversation(u64::from(d.time_limit_ms));
                         recording_since = Some(now_ms());
@@ -883,6 +906,36 @@ impl Session {
             duration_s: u32::try_from(pick.duration.unwrap_or(0)).unwrap_or(0),
             recording,
         }))
+    }
+
+    /// The whole call's recording (`Record=true`), once its conversation recording has been
+    /// ended: stored as a Recording (source `OutboundAPI`) with its recording-ready event.
+    async fn store_call_recording(mut self, started: i64) {
+        let pcm = loop {
+            match self.events.recv().await {
+                Some(MediaEvent::Conversation(pcm)) => break *pcm,
+                None | Some(MediaEvent::Closed { .. }) => return,
+                Some(_) => {}
+            }
+        };
+        if pcm.is_empty() {
+            return;
+        }
+        let duration_ms = pcm.len() as u64 / 8;
+        match self
+            .store_recording(&pcm, duration_ms, started, "OutboundAPI")
+            .await
+        {
+            Ok((sid, url)) => {
+                self.log("recording.call", json!({ "recording_sid": sid }))
+                    .await;
+                self.send_notifications(Vec::new(), Some(&url)).await;
+            }
+            Err(why) => {
+                self.log("flow.error", json!({ "call_recording": why }))
+                    .await
+            }
+        }
     }
 
     /// Ends a `<Dial record>`'s conversation recording and stores it as a Recording (source

@@ -1116,7 +1116,10 @@ impl Call {
             }
             Command::Detect { config, .. } => self.amd = Some(Amd::new(config, now)),
             Command::RecordConversation { max_ms, .. } => {
-                self.conversation = Some(Box::new(Conversation::new(max_ms)));
+                // one at a time: a second start leaves the running one alone
+                if self.conversation.is_none() {
+                    self.conversation = Some(Box::new(Conversation::new(max_ms)));
+                }
             }
             Command::EndConversation { .. } => {
                 if let Some(c) = self.conversation.take() {
@@ -1138,6 +1141,9 @@ impl Call {
         }
         self.finish_collect(CollectEnd::Stopped);
         self.finish_record(StopReason::Hangup);
+        if let Some(c) = self.conversation.take() {
+            self.emit(MediaEvent::Conversation(Box::new(c.finish())));
+        }
     }
 }
 
