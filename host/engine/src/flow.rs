@@ -288,17 +288,121 @@ impl FlowRunner {
             state: Vec::new(),
         };
         // `Record=true` on create: the whole call, both sides, from the answer
-        let recording = s.call.record.then(|| {
+        if s.call.record {
+            // it comes back when the call's media closes, and is stored by a task of its own:
+            // the flow may be gone by then
             let limit_ms = u64::try_from(s.call.time_limit).unwrap_or(0) * 1000;
-            s.media.record_conversation(limit_ms);
-            now_ms()
-        });
-        self.start_and_drive(&mut s).await;
-        if let Some(started) = recording {
-            s.media.end_conversation();
-            // stored apart from the call's task, which is dropped a second after the call ends
-            tokio::spawn(async move { s.store_call_recording(started).await });
+            let done = s.media.record_conversation(limit_ms);
+            let (me, call, started) = (self.clone(), s.call.clone(), now_ms());
+            tokio::spawn(async move {
+                me.store_conversation(&call, done, started, "OutboundAPI")
+                    .await
+            });
         }
+        self.start_and_drive(&mut s).await;
+    }
+
+    /// A conversation recording once the media hands it over: mixed off the async threads,
+    /// stored as a Recording of `call` with its recording-ready event. `None` when there was
+    /// nothing (or it could not be stored: logged on the call).
+    async fn store_conversation(
+        &self,
+        call: &Call,
+        done: tokio::sync::oneshot::Receiver<Box<callflow_media::record::Conversation>>,
+        started: i64,
+        source: &str,
+    ) -> Option<callflow_runtime::flow::DialRecording> {
+        let conversation = done.await.ok()?;
+        let pcm = tokio::task::spawn_blocking(move || conversation.finish())
+            .await
+            .ok()?;
+        if pcm.is_empty() {
+            return None;
+        }
+        let duration_ms = pcm.len() as u64 / 8;
+        let stored = self
+            .store_recording(call, &pcm, duration_ms, started, source)
+            .await;
+        let (kind, detail) = match &stored {
+            Ok((sid, _)) => (
+                "recording.stored",
+                json!({ "recording_sid": sid, "source": source }),
+            ),
+            Err(why) => ("flow.error", json!({ "recording": why, "source": source })),
+        };
+        let _ = self
+            .inner
+            .store
+            .append_call_event(&call.sid, now_ms(), kind, &detail.to_string())
+            .await;
+        let (sid, url) = stored.ok()?;
+        let now = now_ms();
+        if let (Some(row), Some(tel)) = (
+            crate::events::recording_event(call, &url, now),
+            self.inner.telephony.get(),
+        ) && let Err(e) = tel.engine().enqueue(&[row], now).await
+        {
+            tracing::warn!(call = %call.sid, error = %e, "recording event not queued");
+        }
+        Some(callflow_runtime::flow::DialRecording {
+            sid,
+            url,
+            duration_s: u32::try_from(duration_ms.div_ceil(1000)).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it.
+    async fn store_recording(
+        &self,
+        call: &Call,
+        pcm: &[i16],
+        duration_ms: u64,
+        started: i64,
+        source: &str,
+    ) -> Result<(String, String), String> {
+        let store = &self.inner.store;
+        let new = NewRecording {
+            call_sid: call.sid.clone(),
+            status: "completed".into(),
+            source: source.into(),
+            channels: 1,
+            duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
+            start_time: started,
+            wav_path: None,
+            mp3_path: None,
+        };
+        let rec = store
+            .create_recording(&call.account_sid, &new, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        let dir = self.inner.config.data_dir.join("recordings");
+        let (wav, mp3) = (
+            format!("recordings/{}.wav", rec.sid),
+            format!("recordings/{}.mp3", rec.sid),
+        );
+        let (wav_path, mp3_path) = (
+            dir.join(format!("{}.wav", rec.sid)),
+            dir.join(format!("{}.mp3", rec.sid)),
+        );
+        let pcm = pcm.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            callflow_media::files::write_wav(&wav_path, &pcm).map_err(|e| e.to_string())?;
+            callflow_media::files::write_mp3(&mp3_path, &pcm).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        store
+            .set_recording_media(&rec.sid, Some(&wav), Some(&mp3), now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Recordings/{}",
+            self.inner.config.public_url.trim_end_matches('/'),
+            rec.account_sid,
+            rec.sid
+        );
+        Ok((rec.sid, url))
     }
 
     async fn start_and_drive(&self, s: &mut Session) {
@@ -836,7 +940,7 @@ impl Session {
             .await;
         }
         let mut winner: Option<String> = None;
-        let mut recording_since: Option<i64> = None;
+        let mut recording = None;
         loop {
             tokio::select! {
                 _ = &mut ended => break,
@@ -845,14 +949,18 @@ impl Session {
                     for c in children.iter().filter(|c| Some(&c.sid) != winner.as_ref()) {
                         tel.end_leg(&c.sid);
                     }
-                    if d.record && recording_since.is_none() && !self.call.record {
+                    if d.record && recording.is_none() && !self.call.record {
                         // record-from-answer: both sides, from the bridge to the end
-                        self.media.record_conversation(u64::from(d.time_limit_ms));
-                        recording_since = Some(now_ms());
+                        let done = self.media.record_conversation(u64::from(d.time_limit_ms));
+                        recording = Some((done, now_ms()));
                     }
                 }
                 e = self.events.recv() => match e {
-                    None | Some(MediaEvent::Closed { .. }) => return Outcome::Gone,
+                    None | Some(MediaEvent::Closed { .. }) => {
+                        // the caller hung up: what was recorded is kept all the same
+                        self.keep_recording_in_background(recording.take());
+                        return Outcome::Gone;
+                    }
                     Some(MediaEvent::Digit { digit: '*', .. }) if d.hangup_on_star => {
                         for c in &children {
                             tel.end_leg(&c.sid);
@@ -866,6 +974,7 @@ impl Session {
                     }
                     let _ = (&mut ended).await;
                     drop(guards);
+                    self.keep_recording_in_background(recording.take());
                     return Outcome::Redirected(r);
                 }
             }
@@ -893,11 +1002,13 @@ impl Session {
             Some(_) => pick.status().as_str().to_owned(),
             None => unanswered_status(stored.iter().map(|c| c.status().as_str())),
         };
-        let recording = match recording_since {
-            Some(started) => match self.dial_recording(started).await {
-                Ok(r) => r,
-                Err(ended) => return ended,
-            },
+        let recording = match recording {
+            Some((done, started)) => {
+                self.media.end_conversation();
+                self.runner
+                    .store_conversation(&self.call, done, started, "DialVerb")
+                    .await
+            }
             None => None,
         };
         Outcome::Event(FlowEvent::DialDone(DialResult {
@@ -908,74 +1019,25 @@ impl Session {
         }))
     }
 
-    /// The whole call's recording (`Record=true`), once its conversation recording has been
-    /// ended: stored as a Recording (source `OutboundAPI`) with its recording-ready event.
-    async fn store_call_recording(mut self, started: i64) {
-        let pcm = loop {
-            match self.events.recv().await {
-                Some(MediaEvent::Conversation(pcm)) => break *pcm,
-                None | Some(MediaEvent::Closed { .. }) => return,
-                Some(_) => {}
-            }
-        };
-        if pcm.is_empty() {
+    /// A `<Dial record>` the call left early (hung up, redirected): ended and stored by a
+    /// task of its own.
+    fn keep_recording_in_background(
+        &self,
+        recording: Option<(
+            tokio::sync::oneshot::Receiver<Box<callflow_media::record::Conversation>>,
+            i64,
+        )>,
+    ) {
+        let Some((done, started)) = recording else {
             return;
-        }
-        let duration_ms = pcm.len() as u64 / 8;
-        match self
-            .store_recording(&pcm, duration_ms, started, "OutboundAPI")
-            .await
-        {
-            Ok((sid, url)) => {
-                self.log("recording.call", json!({ "recording_sid": sid }))
-                    .await;
-                self.send_notifications(Vec::new(), Some(&url)).await;
-            }
-            Err(why) => {
-                self.log("flow.error", json!({ "call_recording": why }))
-                    .await
-            }
-        }
-    }
-
-    /// Ends a `<Dial record>`'s conversation recording and stores it as a Recording (source
-    /// `DialVerb`) before the action hears of it; `None` when nothing was said or it could not
-    /// be stored (logged). `Err` when the call ended or was redirected meanwhile.
-    async fn dial_recording(
-        &mut self,
-        started: i64,
-    ) -> Result<Option<callflow_runtime::flow::DialRecording>, Outcome> {
-        self.media.end_conversation();
-        let pcm = loop {
-            match self.next_media().await {
-                Next::Gone => return Err(Outcome::Gone),
-                Next::Redirected(r) => return Err(Outcome::Redirected(r)),
-                Next::Media(MediaEvent::Conversation(pcm)) => break *pcm,
-                Next::Media(_) => {}
-            }
         };
-        if pcm.is_empty() {
-            return Ok(None);
-        }
-        let duration_ms = pcm.len() as u64 / 8;
-        match self
-            .store_recording(&pcm, duration_ms, started, "DialVerb")
-            .await
-        {
-            Ok((sid, url)) => {
-                self.send_notifications(Vec::new(), Some(&url)).await;
-                Ok(Some(callflow_runtime::flow::DialRecording {
-                    sid,
-                    url,
-                    duration_s: u32::try_from(duration_ms.div_ceil(1000)).unwrap_or(u32::MAX),
-                }))
-            }
-            Err(why) => {
-                self.log("flow.error", json!({ "dial_recording": why }))
-                    .await;
-                Ok(None)
-            }
-        }
+        self.media.end_conversation();
+        let (runner, call) = (self.runner.clone(), self.call.clone());
+        tokio::spawn(async move {
+            runner
+                .store_conversation(&call, done, started, "DialVerb")
+                .await
+        });
     }
 
     async fn play_audio(
@@ -1200,49 +1262,9 @@ impl Session {
         started: i64,
         source: &str,
     ) -> Result<(String, String), String> {
-        let store = &self.inner().store;
-        let new = NewRecording {
-            call_sid: self.call.sid.clone(),
-            status: "completed".into(),
-            source: source.into(),
-            channels: 1,
-            duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
-            start_time: started,
-            wav_path: None,
-            mp3_path: None,
-        };
-        let rec = store
-            .create_recording(&self.call.account_sid, &new, now_ms())
+        self.runner
+            .store_recording(&self.call, pcm, duration_ms, started, source)
             .await
-            .map_err(|e| e.to_string())?;
-        let dir = self.inner().config.data_dir.join("recordings");
-        let (wav, mp3) = (
-            format!("recordings/{}.wav", rec.sid),
-            format!("recordings/{}.mp3", rec.sid),
-        );
-        let (wav_path, mp3_path) = (
-            dir.join(format!("{}.wav", rec.sid)),
-            dir.join(format!("{}.mp3", rec.sid)),
-        );
-        let pcm = pcm.to_vec();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            callflow_media::files::write_wav(&wav_path, &pcm).map_err(|e| e.to_string())?;
-            callflow_media::files::write_mp3(&mp3_path, &pcm).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        store
-            .set_recording_media(&rec.sid, Some(&wav), Some(&mp3), now_ms())
-            .await
-            .map_err(|e| e.to_string())?;
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Recordings/{}",
-            self.inner().config.public_url.trim_end_matches('/'),
-            rec.account_sid,
-            rec.sid
-        );
-        Ok((rec.sid, url))
     }
 }
 

@@ -257,6 +257,9 @@ impl Recorder {
     }
 }
 
+/// How far the peer's side may trail what was sent before silence is added (jitter).
+const ALIGN_SLACK_SAMPLES: usize = 60 * SAMPLES_PER_MS as usize;
+
 /// A conversation being recorded (`<Dial record>`): what the peer said and what the call sent
 /// it (the bridged party's voice, prompts), kept apart as they come and mixed at the end. Both
 /// sides run on the worker's clock, a frame at a time, so they stay aligned; each stops at
@@ -292,7 +295,19 @@ impl Conversation {
         }
     }
 
-    /// Both sides mixed into one mono track, as long as the longer side.
+    /// Pads the peer's side with silence up to what was sent, less a jitter allowance: a peer
+    /// that sends nothing must not shift everything it says later.
+    pub fn align_heard(&mut self) {
+        let behind = self
+            .said
+            .len()
+            .saturating_sub(self.heard.len() + ALIGN_SLACK_SAMPLES);
+        let room = self.max_samples.saturating_sub(self.heard.len());
+        self.heard.extend_zeros(behind.min(room));
+    }
+
+    /// Both sides mixed into one mono track, as long as the longer side (a CPU-bound copy of
+    /// the whole recording: not on a real-time thread).
     pub fn finish(self) -> Vec<i16> {
         let heard = self.heard.into_vec();
         let said = self.said.into_vec();
@@ -318,6 +333,19 @@ mod conversation_tests {
         c.said(Some(&[1, 2, 10]), 3);
         c.said(None, 2);
         assert_eq!(c.finish(), vec![101, 202, i16::MAX, 0, 0]);
+    }
+
+    #[test]
+    fn a_silent_peer_is_padded_to_what_was_sent_less_the_slack() {
+        let mut c = Conversation::new(10_000);
+        c.said(None, 8_000);
+        c.align_heard();
+        c.heard(&[7; 10]);
+        let mixed = c.finish();
+        let at = 8_000 - ALIGN_SLACK_SAMPLES;
+        assert_eq!(mixed.len(), 8_000);
+        assert_eq!(&mixed[at..at + 10], &[7; 10]);
+        assert!(mixed[..at].iter().all(|&s| s == 0));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
 
 use crate::Audio;
 use crate::amd::{Amd, AmdConfig, Verdict};
@@ -30,6 +31,10 @@ use crate::rtp::{Accepted, Frame, Incoming, MAX_PACKET, Outgoing, RtpStats, Stre
 pub const TICK_MS: u64 = 10;
 /// A frame sent this much after it was due counts as late (the quality bar of the benchmark).
 pub const LATE_MS: u64 = 40;
+/// The longest conversation recorded (`<Dial record>`, `Record=true`): an hour, 57 MB of
+/// audio held while it runs (both sides).
+pub const MAX_CONVERSATION_MS: u64 = 3_600_000;
+
 /// Audio a bridged call holds for its peer at most (older samples are dropped: the legs'
 /// clocks drift, and a late leg must not build up delay).
 const BRIDGE_MAX_SAMPLES: usize = 1600;
@@ -108,9 +113,6 @@ pub enum MediaEvent {
         end: CollectEnd,
     },
     Recorded(Box<Recording>),
-    /// The conversation `record_conversation` started, both sides mixed (mono, 8 kHz), after
-    /// `end_conversation`.
-    Conversation(Box<Vec<i16>>),
     /// The digits queued by `send_digits` have gone out.
     DigitsSent,
     /// Answering-machine detection has decided.
@@ -157,10 +159,11 @@ enum Command {
         id: u64,
         config: AmdConfig,
     },
-    /// Record both directions of the call until `EndConversation`.
+    /// Record both directions of the call until `EndConversation` or the call's close.
     RecordConversation {
         id: u64,
         max_ms: u64,
+        done: oneshot::Sender<Box<Conversation>>,
     },
     EndConversation {
         id: u64,
@@ -433,17 +436,21 @@ impl CallMedia {
     }
 
     /// Starts recording the conversation, both directions (what the peer says and what is sent
-    /// to it), for at most `max_ms`. `end_conversation` ends it with
-    /// [`MediaEvent::Conversation`].
-    pub fn record_conversation(&self, max_ms: u64) {
+    /// to it), for at most `max_ms` (and [`MAX_CONVERSATION_MS`]). It comes back through the
+    /// returned channel when `end_conversation` ends it or the media closes, whatever became of
+    /// the caller's events (mix it with [`Conversation::finish`], off the async threads); the
+    /// channel closes with nothing if another conversation recording was already running.
+    pub fn record_conversation(&self, max_ms: u64) -> oneshot::Receiver<Box<Conversation>> {
+        let (done, rx) = oneshot::channel();
         self.send(Command::RecordConversation {
             id: self.id(),
-            max_ms,
+            max_ms: max_ms.min(MAX_CONVERSATION_MS),
+            done,
         });
+        rx
     }
 
-    /// Ends the conversation recording (it reports [`MediaEvent::Conversation`]; nothing if
-    /// none runs).
+    /// Ends the conversation recording (nothing if none runs).
     pub fn end_conversation(&self) {
         self.send(Command::EndConversation { id: self.id() });
     }
@@ -657,8 +664,8 @@ struct Call {
     bridge_out: VecDeque<i16>,
     /// The peer's audio, waiting to be sent to this call.
     bridge_in: VecDeque<i16>,
-    /// `<Dial record>`: both directions, while it runs.
-    conversation: Option<Box<Conversation>>,
+    /// `<Dial record>` or `Record=true`: both directions while it runs, and where it goes.
+    conversation: Option<(Box<Conversation>, oneshot::Sender<Box<Conversation>>)>,
 }
 
 impl Call {
@@ -708,6 +715,12 @@ impl Call {
         self.receive(now, buf);
         self.release(now, false);
         self.pad_recording(now);
+        if let Some((c, _)) = self.conversation.as_mut()
+            && now.saturating_sub(self.last_audio_ms) >= SILENT_PEER_MS
+        {
+            // a peer that sends nothing (hold, silence suppression) is silence, not a gap
+            c.align_heard();
+        }
         for d in std::mem::take(&mut self.pending_digits) {
             self.on_digit(now, d);
         }
@@ -781,7 +794,7 @@ impl Call {
             {
                 detected = Some(v);
             }
-            if let Some(c) = conversation.as_mut() {
+            if let Some((c, _)) = conversation.as_mut() {
                 c.heard(pcm);
             }
             if bridged.is_some() {
@@ -916,6 +929,9 @@ impl Call {
         if now - due > 3 * ptime {
             let missed = (now - due) / ptime;
             self.out.skip((missed * ptime * 8) as u32);
+            if let Some((c, _)) = self.conversation.as_mut() {
+                c.said(None, (missed * ptime * 8) as usize);
+            }
             due += missed * ptime;
             if self.params.send {
                 late += missed;
@@ -982,7 +998,7 @@ impl Call {
                     false
                 }
             };
-            if let Some(c) = self.conversation.as_mut() {
+            if let Some((c, _)) = self.conversation.as_mut() {
                 self.pcm.clear();
                 g711::decode(self.params.law, frame, &mut self.pcm);
                 c.said(Some(&self.pcm), samples);
@@ -1000,7 +1016,7 @@ impl Call {
         } else {
             // The event packet stands for this frame's time.
             self.out.skip(samples as u32);
-            if let Some(c) = self.conversation.as_mut() {
+            if let Some((c, _)) = self.conversation.as_mut() {
                 c.said(None, samples);
             }
         }
@@ -1115,17 +1131,14 @@ impl Call {
                 self.params = params;
             }
             Command::Detect { config, .. } => self.amd = Some(Amd::new(config, now)),
-            Command::RecordConversation { max_ms, .. } => {
-                // one at a time: a second start leaves the running one alone
+            Command::RecordConversation { max_ms, done, .. } => {
+                // one at a time: a second start leaves the running one alone (and its
+                // channel closes empty)
                 if self.conversation.is_none() {
-                    self.conversation = Some(Box::new(Conversation::new(max_ms)));
+                    self.conversation = Some((Box::new(Conversation::new(max_ms)), done));
                 }
             }
-            Command::EndConversation { .. } => {
-                if let Some(c) = self.conversation.take() {
-                    self.emit(MediaEvent::Conversation(Box::new(c.finish())));
-                }
-            }
+            Command::EndConversation { .. } => self.end_conversation(),
             Command::Open(_)
             | Command::Close { .. }
             | Command::Bridge { .. }
@@ -1141,8 +1154,14 @@ impl Call {
         }
         self.finish_collect(CollectEnd::Stopped);
         self.finish_record(StopReason::Hangup);
-        if let Some(c) = self.conversation.take() {
-            self.emit(MediaEvent::Conversation(Box::new(c.finish())));
+        self.end_conversation();
+    }
+
+    /// Hands the conversation recording over, unmixed: mixing a long one here would stall
+    /// every call of the worker.
+    fn end_conversation(&mut self) {
+        if let Some((c, done)) = self.conversation.take() {
+            let _ = done.send(c);
         }
     }
 }
