@@ -26,8 +26,8 @@ pub(crate) const PLUGIN_REQUEST: &str = "plugin-request";
 /// How many times an event whose plugin fails (traps, times out, answers badly) is tried.
 pub(crate) const EVENT_MAX_ATTEMPTS: u32 = 3;
 
-/// Requests one event may ask for; more is the plugin's error.
-const MAX_REQUESTS_PER_EVENT: usize = 16;
+/// Requests one event (or one recording) may ask for; more is the plugin's error.
+pub(crate) const MAX_REQUESTS_PER_EVENT: usize = 16;
 
 /// The event a call entering `status` is, if any (a call's creation, `queued`, is not one).
 fn kind_of(status: CallStatus) -> Option<EventKind> {
@@ -206,9 +206,29 @@ impl FlowRunner {
 /// A request a plugin asked for, as an outbox row; its URL must be http(s) (the egress policy
 /// is applied when it is sent).
 pub(crate) fn plugin_request(call: &Call, r: HttpRequest) -> Result<NewDelivery, String> {
-    let url = url::Url::parse(&r.url).map_err(|e| format!("request URL {:?}: {e}", r.url))?;
+    let url = url::Url::parse(&r.url).map_err(|_| "a request URL does not parse".to_owned())?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("request URL {:?} is not http or https", r.url));
+        return Err(format!(
+            "a request URL is {}:, not http or https",
+            url.scheme()
+        ));
+    }
+    for h in &r.headers {
+        let name = reqwest::header::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("request header name {:?} is not valid", h.name))?;
+        // the HTTP client frames the message itself
+        if [
+            reqwest::header::HOST,
+            reqwest::header::CONTENT_LENGTH,
+            reqwest::header::TRANSFER_ENCODING,
+            reqwest::header::CONNECTION,
+        ]
+        .contains(&name)
+        {
+            return Err(format!("request header {name} is the host's to set"));
+        }
+        reqwest::header::HeaderValue::from_str(&h.value)
+            .map_err(|_| format!("the value of request header {name} is not valid"))?;
     }
     Ok(NewDelivery {
         account_sid: call.account_sid.clone(),
@@ -260,5 +280,100 @@ mod tests {
             assert_eq!(kind_parse(kind_name(k)).map(kind_name), Some(kind_name(k)));
         }
         assert!(kind_parse("exploded").is_none());
+    }
+
+    fn call() -> Call {
+        Call {
+            seq: 1,
+            sid: "CA1".into(),
+            account_sid: "AC1".into(),
+            parent_call_sid: None,
+            direction: "outbound-api".into(),
+            to_number: "+15551".into(),
+            from_number: "+15552".into(),
+            phone_number_sid: None,
+            status: callflow_store::StoredStatus(CallStatus::Completed),
+            answered_by: None,
+            start_time: None,
+            end_time: None,
+            duration: Some(3),
+            sip_response_code: None,
+            url: None,
+            method: "POST".into(),
+            twiml: None,
+            fallback_url: None,
+            fallback_method: "POST".into(),
+            status_callback: None,
+            status_callback_method: "POST".into(),
+            status_callback_event: "completed".into(),
+            timeout: 60,
+            time_limit: 14_400,
+            send_digits: None,
+            record: false,
+            machine_detection: None,
+            request_params: "[]".into(),
+            plugins: "{}".into(),
+            callout_sid: None,
+            participant_sid: None,
+            attempt: None,
+            priority: 0,
+            date_created: 0,
+            date_updated: 0,
+        }
+    }
+
+    fn request(url: &str, headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            method: callflow_runtime::events::HttpMethod::Post,
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| callflow_runtime::events::Param {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            body: b"{}".to_vec(),
+            idempotency_key: Some("k".into()),
+        }
+    }
+
+    #[test]
+    fn plugin_requests_are_checked_before_they_are_stored() {
+        let ok = plugin_request(
+            &call(),
+            request("https://rp.example/api", &[("Authorization", "Token t")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.kind.as_str(), ok.method.as_str()),
+            (PLUGIN_REQUEST, "POST")
+        );
+        assert_eq!(ok.idempotency_key.as_deref(), Some("k"));
+        for (url, headers, why) in [
+            ("ftp://rp.example/", vec![], "not http"),
+            ("not a url", vec![], "does not parse"),
+            ("https://rp.example/", vec![("Bad Name", "x")], "not valid"),
+            (
+                "https://rp.example/",
+                vec![("X-A", "a\r\nInjected: 1")],
+                "not valid",
+            ),
+            (
+                "https://rp.example/",
+                vec![("Host", "elsewhere")],
+                "host's to set",
+            ),
+            (
+                "https://rp.example/",
+                vec![("content-length", "1")],
+                "host's to set",
+            ),
+        ] {
+            let err = plugin_request(&call(), request(url, &headers)).unwrap_err();
+            assert!(err.contains(why), "{url} {headers:?}: {err}");
+            // no header value (a token) is quoted back
+            assert!(!err.contains("Injected"), "{err}");
+        }
     }
 }

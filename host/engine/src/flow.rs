@@ -612,6 +612,8 @@ impl Session {
                 }
             }
         }
+        // a ringing call whose flow ended without a verb: Twilio answers it, then hangs up
+        self.answer().await;
     }
 
     /// Hands one event to the plugin: the event is logged (whole, with the time and seed the
@@ -1224,6 +1226,14 @@ impl Session {
         recording_url: Option<&str>,
     ) {
         let mut rows = Vec::new();
+        let mut requests = requests;
+        if requests.len() > crate::events::MAX_REQUESTS_PER_EVENT {
+            let detail = json!({ "error": format!(
+                "the recording plugin asked for {} notifications (at most {}); none is sent",
+                requests.len(), crate::events::MAX_REQUESTS_PER_EVENT) });
+            self.log("recording.notify", detail).await;
+            requests.clear();
+        }
         for r in requests {
             let (method, url) = (method_name(r.method), r.url.clone());
             match crate::events::plugin_request(&self.call, r) {

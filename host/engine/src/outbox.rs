@@ -119,11 +119,21 @@ impl Outbox {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut in_flight = JoinSet::new();
         while !*shutdown.borrow() {
+            // Claim only what can start now: a claimed row's lease runs from the claim, so one
+            // left waiting for a permit could be claimed again, and sent twice, once it ran out.
+            let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
+            if free == 0 {
+                tokio::select! {
+                    _ = in_flight.join_next() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             let now = now_ms();
             let lease = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
             let claimed = match self
                 .store
-                .claim_deliveries(now, lease, self.config.batch)
+                .claim_deliveries(now, lease, self.config.batch.min(free))
                 .await
             {
                 Ok(c) => c,
@@ -172,7 +182,13 @@ impl Outbox {
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let attempts = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
         let (status_code, error, retry) = match result {
-            Ok(status) if status < 400 => (Some(status), None, false),
+            Ok(status) if (200..300).contains(&status) => (Some(status), None, false),
+            // redirects are not followed (the target could be anywhere): not delivered
+            Ok(status) if status < 400 => (
+                Some(status),
+                Some(format!("HTTP {status} (redirects are not followed)")),
+                false,
+            ),
             // the receiver refused it; trying again will not change its mind
             Ok(status) if status < 500 && status != 408 && status != 429 => {
                 (Some(status), Some(format!("HTTP {status}")), false)

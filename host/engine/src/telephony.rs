@@ -461,12 +461,18 @@ impl Telephony {
                 refused.ip()
             ));
         }
+        // the INVITE goes to the address checked here, not to a second lookup of the name
+        let checked = addrs[0];
+        let ours = match self.inner.media.advertised_ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
         Ok(TrunkSpec {
             name: SIP_URI_ROUTE.into(),
-            host: target.host,
-            port: target.port,
+            host: checked.ip().to_string(),
+            port: checked.port(),
             transport: target.transport,
-            from_domain: Some(self.inner.media.advertised_ip.to_string()),
+            from_domain: Some(ours),
             max_channels: 0,
             ..TrunkSpec::default()
         })
@@ -682,6 +688,12 @@ impl Telephony {
             }
         };
         tracing::info!(call = %call.sid, account = %call.account_sid, %key, "inbound call");
+        // created ringing, so its first event is this one (API calls start queued, no event)
+        if let Some(row) = crate::events::call_event(&call, call.date_created)
+            && let Err(e) = self.inner.engine.enqueue(&[row], now_ms()).await
+        {
+            tracing::warn!(call = %call.sid, error = %e, "ringing event not queued");
+        }
         let control = self.register_live(&call.sid);
         self.follow(
             call,
@@ -889,8 +901,11 @@ impl Telephony {
                     let r = match d {
                         AnswerDecision::Answer => self.inner.sip.answer(key, local).await,
                         AnswerDecision::Refuse(code) => {
-                            refused = Some(refused_status(code));
-                            self.inner.sip.reject(key, code).await
+                            let r = self.inner.sip.reject(key, code).await;
+                            if r.is_ok() {
+                                refused = Some(refused_status(code));
+                            }
+                            r
                         }
                     };
                     if let Err(e) = r {
@@ -907,9 +922,11 @@ impl Telephony {
                     if let Some(Ok(AnswerDecision::Refuse(code))) =
                         decision.take().map(|mut d| d.try_recv())
                     {
-                        refused = Some(refused_status(code));
-                        if let Err(e) = self.inner.sip.reject(key, code).await {
-                            tracing::warn!(call = %call.sid, error = %e, code, "could not refuse");
+                        match self.inner.sip.reject(key, code).await {
+                            Ok(()) => refused = Some(refused_status(code)),
+                            Err(e) => {
+                                tracing::warn!(call = %call.sid, error = %e, code, "could not refuse")
+                            }
                         }
                         continue;
                     }
@@ -918,9 +935,12 @@ impl Telephony {
                 }
             }
         }
-        // The flow hears that the call is over (its redirect channel closes) and has a moment to
-        // tell its plugin; one busy elsewhere (a slow fetch) is dropped.
+        // The flow hears that the call is over (its redirect channel closes; a flow waiting to
+        // answer hears it from its pending answer) and has a moment to tell its plugin; one busy
+        // elsewhere (a slow fetch) is dropped.
         drop(redirect);
+        drop(hand_over);
+        drop(decision);
         if let Some(f) = flow {
             let abort = f.abort_handle();
             if tokio::time::timeout(FLOW_GRACE, f).await.is_err() {
@@ -1242,8 +1262,10 @@ impl SipTarget {
                 ));
             }
         };
+        if rest.contains('?') {
+            return Err(bad("URI headers (`?…`) cannot be sent in a request URI"));
+        }
         let (addr, params) = rest.split_once(';').unwrap_or((rest, ""));
-        let addr = addr.split_once('?').map_or(addr, |(a, _)| a);
         let hostport = addr.rsplit_once('@').map_or(addr, |(_, h)| h);
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, after) = v6
@@ -1357,8 +1379,6 @@ mod tests {
         );
         let t = SipTarget::parse("sip:[2001:db8::1]:5062").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("2001:db8::1", 5062));
-        let t = SipTarget::parse("sip:bob@pbx.example?X-Header=1").unwrap();
-        assert_eq!(t.host, "pbx.example");
         for bad in [
             "sips:alice@example.org",
             "tel:+15551234",
@@ -1369,6 +1389,7 @@ mod tests {
             "sip:alice@host\r\nVia: x",
             "sip:al ice@host",
             "sip:<alice@host>",
+            "sip:bob@pbx.example?X-Header=1",
         ] {
             assert!(SipTarget::parse(bad).is_err(), "{bad}");
         }
