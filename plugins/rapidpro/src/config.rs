@@ -44,7 +44,8 @@ impl On {
     pub fn starts_flow(self, status: &str) -> bool {
         match self {
             On::Answered => status == "completed",
-            On::Any => true,
+            // a canceled attempt is a stopped callout's: nobody was called
+            On::Any => status != "canceled",
         }
     }
 }

@@ -18,8 +18,10 @@
 //!   kept, trailing slashes are dropped), an API token of the RapidPro workspace, and the UUID of
 //!   the flow to start.
 //! - `on`: `answered` (the default) starts the flow when an attempt ends `completed`, which for a
-//!   callout attempt means it was answered; `any` starts it after any final status (completed,
-//!   busy, no-answer, failed, canceled).
+//!   callout attempt means it was answered; `any` starts it after any final status the call
+//!   reached (completed, busy, no-answer, failed; not canceled, which is a stopped callout's).
+//!   With one flow start per participant, `any` starts it after the participant's first attempt,
+//!   whatever its outcome.
 //! - `extra`: constants added to every flow start's `extra` (not the names the adapter sets).
 //!
 //! What it does with one event: nothing unless the event is `completed` (the call's final status)
@@ -109,8 +111,9 @@ pub fn handle(ctx: &EventContext, out: &mut Output) {
         out.log(
             LogLevel::Info,
             format!(
-                "{ended}: no RapidPro flow start (on = {} starts flows for answered calls only)",
-                config.on.as_str()
+                "{ended}: no RapidPro flow start (on = {} does not start flows for {} calls)",
+                config.on.as_str(),
+                e.status
             ),
         );
         return;
@@ -298,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn answered_starts_only_completed_attempts_and_any_every_final_status() {
+    fn answered_starts_only_completed_attempts_and_any_every_status_but_canceled() {
         let finals = ["busy", "no-answer", "failed", "canceled", "completed"];
         let mut answered = tester(&config("https://rapidpro.example.org", None));
         let mut any = tester(&config("https://rapidpro.example.org", Some("any")));
@@ -318,6 +321,10 @@ mod tests {
             );
             let o = run(&any);
             assert_no_token(&o);
+            if status == "canceled" {
+                assert!(o.requests.is_empty(), "{o:?}");
+                continue;
+            }
             let [req] = &o.requests[..] else {
                 panic!("{status}: {o:?}")
             };
@@ -338,7 +345,7 @@ mod tests {
         check(
             &run(&answered),
             expect![[r#"
-                info: attempt 5 at participant PA00000000000000000000000000000000 ended busy: no RapidPro flow start (on = answered starts flows for answered calls only)
+                info: attempt 5 at participant PA00000000000000000000000000000000 ended busy: no RapidPro flow start (on = answered does not start flows for busy calls)
             "#]],
         );
     }
