@@ -5,8 +5,9 @@ use sqlx::{FromRow, SqliteConnection};
 
 use crate::{Result, Store, StoreError};
 
-/// A webhook to send.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A webhook to send. Its `Debug` leaves out header values and the body (a plugin's headers
+/// carry its credentials).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct NewDelivery {
     pub account_sid: String,
     pub call_sid: Option<String>,
@@ -24,6 +25,23 @@ pub struct NewDelivery {
     pub body: Option<Vec<u8>>,
     /// Rows with the same key are made at most once per account: a second one is not stored.
     pub idempotency_key: Option<String>,
+}
+
+impl std::fmt::Debug for NewDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("NewDelivery")
+            .field("account_sid", &self.account_sid)
+            .field("call_sid", &self.call_sid)
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("params", &self.params)
+            .field("header_names", &header_names)
+            .field("body_bytes", &self.body.as_ref().map(Vec::len))
+            .field("idempotency_key", &self.idempotency_key)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,10 +151,12 @@ pub(crate) async fn insert_delivery(
     let headers =
         serde_json::to_string(&d.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let id: Option<(i64,)> = sqlx::query_as(
-        "INSERT OR IGNORE INTO webhook_deliveries
+        "INSERT INTO webhook_deliveries
              (account_sid, call_sid, kind, url, method, params, headers, body, idempotency_key,
               next_attempt_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (account_sid, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
     )
     .bind(&d.account_sid)
     .bind(&d.call_sid)
@@ -434,9 +454,18 @@ mod tests {
         );
         assert!(store.enqueue_delivery(&hook(), 5).await.unwrap().is_some());
         assert!(store.enqueue_delivery(&hook(), 6).await.unwrap().is_some());
-        // headers and body come back as stored
+        // headers and body come back as stored; Debug never shows a header's value
         let d = store.delivery(first.unwrap()).await.unwrap().unwrap();
         assert_eq!(d.webhook, plugin_request("AC1", "start:PA1"));
+        let mut secret = plugin_request("AC1", "k");
+        secret
+            .headers
+            .push(("Authorization".into(), "Token s3cr3t".into()));
+        let shown = format!("{secret:?}");
+        assert!(
+            shown.contains("Authorization") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]
