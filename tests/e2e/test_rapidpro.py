@@ -397,7 +397,7 @@ def test_dial_reports_a_status_mailroom_accepts(sim, phone, rapidpro_callflow, d
     )
     form = dialed.form_dict
     assert form["DialCallStatus"] in statuses, form
-    assert re.fullmatch(r"[0-9]+", form.get("DialCallDuration", "0")), form
+    assert re.fullmatch(r"[0-9]+", form["DialCallDuration"]), form
     if "completed" in statuses:
         assert int(form["DialCallDuration"]) >= 1, form
     assert form["CallStatus"] == "in-progress"
@@ -417,7 +417,13 @@ def test_hangup_request_mid_call_answers_200_then_the_final_status(sim, phone, r
     started = sim.start_call(channel, SILENT)
     sid = assert_started(sim, started, SILENT)
     assert_start_request(sim, started, channel, SILENT)
-    time.sleep(1.0)  # the call is waiting in its Gather
+    # the call is waiting in its Gather
+    waiting = wait_until(
+        lambda: any(isinstance(c, dict) and "Gather" in c for c in flow_commands(callflow, sid)),
+        WAIT_S,
+        interval=0.1,
+    )
+    assert waiting, flow_commands(callflow, sid)
 
     resp = sim.hangup_call(channel, sid)
     assert resp.status_code == 200, resp.text
