@@ -399,6 +399,24 @@ class ReceivedRequest:
         return self.headers.get("x-twilio-signature")
 
 
+def serve(server):
+    """Runs an http.server on a daemon thread (polling for shutdown every 50 ms); returns the
+    server and its thread for `shut_down`."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def shut_down(server, thread) -> None:
+    """Stops what `serve` started (nothing if `server` is None)."""
+    if server is None:
+        return
+    server.shutdown()
+    server.server_close()
+    if thread is not None:
+        thread.join(timeout=5)
+
+
 class WebhookReceiver:
     """Threaded HTTP server on a fixed loopback port that records every request.
 
@@ -475,22 +493,13 @@ class WebhookReceiver:
             allow_reuse_address = True  # rebind the same port right after stop()
             daemon_threads = True
 
-        self._server = Server(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server, self._thread = serve(Server(("127.0.0.1", self.port), Handler))
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
         server, self._server = self._server, None
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(server, self._thread)
+        self._thread = None
 
     def _record(self, req: ReceivedRequest) -> None:
         with self._lock:

@@ -39,7 +39,7 @@ from typing import Callable, Optional, Union
 
 import requests
 
-from harness import free_port, wait_until
+from harness import free_port, serve, shut_down, wait_until
 
 ERROR_MESSAGE = "An error has occurred, please try again later."
 XML_HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -530,22 +530,13 @@ class RapidProSim:
             def handle_error(self, request, client_address):
                 pass  # clients hanging up mid-request are not our failures
 
-        self._server = Server(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server, self._thread = serve(Server(("127.0.0.1", self.port), Handler))
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
         server, self._server = self._server, None
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(server, self._thread)
+        self._thread = None
 
     def __enter__(self) -> "RapidProSim":
         return self.start()
