@@ -89,13 +89,7 @@ impl Config {
     /// Parses and checks `json` (an empty string reads as `{}`). The error lists every problem,
     /// separated by `; `, and never quotes a value that contains the token.
     pub fn parse(json: &str) -> Result<Config, String> {
-        if json.len() > MAX_CONFIG_BYTES {
-            return Err(format!(
-                "the configuration is {} bytes, over the limit of {MAX_CONFIG_BYTES}",
-                json.len()
-            ));
-        }
-        let json = if json.trim().is_empty() { "{}" } else { json };
+        let json = callflow_sdk::config_text(json, MAX_CONFIG_BYTES)?;
         // serde_json's syntax errors give a position, never the text around it
         let value: Value = serde_json::from_str(json)
             .map_err(|e| format!("the configuration is not valid JSON: {e}"))?;

@@ -94,13 +94,7 @@ impl Config {
     /// Parses and checks `json` (an empty string reads as `{}`); the error says what is wrong
     /// and where.
     pub fn parse(json: &str) -> Result<Config, String> {
-        if json.len() > MAX_CONFIG_BYTES {
-            return Err(format!(
-                "the configuration is {} bytes, over the limit of {MAX_CONFIG_BYTES}",
-                json.len()
-            ));
-        }
-        let json = if json.trim().is_empty() { "{}" } else { json };
+        let json = callflow_sdk::config_text(json, MAX_CONFIG_BYTES)?;
         let raw: Raw = serde_json::from_str(json).map_err(|e| e.to_string())?;
         let mut config = Config::default();
         if let Some(statuses) = raw.retry_statuses {
