@@ -119,17 +119,8 @@ transport = "udp"
 inbound_sources = ["127.0.0.1/32"]
 max_channels = 0
 EOF
-log "starting callflow: http 127.0.0.1:$HTTP_PORT, sip udp 127.0.0.1:$SIP_PORT (data in $TMP/data)"
-RUST_LOG=warn CALLFLOW_ROOT_ACCOUNT_SID=$ACCOUNT_SID CALLFLOW_ROOT_AUTH_TOKEN=$AUTH_TOKEN \
-    "$CALLFLOW_BIN" serve --http "127.0.0.1:$HTTP_PORT" --sip "127.0.0.1:$SIP_PORT" \
-    --data "$TMP/data" --config "$OUT/callflow.toml" >"$OUT/callflow.log" 2>&1 &
-CALLFLOW_PID=$!
-wait_http "http://127.0.0.1:$HTTP_PORT/health" "$CALLFLOW_PID" callflow "$OUT/callflow.log"
-body=$(curl -sS --max-time 10 -u "$ACCOUNT_SID:$AUTH_TOKEN" -w '\n%{http_code}' \
-    --data-urlencode "PhoneNumber=$NUMBER" --data-urlencode "VoiceUrl=$APP/voice" \
-    --data-urlencode "VoiceMethod=POST" \
-    "http://127.0.0.1:$HTTP_PORT/2010-04-01/Accounts/$ACCOUNT_SID/IncomingPhoneNumbers.json")
-[ "${body##*$'\n'}" = 201 ] || die "creating the number answered: $body"
+start_callflow "$SIP_PORT" "$OUT/callflow.toml"
+create_number "$NUMBER" "$APP/voice"
 
 # probe ARGS...: bench/probe.py against callflow, bounded from outside too
 probe() {

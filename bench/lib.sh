@@ -51,6 +51,31 @@ wait_http() { # url pid name log
     die "$3 did not answer $1 within ${STARTUP_TIMEOUT_S} s"
 }
 
+# start_callflow SIP_PORT CONFIG [NAME=VALUE...]: `callflow serve` with the root credentials
+# ACCOUNT_SID/AUTH_TOKEN, HTTP on 127.0.0.1:$HTTP_PORT, SIP on 127.0.0.1:SIP_PORT, data in
+# $TMP/data, log in $OUT/callflow.log, the extra environment given; sets CALLFLOW_PID and
+# returns once /health answers.
+start_callflow() {
+    local sip_port=$1 config=$2
+    shift 2
+    log "starting callflow: http 127.0.0.1:$HTTP_PORT, sip udp 127.0.0.1:$sip_port (data in $TMP/data)"
+    env RUST_LOG=warn CALLFLOW_ROOT_ACCOUNT_SID="$ACCOUNT_SID" CALLFLOW_ROOT_AUTH_TOKEN="$AUTH_TOKEN" "$@" \
+        "$CALLFLOW_BIN" serve --http "127.0.0.1:$HTTP_PORT" --sip "127.0.0.1:$sip_port" \
+        --data "$TMP/data" --config "$config" >"$OUT/callflow.log" 2>&1 &
+    CALLFLOW_PID=$!
+    wait_http "http://127.0.0.1:$HTTP_PORT/health" "$CALLFLOW_PID" callflow "$OUT/callflow.log"
+}
+
+# create_number NUMBER VOICE_URL: the root account's number, its VoiceUrl POSTed.
+create_number() {
+    local body
+    body=$(curl -sS --max-time 10 -u "$ACCOUNT_SID:$AUTH_TOKEN" -w '\n%{http_code}' \
+        --data-urlencode "PhoneNumber=$1" --data-urlencode "VoiceUrl=$2" \
+        --data-urlencode "VoiceMethod=POST" \
+        "http://127.0.0.1:$HTTP_PORT/2010-04-01/Accounts/$ACCOUNT_SID/IncomingPhoneNumbers.json")
+    [ "${body##*$'\n'}" = 201 ] || die "creating the number answered: $body"
+}
+
 # stop_pids PID...: TERM, up to 10 s each to exit (callflow waits at most that for webhooks in
 # flight), then KILL.
 stop_pids() {

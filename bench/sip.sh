@@ -180,18 +180,8 @@ cps = 1000.0
 max_channels = 0
 EOF
     cp "$TMP/callflow.toml" "$OUT/callflow.toml"
-    log "starting callflow: http 127.0.0.1:$HTTP_PORT, sip udp 127.0.0.1:$CALLFLOW_PORT (data in $TMP/data)"
-    RUST_LOG=warn CALLFLOW_WEBHOOK_ALLOW_PRIVATE=true \
-        CALLFLOW_ROOT_ACCOUNT_SID=$ACCOUNT_SID CALLFLOW_ROOT_AUTH_TOKEN=$AUTH_TOKEN \
-        "$CALLFLOW_BIN" serve --http "127.0.0.1:$HTTP_PORT" --sip "127.0.0.1:$CALLFLOW_PORT" \
-        --data "$TMP/data" --config "$TMP/callflow.toml" >"$OUT/callflow.log" 2>&1 &
-    CALLFLOW_PID=$!
-    wait_http "http://127.0.0.1:$HTTP_PORT/health" "$CALLFLOW_PID" callflow "$OUT/callflow.log"
-    body=$(curl -sS --max-time 10 -u "$ACCOUNT_SID:$AUTH_TOKEN" -w '\n%{http_code}' \
-        --data-urlencode "PhoneNumber=$NUMBER" --data-urlencode "VoiceUrl=$VOICE_URL" \
-        --data-urlencode "VoiceMethod=POST" \
-        "http://127.0.0.1:$HTTP_PORT/2010-04-01/Accounts/$ACCOUNT_SID/IncomingPhoneNumbers.json")
-    [ "${body##*$'\n'}" = 201 ] || die "creating the number answered: $body"
+    start_callflow "$CALLFLOW_PORT" "$TMP/callflow.toml" CALLFLOW_WEBHOOK_ALLOW_PRIVATE=true
+    create_number "$NUMBER" "$VOICE_URL"
     # A clear verdict when callflow does not take calls: the Kamailio half is still measured.
     deadline=$((SECONDS + STARTUP_TIMEOUT_S))
     until sipp_once probe-callflow "$CALLFLOW_PORT" 3; do

@@ -213,6 +213,21 @@ def outbound(sim, phone, rapidpro_callflow, flow: Flow, calls: int = 1, **channe
     return far, callflow, channel
 
 
+def call_out(sim, phone, rapidpro_callflow, flow: Flow, to: str, calls: int = 1, **channel_kwargs):
+    """`outbound`, then mailroom starts a call to `to`, checked (201 and sid, then the start
+    request): the phone, callflow, the channel, the started call, its sid, the start request."""
+    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow, calls, **channel_kwargs)
+    started = sim.start_call(channel, to)
+    sid = assert_started(sim, started, to)
+    start = assert_start_request(sim, started, channel, to)
+    return far, callflow, channel, started, sid, start
+
+
+def resumes_of(sim, started) -> list:
+    """The call's requests to /handle after its start, in order."""
+    return [r for r in sim.requests_to("handle", started.call.uuid) if r.step != "start"]
+
+
 # -- Exchange A/B: start an outbound call --------------------------------------------------------
 
 
@@ -261,14 +276,11 @@ def test_gather_with_digits_in_mailroom_exact_form(sim, phone, rapidpro_callflow
         start=lambda c: gather_doc(c.resume_url, say("Hello there. Please enter one or two."), num_digits=1),
         gather=lambda c: hangup_doc(say("Great! You said One.")),
     )
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow)
-    started = sim.start_call(channel, PRESSES_1)
-    sid = assert_started(sim, started, PRESSES_1)
-    start = assert_start_request(sim, started, channel, PRESSES_1)
+    far, callflow, channel, started, sid, start = call_out(sim, phone, rapidpro_callflow, flow, PRESSES_1)
     assert 'timeout="30"' in start.answer and "&amp;wait_type=gather" in start.answer
     phone_result(far)
 
-    resumes = [r for r in sim.requests_to("handle", started.call.uuid) if r.step != "start"]
+    resumes = resumes_of(sim, started)
     assert [r.step for r in resumes] == ["gather"], [r.target for r in resumes]
     gathered = resumes[0]
     assert gathered.target == (
@@ -288,13 +300,10 @@ def test_gather_timeout_falls_through_to_the_redirect(sim, phone, rapidpro_callf
         start=lambda c: gather_doc(c.resume_url, say("Enter a number."), finish_on_key="#", timeout=2),
         gather_timeout=lambda c: hangup_doc(say("We did not hear from you.")),
     )
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow)
-    started = sim.start_call(channel, SILENT)
-    sid = assert_started(sim, started, SILENT)
-    assert_start_request(sim, started, channel, SILENT)
+    far, callflow, channel, started, sid, _ = call_out(sim, phone, rapidpro_callflow, flow, SILENT)
     phone_result(far)
 
-    resumes = [r for r in sim.requests_to("handle", started.call.uuid) if r.step != "start"]
+    resumes = resumes_of(sim, started)
     assert [r.step for r in resumes] == ["gather_timeout"], [r.target for r in resumes]
     timed_out = resumes[0]
     assert timed_out.target == (
@@ -316,13 +325,10 @@ def test_record_with_audio_is_downloadable_on_the_first_try(sim, phone, rapidpro
         start=lambda c: record_doc(c.resume_url, say("Speak.")),
         record=lambda c: hangup_doc(say("Thank you.")),
     )
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow)
-    started = sim.start_call(channel, SPEAKS)
-    sid = assert_started(sim, started, SPEAKS)
-    assert_start_request(sim, started, channel, SPEAKS)
+    far, callflow, channel, started, sid, _ = call_out(sim, phone, rapidpro_callflow, flow, SPEAKS)
     phone_result(far)
 
-    resumes = [r for r in sim.requests_to("handle", started.call.uuid) if r.step != "start"]
+    resumes = resumes_of(sim, started)
     assert [r.step for r in resumes] == ["record"], [r.target for r in resumes]
     rec = resumes[0]
     assert rec.target == (
@@ -350,13 +356,10 @@ def test_record_without_audio_falls_through_to_the_empty_redirect(sim, phone, ra
         start=lambda c: record_doc(c.resume_url, say("Speak.")),
         record_empty=lambda c: hangup_doc(say("We heard nothing.")),
     )
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow)
-    started = sim.start_call(channel, SILENT)
-    sid = assert_started(sim, started, SILENT)
-    assert_start_request(sim, started, channel, SILENT)
+    far, callflow, channel, started, sid, _ = call_out(sim, phone, rapidpro_callflow, flow, SILENT)
     phone_result(far)
 
-    resumes = [r for r in sim.requests_to("handle", started.call.uuid) if r.step != "start"]
+    resumes = resumes_of(sim, started)
     assert [r.step for r in resumes] == ["record_empty"], [r.target for r in resumes]
     empty = resumes[0]
     assert empty.target == (
@@ -382,14 +385,11 @@ def test_dial_reports_a_status_mailroom_accepts(sim, phone, rapidpro_callflow, d
         start=lambda c: dial_doc(c.resume_url, dialled, say("Connecting you.")),
         dial=lambda c: hangup_doc(say("Goodbye.")),
     )
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow, calls=2)
-    started = sim.start_call(channel, SILENT)
-    sid = assert_started(sim, started, SILENT)
-    start = assert_start_request(sim, started, channel, SILENT)
+    far, callflow, channel, started, sid, start = call_out(sim, phone, rapidpro_callflow, flow, SILENT, calls=2)
     assert 'timeout="60" timeLimit="7200">' + dialled + "</Dial>" in start.answer
     phone_result(far, calls=2)
 
-    resumes = [r for r in sim.requests_to("handle", started.call.uuid) if r.step != "start"]
+    resumes = resumes_of(sim, started)
     assert [r.step for r in resumes] == ["dial"], [r.target for r in resumes]
     dialed = resumes[0]
     assert dialed.target == (
@@ -413,10 +413,7 @@ def test_hangup_request_mid_call_answers_200_then_the_final_status(sim, phone, r
     """mailroom's wait expired: `POST Calls/{sid}.json Status=completed` answers exactly 200, the
     phone gets our BYE, and the final status callback still follows."""
     flow = Flow(start=lambda c: gather_doc(c.resume_url, say("Enter a number."), timeout=30))
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow)
-    started = sim.start_call(channel, SILENT)
-    sid = assert_started(sim, started, SILENT)
-    assert_start_request(sim, started, channel, SILENT)
+    far, callflow, channel, started, sid, _ = call_out(sim, phone, rapidpro_callflow, flow, SILENT)
     # the call is waiting in its Gather
     waiting = wait_until(
         lambda: any(isinstance(c, dict) and "Gather" in c for c in flow_commands(callflow, sid)),
@@ -523,10 +520,7 @@ def test_machine_detection_machine_gets_mailroom_error_twiml_and_ends(sim, phone
 def test_machine_detection_silence_is_unknown_and_the_flow_runs(sim, phone, rapidpro_callflow):
     """Nobody speaks: AnsweredBy=unknown, which mailroom ignores; the flow runs."""
     flow = Flow(start=lambda c: hangup_doc(say("Hello.")))
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow, machine_detection=True)
-    started = sim.start_call(channel, SILENT)
-    sid = assert_started(sim, started, SILENT)
-    start = assert_start_request(sim, started, channel, SILENT)
+    far, callflow, channel, started, sid, start = call_out(sim, phone, rapidpro_callflow, flow, SILENT, machine_detection=True)
     assert start.form_dict.get("AnsweredBy") in ("unknown", "human"), start.form_dict
     phone_result(far)
     assert said(callflow, sid) == ["Hello."]
@@ -656,10 +650,7 @@ def test_a_json_400_from_handle_is_an_application_error(sim, phone, rapidpro_cal
     ends, and its final status is reported."""
     body = json.dumps({"error": "unable to load call #42: sql: no rows in result set"})
     flow = Flow(start=Reply(400, body))
-    far, callflow, channel = outbound(sim, phone, rapidpro_callflow, flow)
-    started = sim.start_call(channel, SILENT)
-    sid = assert_started(sim, started, SILENT)
-    start = assert_start_request(sim, started, channel, SILENT)
+    far, callflow, channel, started, sid, start = call_out(sim, phone, rapidpro_callflow, flow, SILENT)
     assert start.status == 400
     phone_result(far)
     texts = said(callflow, sid)

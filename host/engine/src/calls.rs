@@ -174,6 +174,11 @@ impl Engine {
         .await
     }
 
+    /// Wakes the outbox after rows were stored with some other change.
+    pub(crate) fn wake_outbox(&self) {
+        self.outbox.wake();
+    }
+
     /// Stores `rows` in the outbox (a row whose idempotency key was used is skipped) and wakes
     /// it.
     pub(crate) async fn enqueue(&self, rows: &[NewDelivery], now: i64) -> Result<(), StoreError> {
@@ -308,11 +313,12 @@ pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use callflow_store::StoredStatus;
 
-    fn call(status: CallStatus, events: &str) -> Call {
+    /// A stored call for unit tests: `status`, asking for status callbacks on `events`.
+    pub(crate) fn call(status: CallStatus, events: &str) -> Call {
         Call {
             seq: 1,
             sid: "CA1".into(),

@@ -283,43 +283,7 @@ mod tests {
     }
 
     fn call() -> Call {
-        Call {
-            seq: 1,
-            sid: "CA1".into(),
-            account_sid: "AC1".into(),
-            parent_call_sid: None,
-            direction: "outbound-api".into(),
-            to_number: "+15551".into(),
-            from_number: "+15552".into(),
-            phone_number_sid: None,
-            status: callflow_store::StoredStatus(CallStatus::Completed),
-            answered_by: None,
-            start_time: None,
-            end_time: None,
-            duration: Some(3),
-            sip_response_code: None,
-            url: None,
-            method: "POST".into(),
-            twiml: None,
-            fallback_url: None,
-            fallback_method: "POST".into(),
-            status_callback: None,
-            status_callback_method: "POST".into(),
-            status_callback_event: "completed".into(),
-            timeout: 60,
-            time_limit: 14_400,
-            send_digits: None,
-            record: false,
-            machine_detection: None,
-            request_params: "[]".into(),
-            plugins: "{}".into(),
-            callout_sid: None,
-            participant_sid: None,
-            attempt: None,
-            priority: 0,
-            date_created: 0,
-            date_updated: 0,
-        }
+        crate::calls::tests::call(CallStatus::Completed, "completed")
     }
 
     fn request(url: &str, headers: &[(&str, &str)]) -> HttpRequest {

@@ -321,7 +321,7 @@ impl FlowRunner {
         }
         let duration_ms = pcm.len() as u64 / 8;
         let stored = self
-            .store_recording(call, &pcm, duration_ms, started, source)
+            .store_recording(call, &pcm, duration_ms, started, source, Vec::new())
             .await;
         let (kind, detail) = match &stored {
             Ok((sid, _)) => (
@@ -336,14 +336,6 @@ impl FlowRunner {
             .append_call_event(&call.sid, now_ms(), kind, &detail.to_string())
             .await;
         let (sid, url) = stored.ok()?;
-        let now = now_ms();
-        if let (Some(row), Some(tel)) = (
-            crate::events::recording_event(call, &url, now),
-            self.inner.telephony.get(),
-        ) && let Err(e) = tel.engine().enqueue(&[row], now).await
-        {
-            tracing::warn!(call = %call.sid, error = %e, "recording event not queued");
-        }
         Some(callflow_runtime::flow::DialRecording {
             sid,
             url,
@@ -351,7 +343,9 @@ impl FlowRunner {
         })
     }
 
-    /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it.
+    /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it;
+    /// `notify` (a recording plugin's requests) and the call's recording-ready event are stored
+    /// in the transaction that says the media is there. Returns the sid and the URL.
     async fn store_recording(
         &self,
         call: &Call,
@@ -359,6 +353,7 @@ impl FlowRunner {
         duration_ms: u64,
         started: i64,
         source: &str,
+        notify: Vec<callflow_store::NewDelivery>,
     ) -> Result<(String, String), String> {
         let store = &self.inner.store;
         let new = NewRecording {
@@ -392,17 +387,30 @@ impl FlowRunner {
         })
         .await
         .map_err(|e| e.to_string())??;
-        store
-            .set_recording_media(&rec.sid, Some(&wav), Some(&mp3), now_ms())
-            .await
-            .map_err(|e| e.to_string())?;
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Recordings/{}",
             self.inner.config.public_url.trim_end_matches('/'),
             rec.account_sid,
             rec.sid
         );
+        let now = now_ms();
+        let mut rows = notify;
+        rows.extend(crate::events::recording_event(call, &url, now));
+        store
+            .set_recording_media(&rec.sid, Some(&wav), Some(&mp3), now, &rows)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !rows.is_empty() {
+            self.wake_outbox();
+        }
         Ok((rec.sid, url))
+    }
+
+    /// Rows were stored in the outbox: it need not wait for its next poll.
+    fn wake_outbox(&self) {
+        if let Some(tel) = self.inner.telephony.get() {
+            tel.engine().wake_outbox();
+        }
     }
 
     async fn start_and_drive(&self, s: &mut Session) {
@@ -1130,7 +1138,8 @@ impl Session {
                     recording::Action::Discard(why) => {
                         self.log("recording.discarded", json!({ "reason": why }))
                             .await;
-                        self.send_notifications(notify, None).await;
+                        let rows = self.notification_rows(notify).await;
+                        self.enqueue(rows).await;
                         return nothing(digits);
                     }
                 }
@@ -1141,16 +1150,16 @@ impl Session {
                     .await;
             }
         }
+        let rows = self.notification_rows(notify).await;
         if pcm.is_empty() {
-            self.send_notifications(notify, None).await;
+            self.enqueue(rows).await;
             return nothing(digits);
         }
         let duration_ms = pcm.len() as u64 / 8;
         let stored = self
-            .store_recording(&pcm, duration_ms, started, "RecordVerb")
+            .runner
+            .store_recording(&self.call, &pcm, duration_ms, started, "RecordVerb", rows)
             .await;
-        let url = stored.as_ref().ok().map(|(_, url)| url.as_str());
-        self.send_notifications(notify, url).await;
         match stored {
             Ok((sid, url)) => Outcome::Event(FlowEvent::Recorded(RecordResult {
                 recording_sid: Some(sid),
@@ -1217,23 +1226,20 @@ impl Session {
         Ok(Some(plan))
     }
 
-    /// Hands the notifications a recording plugin asked for (and the recording-ready event of a
-    /// call-events plugin, if the call has one) to the outbox, which makes them with its
-    /// retries; a request the outbox cannot take is logged on the call.
-    async fn send_notifications(
+    /// A recording plugin's notifications as outbox rows (at most as many as an event may ask
+    /// for; one the host cannot make is logged on the call and left out).
+    async fn notification_rows(
         &self,
         requests: Vec<recording::HttpRequest>,
-        recording_url: Option<&str>,
-    ) {
-        let mut rows = Vec::new();
-        let mut requests = requests;
+    ) -> Vec<callflow_store::NewDelivery> {
         if requests.len() > crate::events::MAX_REQUESTS_PER_EVENT {
             let detail = json!({ "error": format!(
                 "the recording plugin asked for {} notifications (at most {}); none is sent",
                 requests.len(), crate::events::MAX_REQUESTS_PER_EVENT) });
             self.log("recording.notify", detail).await;
-            requests.clear();
+            return Vec::new();
         }
+        let mut rows = Vec::new();
         for r in requests {
             let (method, url) = (method_name(r.method), r.url.clone());
             match crate::events::plugin_request(&self.call, r) {
@@ -1244,37 +1250,25 @@ impl Session {
                 }
             }
         }
-        let now = now_ms();
-        rows.extend(recording_url.and_then(|u| crate::events::recording_event(&self.call, u, now)));
+        rows
+    }
+
+    /// Notifications with no recording to go with (it was discarded, or nothing was kept).
+    async fn enqueue(&self, rows: Vec<callflow_store::NewDelivery>) {
         if rows.is_empty() {
             return;
         }
         let enqueued = match self.inner().telephony.get() {
             Some(tel) => tel
                 .engine()
-                .enqueue(&rows, now)
+                .enqueue(&rows, now_ms())
                 .await
                 .map_err(|e| e.to_string()),
             None => Err("telephony is not running".into()),
         };
-        let detail = match enqueued {
-            Ok(()) => json!({ "queued": rows.iter().map(|r| &r.url).collect::<Vec<_>>() }),
-            Err(e) => json!({ "error": e }),
-        };
-        self.log("recording.notify", detail).await;
-    }
-
-    /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it.
-    async fn store_recording(
-        &self,
-        pcm: &[i16],
-        duration_ms: u64,
-        started: i64,
-        source: &str,
-    ) -> Result<(String, String), String> {
-        self.runner
-            .store_recording(&self.call, pcm, duration_ms, started, source)
-            .await
+        if let Err(e) = enqueued {
+            self.log("recording.notify", json!({ "error": e })).await;
+        }
     }
 }
 

@@ -673,8 +673,13 @@ impl Telephony {
                 request_params: "[]".into(),
                 plugins,
             };
+            // created ringing: its first event goes to call-events plugins with it
             self.store()
-                .create_call(&number.account_sid, &new, now_ms())
+                .create_call_with(&number.account_sid, &new, now_ms(), |c| {
+                    crate::events::call_event(c, c.date_created)
+                        .into_iter()
+                        .collect()
+                })
                 .await
         }
         .await;
@@ -688,11 +693,8 @@ impl Telephony {
             }
         };
         tracing::info!(call = %call.sid, account = %call.account_sid, %key, "inbound call");
-        // created ringing, so its first event is this one (API calls start queued, no event)
-        if let Some(row) = crate::events::call_event(&call, call.date_created)
-            && let Err(e) = self.inner.engine.enqueue(&[row], now_ms()).await
-        {
-            tracing::warn!(call = %call.sid, error = %e, "ringing event not queued");
+        if crate::events::has_plugin(&call) {
+            self.inner.engine.wake_outbox();
         }
         let control = self.register_live(&call.sid);
         self.follow(

@@ -93,6 +93,25 @@ impl Store {
         Ok(call)
     }
 
+    /// [`Store::create_call`] that also stores the webhooks `webhooks` derives from the new
+    /// row (a call created ringing has an event), in the same transaction.
+    pub async fn create_call_with(
+        &self,
+        account: &str,
+        c: &NewCall,
+        now: i64,
+        webhooks: impl FnOnce(&Call) -> Vec<NewDelivery>,
+    ) -> Result<Call> {
+        let mut tx = self.writer.begin().await?;
+        let call = insert_call(&mut tx, account, c, None, now).await?;
+        for w in webhooks(&call) {
+            insert_delivery(&mut tx, &w, now).await?;
+        }
+        tx.commit().await?;
+        self.cache.put_call(&call);
+        Ok(call)
+    }
+
     pub async fn call(&self, account: &str, sid: &str) -> Result<Option<Call>> {
         if let Some(c) = self.cache.call(sid) {
             return Ok((c.account_sid == account).then(|| (*c).clone()));
@@ -601,6 +620,30 @@ pub(crate) mod tests {
         assert_eq!(q.len(), 2);
         assert!(q.iter().all(|c| c.sid != sids[0].1));
         assert_eq!(store.live_calls().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_created_with_webhooks_stores_them_with_it() {
+        let store = store().await;
+        let a = account(&store).await;
+        let call = store
+            .create_call_with(&a.sid, &new_call("+1555"), 1_000, |c| {
+                vec![NewDelivery {
+                    account_sid: c.account_sid.clone(),
+                    call_sid: Some(c.sid.clone()),
+                    kind: "call-event".into(),
+                    url: "builtin:x".into(),
+                    method: "EVENT".into(),
+                    ..NewDelivery::default()
+                }]
+            })
+            .await
+            .unwrap();
+        let rows = store.call_deliveries(&call.sid).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].webhook.kind, "call-event");
+        assert_eq!(rows[0].created_at, 1_000);
+        assert_eq!(store.call(&a.sid, &call.sid).await.unwrap(), Some(call));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Recording resources. The media files live in the data directory; rows name them.
 
+use crate::deliveries::insert_delivery;
 use crate::sid::{Sid, SidKind};
-use crate::{Page, PageRequest, Recording, Result, Store, StoreError};
+use crate::{NewDelivery, Page, PageRequest, Recording, Result, Store, StoreError};
 
 const COLUMNS: &str =
     "seq, sid, account_sid, call_sid, status, source, channels, duration, start_time,
@@ -84,13 +85,18 @@ impl Store {
     }
 
     /// Names the media files once they are written (paths relative to the data directory).
+    /// Records where a recording's media is and, in the same transaction, stores the outbox
+    /// rows that announce it (`follow_ups`: its recording-ready event, a recording plugin's
+    /// notifications), so nobody hears of media that is not there, and nothing announced is lost.
     pub async fn set_recording_media(
         &self,
         sid: &str,
         wav: Option<&str>,
         mp3: Option<&str>,
         now: i64,
+        follow_ups: &[NewDelivery],
     ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE recordings SET wav_path = COALESCE($1, wav_path), mp3_path = COALESCE($2, mp3_path), date_updated = $3
              WHERE sid = $4",
@@ -99,11 +105,15 @@ impl Store {
         .bind(mp3)
         .bind(now)
         .bind(sid)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        for d in follow_ups {
+            insert_delivery(&mut tx, d, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

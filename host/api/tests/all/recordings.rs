@@ -40,6 +40,7 @@ async fn set_media(api: &TestApi, sid: &str) {
             Some(&format!("recordings/{sid}.wav")),
             Some(&format!("recordings/{sid}.mp3")),
             6_500,
+            &[],
         )
         .await
         .unwrap();
