@@ -1,11 +1,13 @@
 //! HTTP Basic authentication with AccountSid and AuthToken (compared in constant time), account
-//! status, per-account rate limiting, and the rule that a request only reaches its own account.
+//! status, per-account rate limiting, and the rule that a request only reaches its own account;
+//! also the optional bearer token that guards `/metrics`.
 
 use std::collections::HashMap;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use callflow_engine::clock::now_ms;
 use callflow_store::Account;
@@ -109,6 +111,55 @@ fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
+/// Whether `given` is `expected`, in time that depends only on their lengths: the one comparison
+/// of secrets in the API.
+fn same_secret(expected: &str, given: &str) -> bool {
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
+}
+
+/// `Bearer <token>` → the token.
+fn bearer_token(header: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, token) = text.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Leave to read `/metrics`: granted when no `metrics_token` is configured, or when the request
+/// carries `Authorization: Bearer <metrics_token>`. A refusal is a plain-text 401, not Twilio's
+/// JSON: scrapers, not API clients, call this route.
+pub struct MetricsReader;
+
+impl FromRequestParts<ApiState> for MetricsReader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Response> {
+        let Some(expected) = &state.config().metrics_token else {
+            return Ok(MetricsReader);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| bearer_token(h.as_bytes()));
+        match given {
+            Some(given) if same_secret(expected, given) => Ok(MetricsReader),
+            _ => Err((
+                StatusCode::UNAUTHORIZED,
+                [
+                    (
+                        header::WWW_AUTHENTICATE,
+                        r#"Bearer realm="callflow metrics""#,
+                    ),
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                ],
+                "/metrics needs Authorization: Bearer <metrics token>\n",
+            )
+                .into_response()),
+        }
+    }
+}
+
 async fn authenticate(header: &[u8], state: &ApiState) -> ApiResult<Account> {
     let (user, password) = basic_credentials(header).ok_or_else(ApiError::unauthorized)?;
     let account = state.store().account(&user).await?;
@@ -118,7 +169,7 @@ async fn authenticate(header: &[u8], state: &ApiState) -> ApiResult<Account> {
         .map_or("00000000000000000000000000000000", |a| {
             a.auth_token.as_str()
         });
-    let matches: bool = expected.as_bytes().ct_eq(password.as_bytes()).into();
+    let matches = same_secret(expected, &password);
     let account = match account {
         Some(a) if matches => a,
         _ => {
@@ -167,5 +218,17 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode("ACx")
         );
         assert_eq!(basic_credentials(no_colon.as_bytes()), None);
+    }
+
+    #[test]
+    fn parses_bearer_tokens_and_compares_secrets() {
+        assert_eq!(bearer_token(b"Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token(b"bearer  s3cret "), Some("s3cret"));
+        assert_eq!(bearer_token(b"Basic s3cret"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert!(same_secret("s3cret", "s3cret"));
+        assert!(!same_secret("s3cret", "s3creT"));
+        assert!(!same_secret("s3cret", "s3cre"));
+        assert!(!same_secret("s3cret", ""));
     }
 }

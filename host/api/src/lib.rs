@@ -47,7 +47,8 @@ pub enum CallerIdPolicy {
     Any,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` never shows `metrics_token`.
+#[derive(Clone)]
 pub struct ApiConfig {
     /// Bound on request bodies; larger ones get 413.
     pub max_body_bytes: usize,
@@ -60,6 +61,33 @@ pub struct ApiConfig {
     pub public_url: String,
     /// Whether recording media can be fetched without credentials (Twilio's default).
     pub recordings_public: bool,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <token>`; when
+    /// `None` it is open to anyone who can reach the port.
+    pub metrics_token: Option<String>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // destructured without `..`, so a new field cannot be forgotten here
+        let ApiConfig {
+            max_body_bytes,
+            max_upload_bytes,
+            rate_limit,
+            caller_id,
+            public_url,
+            recordings_public,
+            metrics_token,
+        } = self;
+        f.debug_struct("ApiConfig")
+            .field("max_body_bytes", max_body_bytes)
+            .field("max_upload_bytes", max_upload_bytes)
+            .field("rate_limit", rate_limit)
+            .field("caller_id", caller_id)
+            .field("public_url", public_url)
+            .field("recordings_public", recordings_public)
+            .field("metrics_token", &metrics_token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl Default for ApiConfig {
@@ -71,6 +99,7 @@ impl Default for ApiConfig {
             caller_id: CallerIdPolicy::Owned,
             public_url: "http://127.0.0.1:8080".into(),
             recordings_public: true,
+            metrics_token: None,
         }
     }
 }
@@ -336,7 +365,7 @@ async fn health(State(state): State<ApiState>) -> Response {
     }
 }
 
-async fn metrics_text(State(state): State<ApiState>) -> Response {
+async fn metrics_text(_: auth::MetricsReader, State(state): State<ApiState>) -> Response {
     let text = state
         .0
         .metrics

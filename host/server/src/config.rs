@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use callflow_sip::trunk::{TrunkSpec, Trunks};
+use callflow_sip::trunk::{REDACTED, TrunkSpec, Trunks};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,7 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     pub sip: SipSettings,
     pub dispatch: DispatchSettings,
+    pub metrics: MetricsSettings,
     /// SIP trunks (`[[trunks]]`); validated at load, passwords redacted when printed.
     pub trunks: Vec<TrunkSpec>,
 }
@@ -94,6 +95,39 @@ pub struct DispatchSettings {
     pub account_max_calls: usize,
 }
 
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// When set, `/metrics` wants `Authorization: Bearer <token>`; when not, it is open (as
+    /// before the setting existed). Also `CALLFLOW_METRICS_TOKEN`; printed as `***`.
+    pub token: Option<Secret>,
+}
+
+/// A secret setting: `Debug` shows `***`, so it cannot reach a log through `{:?}`; serialised
+/// as the plain string (`Config::redacted` replaces it before printing).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
@@ -123,6 +157,7 @@ impl Default for Config {
             webhooks: WebhookSettings::default(),
             sip: SipSettings::default(),
             dispatch: DispatchSettings::default(),
+            metrics: MetricsSettings::default(),
             trunks: Vec::new(),
         }
     }
@@ -196,6 +231,10 @@ pub struct Overrides {
     /// PEM file of extra certificate authorities trusted for HTTPS webhooks.
     #[arg(long, env = "CALLFLOW_WEBHOOK_CA_FILE")]
     pub webhook_ca_file: Option<PathBuf>,
+    /// `metrics.token` from `CALLFLOW_METRICS_TOKEN`: environment only, no flag (flags show up
+    /// in `ps`), so clap skips it and reads the variable itself.
+    #[arg(skip = std::env::var("CALLFLOW_METRICS_TOKEN").ok().map(Secret))]
+    pub metrics_token: Option<Secret>,
 }
 
 impl Config {
@@ -241,6 +280,9 @@ impl Config {
         if o.public_url.is_some() {
             self.public_url = o.public_url.clone();
         }
+        if o.metrics_token.is_some() {
+            self.metrics.token = o.metrics_token.clone();
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -261,14 +303,23 @@ impl Config {
         {
             bail!("database_url {url:?}: only sqlite: URLs are supported in this version");
         }
+        // the error never quotes the token
+        if let Some(token) = &self.metrics.token
+            && (token.0.is_empty() || !token.0.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!("metrics.token must be printable ASCII without spaces, and not empty");
+        }
         Trunks::new(self.trunks.clone()).context("invalid [[trunks]]")?;
         Ok(())
     }
 
-    /// A copy fit for printing: trunk passwords replaced by `***`.
+    /// A copy fit for printing: trunk passwords and the metrics token replaced by `***`.
     pub fn redacted(&self) -> Config {
         Config {
             trunks: self.trunks.iter().map(TrunkSpec::redacted).collect(),
+            metrics: MetricsSettings {
+                token: self.metrics.token.as_ref().map(|_| Secret(REDACTED.into())),
+            },
             ..self.clone()
         }
     }
@@ -384,6 +435,57 @@ transport = "tcp"
         let back: Config = toml::from_str(&printed).unwrap();
         assert_eq!(back, c.redacted());
         assert!(!format!("{c:?}").contains("trunk-secret"));
+    }
+
+    #[test]
+    fn the_metrics_token_loads_is_overridden_by_the_environment_and_prints_redacted() {
+        assert_eq!(Config::default().metrics.token, None, "open by default");
+        let c = load_text("[metrics]\ntoken = \"file-s3cret\"\n").unwrap();
+        assert_eq!(
+            c.metrics.token.as_ref().map(Secret::expose),
+            Some("file-s3cret")
+        );
+
+        // what `callflow config` prints: no token, and it loads back as the same settings
+        let printed = toml::to_string_pretty(&c.redacted()).unwrap();
+        assert!(!printed.contains("file-s3cret"), "{printed}");
+        assert!(printed.contains("[metrics]\ntoken = \"***\""), "{printed}");
+        let back: Config = toml::from_str(&printed).unwrap();
+        assert_eq!(back, c.redacted());
+        assert!(!format!("{c:?}").contains("file-s3cret"));
+
+        // CALLFLOW_METRICS_TOKEN (read by clap into the overrides) beats the file
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callflow.toml");
+        std::fs::write(&path, "[metrics]\ntoken = \"file-s3cret\"\n").unwrap();
+        let o = Overrides {
+            config: Some(path),
+            metrics_token: Some(Secret::from("env-s3cret".to_owned())),
+            ..Default::default()
+        };
+        assert!(!format!("{o:?}").contains("env-s3cret"));
+        let c = Config::load(&o).unwrap();
+        assert_eq!(
+            c.metrics.token.as_ref().map(Secret::expose),
+            Some("env-s3cret")
+        );
+    }
+
+    #[test]
+    fn bad_metrics_tokens_are_refused_without_quoting_them() {
+        for bad in ["", "two words", "tab\\there"] {
+            let err = load_text(&format!("[metrics]\ntoken = \"{bad}\"\n")).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("metrics.token must be printable ASCII"),
+                "{err}"
+            );
+            if !bad.is_empty() {
+                assert!(!err.contains(bad), "{err}");
+            }
+        }
+        let err = format!("{:#}", load_text("[metrics]\ntokn = \"x\"\n").unwrap_err());
+        assert!(err.contains("tokn"), "{err}");
     }
 
     #[test]

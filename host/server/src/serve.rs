@@ -125,7 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         public_url: config.public_url(),
         recordings_public: config.api.recordings_public,
+        metrics_token: config.metrics.token.as_ref().map(|t| t.expose().to_owned()),
     };
+    if api.metrics_token.is_none() {
+        tracing::info!(
+            "/metrics is open to anyone who reaches the HTTP port (set [metrics] token or CALLFLOW_METRICS_TOKEN to require a bearer token)"
+        );
+    }
     let parts = ApiParts {
         store: store.clone(),
         engine: engine.clone(),

@@ -4,6 +4,7 @@ mod accounts;
 mod callouts;
 mod calls;
 mod errors;
+mod metrics;
 mod numbers;
 mod plugins;
 mod recordings;
@@ -16,6 +17,7 @@ use callflow_engine::webhook::{WebhookClient, WebhookConfig};
 use callflow_engine::{Engine, Outbox, OutboxConfig};
 use callflow_store::{Account, Store};
 use http_body_util::BodyExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -64,6 +66,11 @@ impl TestApi {
     }
 
     pub async fn with_config(config: ApiConfig) -> Self {
+        Self::with_metrics(config, None).await
+    }
+
+    /// With a Prometheus handle behind `/metrics` (none by default: the body is empty).
+    pub async fn with_metrics(config: ApiConfig, metrics: Option<PrometheusHandle>) -> Self {
         let store = Store::open("sqlite::memory:").await.unwrap();
         let (root, _) = store.ensure_root(None, 1_000).await.unwrap();
         let client = WebhookClient::new(WebhookConfig::default()).unwrap();
@@ -75,7 +82,7 @@ impl TestApi {
             engine,
             runtime: runtime(),
             data_dir: dir.path().to_owned(),
-            metrics: None,
+            metrics,
         };
         let state = ApiState::new(parts, config);
         TestApi {
