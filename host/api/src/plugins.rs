@@ -517,6 +517,9 @@ pub async fn invoke(
             "state": String::from_utf8_lossy(&step.state),
             "logs": step.logs,
         }))),
+        Err(e @ callflow_runtime::InvokeError::Overloaded(_)) => Err(ApiError::unavailable(
+            format!("the plugin could not run now: {e}"),
+        )),
         Err(e) => Err(ApiError::invalid(20001, format!("the plugin failed: {e}"))),
     }
 }

@@ -16,6 +16,7 @@
 
 mod bindings;
 mod cache;
+mod fair;
 mod pool;
 mod sandbox;
 mod ticker;
@@ -30,6 +31,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use bindings::{events, flow, recording, retry};
 pub use cache::sha256_hex;
+pub use fair::FairConfig;
 
 /// The kinds of plugin, one per world of `callflow:plugin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,10 +109,8 @@ impl Default for Limits {
 pub struct RuntimeConfig {
     /// Where compiled plugins are cached; `None` compiles in memory every time a plugin is loaded.
     pub cache_dir: Option<PathBuf>,
-    /// Threads that run plugins.
-    pub threads: usize,
-    /// Invocations that may wait for a thread; more are refused as overload.
-    pub queue: usize,
+    /// The plugin threads and how they are shared between accounts (see [`FairConfig`]).
+    pub scheduling: FairConfig,
     /// Largest plugin accepted, in bytes.
     pub max_plugin_bytes: usize,
     /// Plugins kept ready in memory.
@@ -119,10 +119,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
+        // one thread per core for plugins, plus the one reserved for built-ins
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         RuntimeConfig {
             cache_dir: None,
-            threads: 2,
-            queue: 4096,
+            scheduling: FairConfig::for_threads(cores + 1),
             max_plugin_bytes: 10 << 20,
             max_loaded: 256,
         }
@@ -177,8 +178,18 @@ pub enum InvokeError {
         expected: &'static str,
         actual: &'static str,
     },
-    #[error("too many plugin invocations are waiting")]
-    Overloaded,
+    #[error(
+        "the plugin waited for time to pass or input to arrive ({0}); time stands still during an event and there is no input, so a plugin cannot wait"
+    )]
+    Blocked(String),
+    #[error("the plugin called exit (status {code}) instead of returning")]
+    Exited { code: i32 },
+    #[error(
+        "the plugin was stuck outside its code {ran_ms} ms after it started, past its {limit_ms} ms deadline, and was abandoned"
+    )]
+    Abandoned { limit_ms: u64, ran_ms: u64 },
+    #[error("plugin capacity is overloaded: {0}")]
+    Overloaded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -188,6 +199,8 @@ pub struct Plugin {
     pub sha256: String,
     pub world: World,
     pub size: usize,
+    /// One of ours ([`builtin::ALL`]): it may use the threads reserved for built-ins.
+    pub builtin: bool,
     pre: Pre,
 }
 
@@ -262,7 +275,7 @@ impl Runtime {
         let engine = Engine::new(&c)?;
         let ticker = ticker::Ticker::start(&engine)?;
         let linker = sandbox::linker(&engine)?;
-        let pool = pool::Pool::new(config.threads, config.queue)?;
+        let pool = pool::Pool::new(config.scheduling)?;
         Ok(Runtime {
             engine,
             ticker,
@@ -305,6 +318,9 @@ impl Runtime {
             cache::discard(&self.engine, self.config.cache_dir.as_deref(), &sha)
         })?;
         let plugin = Arc::new(Plugin {
+            builtin: builtin::ALL
+                .iter()
+                .any(|(name, _)| builtin::sha256(name) == Some(sha.as_str())),
             sha256: sha.clone(),
             world,
             size: wasm.len(),
@@ -394,18 +410,39 @@ impl Runtime {
         })
     }
 
-    /// Runs `job` on the plugin threads and waits for it without blocking the async runtime.
+    /// Runs `job` (an invocation of `plugin` charged to `account`) on the plugin threads, in
+    /// the account's turn, and waits for it without blocking the async runtime. It answers by
+    /// the deadline plus the watchdog's grace whatever the job does.
     async fn run<R: Send + 'static>(
         self: &Arc<Self>,
+        account: &str,
+        plugin: &Plugin,
+        deadline: Duration,
         job: impl FnOnce(&Runtime) -> Result<R, InvokeError> + Send + 'static,
     ) -> Result<R, InvokeError> {
+        type Reply<R> = Arc<Mutex<Option<tokio::sync::oneshot::Sender<Result<R, InvokeError>>>>>;
+        fn answer<R>(reply: &Reply<R>, r: Result<R, InvokeError>) {
+            if let Some(tx) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(r);
+            }
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply: Reply<R> = Arc::new(Mutex::new(Some(tx)));
+        let cut_reply = Arc::clone(&reply);
         let me = Arc::clone(self);
+        let limit_ms = millis(deadline);
+        let job = fair::Job {
+            tenant: fair::Tenant {
+                account: account.into(),
+                builtin: plugin.builtin,
+            },
+            deadline,
+            run: Box::new(move || answer(&reply, job(&me))),
+            cut: Box::new(move |cut| answer(&cut_reply, Err(cut_error(cut, limit_ms)))),
+        };
         self.pool
-            .submit(move || {
-                let _ = tx.send(job(&me));
-            })
-            .map_err(|_| InvokeError::Overloaded)?;
+            .submit(job)
+            .map_err(|cut| cut_error(cut, limit_ms))?;
         rx.await
             .map_err(|_| InvokeError::Internal("the plugin thread went away".into()))?
     }
@@ -419,8 +456,11 @@ impl Runtime {
         event: flow::FlowEvent,
         limits: Limits,
     ) -> Result<flow::FlowStep, InvokeError> {
-        self.run(move |rt| rt.call_flow_blocking(&plugin, &ctx, &state, &event, limits))
-            .await
+        let account = ctx.account_sid.clone();
+        self.run(&account, &Arc::clone(&plugin), limits.deadline, move |rt| {
+            rt.call_flow_blocking(&plugin, &ctx, &state, &event, limits)
+        })
+        .await
     }
 
     /// `call_flow` on the calling thread (benchmarks and tools).
@@ -435,10 +475,17 @@ impl Runtime {
         let Pre::Flow(pre) = &plugin.pre else {
             return Err(wrong_world(plugin, World::CallFlow));
         };
-        let step = self.invoke(World::CallFlow, ctx.now_ms, ctx.seed, limits, |store| {
-            let instance = pre.instantiate(&mut *store)?;
-            instance.call_handle(&mut *store, ctx, state, event)
-        })?;
+        let step = self.invoke(
+            World::CallFlow,
+            &ctx.account_sid,
+            ctx.now_ms,
+            ctx.seed,
+            limits,
+            |store| {
+                let instance = pre.instantiate(&mut *store)?;
+                instance.call_handle(&mut *store, ctx, state, event)
+            },
+        )?;
         let mut step = step.map_err(plugin_error)?;
         check_flow_output(&mut step, &limits)?;
         Ok(step)
@@ -451,15 +498,22 @@ impl Runtime {
         ctx: retry::RetryContext,
         limits: Limits,
     ) -> Result<retry::RetryDecision, InvokeError> {
-        self.run(move |rt| {
+        let account = ctx.account_sid.clone();
+        self.run(&account, &Arc::clone(&plugin), limits.deadline, move |rt| {
             let Pre::Retry(pre) = &plugin.pre else {
                 return Err(wrong_world(&plugin, World::RetryPolicy));
             };
-            let mut decision =
-                rt.invoke(World::RetryPolicy, ctx.now_ms, ctx.seed, limits, |store| {
+            let mut decision = rt.invoke(
+                World::RetryPolicy,
+                &ctx.account_sid,
+                ctx.now_ms,
+                ctx.seed,
+                limits,
+                |store| {
                     let instance = pre.instantiate(&mut *store)?;
                     instance.call_decide(&mut *store, &ctx)
-                })?;
+                },
+            )?;
             cap_logs(&mut decision.logs, limits.max_log_bytes);
             Ok(decision)
         })
@@ -475,14 +529,22 @@ impl Runtime {
         limits: Limits,
     ) -> Result<recording::RecordingPlan, InvokeError> {
         let samples = audio.len();
-        self.run(move |rt| {
+        let account = ctx.account_sid.clone();
+        self.run(&account, &Arc::clone(&plugin), limits.deadline, move |rt| {
             let Pre::Recording(pre) = &plugin.pre else {
                 return Err(wrong_world(&plugin, World::Recording));
             };
-            let plan = rt.invoke(World::Recording, ctx.now_ms, ctx.seed, limits, |store| {
-                let instance = pre.instantiate(&mut *store)?;
-                instance.call_process(&mut *store, &ctx, &audio)
-            })?;
+            let plan = rt.invoke(
+                World::Recording,
+                &ctx.account_sid,
+                ctx.now_ms,
+                ctx.seed,
+                limits,
+                |store| {
+                    let instance = pre.instantiate(&mut *store)?;
+                    instance.call_process(&mut *store, &ctx, &audio)
+                },
+            )?;
             let mut plan = plan.map_err(plugin_error)?;
             if let recording::Action::Keep(k) = &plan.action
                 && (k.start > k.end || k.end as usize > samples)
@@ -511,15 +573,22 @@ impl Runtime {
         ctx: events::EventContext,
         limits: Limits,
     ) -> Result<events::EventOutcome, InvokeError> {
-        self.run(move |rt| {
+        let account = ctx.account_sid.clone();
+        self.run(&account, &Arc::clone(&plugin), limits.deadline, move |rt| {
             let Pre::Events(pre) = &plugin.pre else {
                 return Err(wrong_world(&plugin, World::CallEvents));
             };
-            let mut outcome =
-                rt.invoke(World::CallEvents, ctx.now_ms, ctx.seed, limits, |store| {
+            let mut outcome = rt.invoke(
+                World::CallEvents,
+                &ctx.account_sid,
+                ctx.now_ms,
+                ctx.seed,
+                limits,
+                |store| {
                     let instance = pre.instantiate(&mut *store)?;
                     instance.call_on_event(&mut *store, &ctx)
-                })?;
+                },
+            )?;
             check_requests(
                 outcome
                     .requests
@@ -537,6 +606,7 @@ impl Runtime {
     fn invoke<R>(
         &self,
         world: World,
+        account: &str,
         now_ms: i64,
         seed: u64,
         limits: Limits,
@@ -551,15 +621,44 @@ impl Runtime {
         let result = call(&mut store);
         drop(store);
         drop(running);
+        let result = result.map_err(|e| classify(&e, &limits));
         let outcome = match &result {
             Ok(_) => "ok",
             Err(_) => "error",
         };
-        metrics::counter!("callflow_plugin_invocations_total", "world" => world.as_str(), "outcome" => outcome)
+        metrics::counter!("callflow_plugin_invocations_total", "account" => account.to_owned(), "world" => world.as_str(), "outcome" => outcome)
             .increment(1);
+        if let Err(InvokeError::Timeout { .. }) = &result {
+            metrics::counter!("callflow_plugin_deadline_hits_total", "account" => account.to_owned())
+                .increment(1);
+        }
         metrics::histogram!("callflow_plugin_invocation_seconds", "world" => world.as_str())
             .record(started.elapsed().as_secs_f64());
-        result.map_err(|e| classify(&e, &limits))
+        result
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What a caller hears when the scheduler refused or gave up on its invocation.
+fn cut_error(cut: fair::Cut, limit_ms: u64) -> InvokeError {
+    match cut {
+        fair::Cut::AccountQueueFull => {
+            InvokeError::Overloaded("this account has too many plugin invocations waiting".into())
+        }
+        fair::Cut::QueueFull => {
+            InvokeError::Overloaded("too many plugin invocations are waiting".into())
+        }
+        fair::Cut::Waited(d) => InvokeError::Overloaded(format!(
+            "the invocation waited {} ms for a plugin thread",
+            millis(d)
+        )),
+        fair::Cut::Abandoned(d) => InvokeError::Abandoned {
+            limit_ms,
+            ran_ms: millis(d),
+        },
     }
 }
 
@@ -589,12 +688,26 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Turns a wasmtime error into why the invocation failed.
+/// Turns a wasmtime error into why the invocation failed: the limit or trap kind, never a Wasm
+/// backtrace (it names the plugin's internals, and API callers see this text).
 fn classify(e: &wasmtime::Error, limits: &Limits) -> InvokeError {
     if let Some(hit) = e.downcast_ref::<sandbox::MemoryLimitHit>() {
         return InvokeError::MemoryLimit { limit_bytes: hit.0 };
     }
-    let text = format!("{e:#}");
+    if let Some(wait) = e.downcast_ref::<sandbox::WouldWait>() {
+        return InvokeError::Blocked(wait.0.to_owned());
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return InvokeError::Exited { code: exit.0 };
+    }
+    // a backtrace is attached as a context whose text begins with this (`WasmBacktrace`'s
+    // Display); it is not an error type the chain could be filtered by
+    let text = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|c| !c.contains("wasm backtrace"))
+        .collect::<Vec<_>>()
+        .join(": ");
     if text.contains("hostcalls") {
         return InvokeError::OutputLimit(format!(
             "the plugin returned too much data ({})",
@@ -604,7 +717,7 @@ fn classify(e: &wasmtime::Error, limits: &Limits) -> InvokeError {
     if let Some(trap) = e.downcast_ref::<Trap>() {
         if *trap == Trap::Interrupt {
             return InvokeError::Timeout {
-                limit_ms: u64::try_from(limits.deadline.as_millis()).unwrap_or(u64::MAX),
+                limit_ms: millis(limits.deadline),
             };
         }
         return InvokeError::Trap(trap.to_string());

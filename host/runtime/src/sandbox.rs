@@ -1,21 +1,31 @@
 //! What one plugin invocation runs inside: a fresh store whose only capabilities are inert WASI
-//! (no files, no network, empty environment, stdout and stderr discarded), a clock frozen at the
-//! event's time and randomness drawn from the event's seed, so an invocation is reproducible.
-//! Memory growth past the limit traps with [`MemoryLimitHit`].
+//! (no files, no network, empty environment, stdin closed, stdout and stderr discarded), clocks
+//! frozen at the event's time and randomness drawn from the event's seed, so an invocation is
+//! reproducible. Memory growth past the limit traps with [`MemoryLimitHit`].
+//!
+//! Nothing a plugin can call waits. Time stands still during an event, so a timer for later
+//! can never fire: `wasi:clocks/monotonic-clock` and `wasi:io/poll` are implemented here (not
+//! by wasmtime-wasi, whose timers sleep in real time) and a wait for something that is not
+//! ready at once traps with [`WouldWait`] instead of blocking the plugin thread. Every linked
+//! import and why it cannot block is listed in ARCHITECTURE.md.
 
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::cli::WasiCliView;
 use wasmtime_wasi::clocks::WasiClocksView;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+use wasmtime_wasi::p2::pipe::{ClosedInputStream, SinkOutputStream};
 use wasmtime_wasi::random::WasiRandomView;
-use wasmtime_wasi::{
-    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
-    WasiView,
-};
+use wasmtime_wasi::{Deterministic, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
+use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
 
 use crate::bindings::TYPE_INTERFACES;
 
@@ -82,15 +92,96 @@ impl HostWallClock for FrozenWall {
     }
 }
 
-/// A monotonic clock that does not move during an invocation.
-struct FrozenMonotonic;
+/// The error a trap carries when a plugin waited for something that is not ready: on frozen
+/// time and closed input it would wait for ever.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WouldWait(pub &'static str);
 
-impl HostMonotonicClock for FrozenMonotonic {
-    fn resolution(&self) -> u64 {
-        1
+/// The frozen monotonic clock's reading, in nanoseconds: time does not pass during an event.
+/// Not zero, so a guest that subtracts a while from it does not underflow.
+const FROZEN_NOW: u64 = 1_000_000_000_000;
+
+/// A timer on the frozen monotonic clock: one due now is ready, one due later never is.
+enum Timer {
+    Due,
+    Later,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Timer {
+    async fn ready(&mut self) {
+        match self {
+            Timer::Due => {}
+            Timer::Later => std::future::pending().await,
+        }
     }
-    fn now(&self) -> u64 {
-        0
+}
+
+/// `wasi:clocks/monotonic-clock` and `wasi:io/poll` over a store's resource table, on frozen
+/// time.
+pub struct Frozen<'a> {
+    table: &'a mut ResourceTable,
+}
+
+struct HasFrozen;
+
+impl HasData for HasFrozen {
+    type Data<'a> = Frozen<'a>;
+}
+
+impl Frozen<'_> {
+    fn timer(&mut self, due_now: bool) -> wasmtime::Result<Resource<DynPollable>> {
+        let timer = self
+            .table
+            .push(if due_now { Timer::Due } else { Timer::Later })?;
+        subscribe(self.table, timer)
+    }
+}
+
+impl monotonic_clock::Host for Frozen<'_> {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(FROZEN_NOW)
+    }
+    fn resolution(&mut self) -> wasmtime::Result<u64> {
+        Ok(1)
+    }
+    fn subscribe_instant(&mut self, when: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        self.timer(when <= FROZEN_NOW)
+    }
+    fn subscribe_duration(&mut self, duration: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        self.timer(duration == 0)
+    }
+}
+
+/// Polls `f` once; `None` if it would have to wait. Readiness here never depends on a waker:
+/// frozen timers, a closed stdin and discarding stdout are ready or not for good.
+fn at_once<F: Future>(f: F) -> Option<F::Output> {
+    match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
+impl poll::Host for Frozen<'_> {
+    fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        at_once(async_poll::Host::poll(self.table, pollables)).unwrap_or_else(|| {
+            Err(WouldWait("it polled for a timer or input that is not ready").into())
+        })
+    }
+}
+
+impl poll::HostPollable for Frozen<'_> {
+    fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        at_once(async_poll::HostPollable::ready(self.table, pollable)).unwrap_or(Ok(false))
+    }
+    fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        at_once(async_poll::HostPollable::block(self.table, pollable)).unwrap_or_else(|| {
+            Err(WouldWait("it blocked on a timer or input that is not ready").into())
+        })
+    }
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        async_poll::HostPollable::drop(self.table, pollable)
     }
 }
 
@@ -118,9 +209,13 @@ pub fn store(
     deadline_ticks: u64,
 ) -> Store<Sandbox> {
     let wall = Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
+    // stdin, stdout and stderr are set here, not left to wasmtime-wasi's defaults, because the
+    // audit in ARCHITECTURE.md relies on them: a closed stream and sinks, all ready at once
     let wasi = WasiCtxBuilder::new()
+        .stdin(ClosedInputStream)
+        .stdout(SinkOutputStream)
+        .stderr(SinkOutputStream)
         .wall_clock(FrozenWall(wall))
-        .monotonic_clock(FrozenMonotonic)
         .secure_random(Deterministic::new(seed_bytes(seed)))
         .insecure_random(Deterministic::new(seed_bytes(seed.rotate_left(17))))
         .insecure_random_seed(u128::from(seed))
@@ -155,16 +250,17 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<Sandbox>> {
     wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<Sandbox, HasTable>(&mut l, |t| {
         &mut t.table
     })?;
-    poll::add_to_linker::<Sandbox, HasTable>(&mut l, |t| &mut t.table)?;
+    poll::add_to_linker::<Sandbox, HasFrozen>(&mut l, |t| Frozen {
+        table: &mut t.table,
+    })?;
     streams::add_to_linker::<Sandbox, HasTable>(&mut l, |t| &mut t.table)?;
     clocks::wall_clock::add_to_linker::<Sandbox, wasmtime_wasi::clocks::WasiClocks>(
         &mut l,
         <Sandbox as WasiClocksView>::clocks,
     )?;
-    clocks::monotonic_clock::add_to_linker::<Sandbox, wasmtime_wasi::clocks::WasiClocks>(
-        &mut l,
-        <Sandbox as WasiClocksView>::clocks,
-    )?;
+    monotonic_clock::add_to_linker::<Sandbox, HasFrozen>(&mut l, |t| Frozen {
+        table: &mut t.table,
+    })?;
     random::random::add_to_linker::<Sandbox, wasmtime_wasi::random::WasiRandom>(
         &mut l,
         <Sandbox as WasiRandomView>::random,

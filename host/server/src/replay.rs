@@ -116,8 +116,9 @@ fn replay(
     wasm: &[u8],
     path: &std::path::Path,
 ) -> anyhow::Result<bool> {
+    // replays run on this thread (`call_flow_blocking`): the pool is the smallest there is
     let runtime = Runtime::new(RuntimeConfig {
-        threads: 1,
+        scheduling: callflow_runtime::FairConfig::for_threads(2),
         ..RuntimeConfig::default()
     })?;
     let plugin = runtime

@@ -2,8 +2,10 @@
 //! invoking, the compile cache, and every abuse case the sandbox must contain.
 
 mod examples;
+mod fairness;
 mod retry;
 mod twiml;
+mod waiting;
 
 use std::sync::Arc;
 use std::time::Duration;
