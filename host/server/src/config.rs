@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use callflow_sip::driver::TcpLimits;
 use callflow_sip::trunk::{REDACTED, TrunkSpec, Trunks};
 use serde::{Deserialize, Serialize};
 
@@ -70,15 +72,48 @@ pub struct SipSettings {
     /// Let `<Dial><Sip>` call loopback and private addresses (labs, tests); by default a SIP
     /// URI must resolve to public addresses only, like webhooks.
     pub dial_private_uris: bool,
+    /// Bounds on SIP over TCP (defaults from [`TcpLimits`]): connections open at once, ours
+    /// included; inbound ones over it are closed at accept.
+    pub tcp_max_connections: usize,
+    /// Inbound TCP connections open at once from one IPv4 address or IPv6 /64.
+    pub tcp_max_per_source: usize,
+    /// A TCP connection that has not carried a complete message yet is closed after this long
+    /// without one (RFC 5626 keep-alive pings restart the wait).
+    pub tcp_new_idle_timeout_ms: u64,
+    /// The same for a connection that has carried one: long, since a connection carrying
+    /// calls may be quiet for minutes.
+    pub tcp_idle_timeout_ms: u64,
+    /// Once a message's first byte has arrived over TCP, the whole message must arrive within
+    /// this time.
+    pub tcp_message_timeout_ms: u64,
+}
+
+impl SipSettings {
+    pub fn tcp_limits(&self) -> TcpLimits {
+        TcpLimits {
+            max_connections: self.tcp_max_connections,
+            max_per_source: self.tcp_max_per_source,
+            new_idle_timeout: Duration::from_millis(self.tcp_new_idle_timeout_ms),
+            idle_timeout: Duration::from_millis(self.tcp_idle_timeout_ms),
+            message_timeout: Duration::from_millis(self.tcp_message_timeout_ms),
+        }
+    }
 }
 
 impl Default for SipSettings {
     fn default() -> Self {
+        let tcp = TcpLimits::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         SipSettings {
             advertised_addr: None,
             rtp_port_min: 10_000,
             rtp_port_max: 19_998,
             dial_private_uris: false,
+            tcp_max_connections: tcp.max_connections,
+            tcp_max_per_source: tcp.max_per_source,
+            tcp_new_idle_timeout_ms: ms(tcp.new_idle_timeout),
+            tcp_idle_timeout_ms: ms(tcp.idle_timeout),
+            tcp_message_timeout_ms: ms(tcp.message_timeout),
         }
     }
 }
@@ -298,6 +333,16 @@ impl Config {
         if self.webhooks.max_attempts == 0 {
             bail!("webhooks.max_attempts must be at least 1");
         }
+        let sip = &self.sip;
+        if sip.tcp_max_connections == 0 || sip.tcp_max_per_source == 0 {
+            bail!("sip.tcp_max_connections and sip.tcp_max_per_source must be at least 1");
+        }
+        if sip.tcp_new_idle_timeout_ms == 0
+            || sip.tcp_idle_timeout_ms == 0
+            || sip.tcp_message_timeout_ms == 0
+        {
+            bail!("sip.tcp_*_timeout_ms must be at least 1");
+        }
         if let Some(url) = &self.database_url
             && !url.starts_with("sqlite:")
         {
@@ -499,5 +544,35 @@ transport = "tcp"
             err.contains("trunk \"carrier\": inbound_sources entry \"192.0.2.0/33\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sip_tcp_limits_default_to_the_stacks_and_load_from_the_file() {
+        assert_eq!(Config::default().sip.tcp_limits(), TcpLimits::default());
+        let c = load_text(
+            "[sip]\ntcp_max_connections = 100\ntcp_max_per_source = 5\n\
+             tcp_new_idle_timeout_ms = 1000\ntcp_idle_timeout_ms = 2000\n\
+             tcp_message_timeout_ms = 300\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sip.tcp_limits(),
+            TcpLimits {
+                max_connections: 100,
+                max_per_source: 5,
+                new_idle_timeout: Duration::from_millis(1_000),
+                idle_timeout: Duration::from_millis(2_000),
+                message_timeout: Duration::from_millis(300),
+            }
+        );
+        for bad in ["tcp_max_per_source = 0", "tcp_message_timeout_ms = 0"] {
+            let err = format!("{:#}", load_text(&format!("[sip]\n{bad}\n")).unwrap_err());
+            assert!(err.contains("must be at least 1"), "{err}");
+        }
+        let err = format!(
+            "{:#}",
+            load_text("[sip]\ntcp_max_conections = 1\n").unwrap_err()
+        );
+        assert!(err.contains("tcp_max_conections"), "{err}");
     }
 }

@@ -200,11 +200,12 @@ async fn start_sip(
         seed: seed(),
         ..UaConfig::default()
     };
-    let (sip, events) = Sip::start(config.sip_addr, ua, move |ip| {
-        filter.by_source(ip).is_some()
-    })
-    .await
-    .with_context(|| format!("binding SIP to {}", config.sip_addr))?;
+    let (sip, events) =
+        Sip::start_with_limits(config.sip_addr, ua, config.sip.tcp_limits(), move |ip| {
+            filter.by_source(ip).is_some()
+        })
+        .await
+        .with_context(|| format!("binding SIP to {}", config.sip_addr))?;
     let media_ip = if advertised.ip().is_unspecified() {
         sip.local_addr().ip()
     } else {

@@ -6,21 +6,26 @@
 //! TCP: messages are framed by Content-Length ([`crate::frame`]); a connection accepted from a
 //! peer is used for the responses and requests back to that address; a transmit to an address
 //! without a connection opens one. A read or write failure closes the connection; transmits
-//! that fail are reported to the agent as transport errors.
+//! that fail are reported to the agent as transport errors. [`TcpLimits`] bound the
+//! connections (in total and per source, checked at accept) and how long they may idle or take
+//! over one message; the connection tasks report what they read, and the driver's
+//! [`Connections`] table, on the driver's clock, says which to refuse and which to close.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rsip::common::Transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::sdp::LocalMedia;
+use crate::tcp::Connections;
+pub use crate::tcp::TcpLimits;
 use crate::transaction::TxKey;
 use crate::ua::{CallKey, Outgoing, UaConfig, UaError, UaEvent, UaStats, UserAgent};
 use crate::{Frame, MAX_MESSAGE_BYTES};
@@ -55,11 +60,22 @@ impl std::fmt::Debug for Sip {
 
 impl Sip {
     /// Binds UDP and TCP on `bind` (port 0 picks one; TCP gets the same port) and starts the
-    /// stack. `config.advertised` is replaced by the bound address when its port is 0.
-    /// `allow_source` decides which peers may send INVITE and OPTIONS (others get `403`).
+    /// stack with the default [`TcpLimits`]. `config.advertised` is replaced by the bound
+    /// address when its port is 0. `allow_source` decides which peers may send INVITE and
+    /// OPTIONS (others get `403`).
     pub async fn start(
         bind: SocketAddr,
+        config: UaConfig,
+        allow_source: impl Fn(IpAddr) -> bool + Send + 'static,
+    ) -> io::Result<(Sip, mpsc::UnboundedReceiver<UaEvent>)> {
+        Self::start_with_limits(bind, config, TcpLimits::default(), allow_source).await
+    }
+
+    /// [`Sip::start`] with these bounds on TCP connections.
+    pub async fn start_with_limits(
+        bind: SocketAddr,
         mut config: UaConfig,
+        limits: TcpLimits,
         allow_source: impl Fn(IpAddr) -> bool + Send + 'static,
     ) -> io::Result<(Sip, mpsc::UnboundedReceiver<UaEvent>)> {
         let udp = UdpSocket::bind(bind).await?;
@@ -76,6 +92,9 @@ impl Sip {
             ua,
             udp: Arc::new(udp),
             conns: HashMap::new(),
+            links: HashMap::new(),
+            tcp_table: Connections::new(limits),
+            tcp_reported: 0,
             next_conn: 0,
             inbound: mpsc::unbounded_channel(),
             events: ev_tx,
@@ -138,14 +157,18 @@ impl Sip {
     }
 }
 
-/// What TCP connection tasks tell the driver.
+/// What TCP connection tasks tell the driver (`u64`: the connection's id).
 enum TcpInput {
     /// A message framed from the connection with this peer.
-    Message(SocketAddr, Vec<u8>),
+    Message(SocketAddr, u64, Vec<u8>),
+    /// The first bytes of a message that is not complete yet have arrived.
+    Partial(u64),
+    /// An RFC 5626 keep-alive ping (answered already).
+    Ping(u64),
     /// A transmit of this transaction could not be written (connect or write failure).
     Failed(TxKey),
-    /// Connection `id` with this peer is gone.
-    Closed(SocketAddr, u64),
+    /// The connection is gone.
+    Closed(u64),
 }
 
 /// Bytes for a connection to write, and the transaction to blame if it cannot.
@@ -157,8 +180,15 @@ struct Driver {
     /// Writers of open TCP connections by peer address, with the connection's id (a closing
     /// connection removes its entry only if a newer one has not replaced it).
     conns: HashMap<SocketAddr, (u64, mpsc::UnboundedSender<TcpWrite>)>,
+    /// Every open connection's peer, and the sender that closes it (dropping it closes it
+    /// too: a stopped driver leaves no connection behind).
+    links: HashMap<u64, (SocketAddr, oneshot::Sender<()>)>,
+    /// Caps and deadlines of the open connections.
+    tcp_table: Connections,
+    /// The connection count last given to the gauge.
+    tcp_reported: usize,
     next_conn: u64,
-    /// Messages read from TCP connections, and connections closing (`None`).
+    /// What the TCP connection tasks report (see [`TcpInput`]).
     inbound: (
         mpsc::UnboundedSender<TcpInput>,
         mpsc::UnboundedReceiver<TcpInput>,
@@ -171,7 +201,10 @@ impl Driver {
         let mut buf = vec![0u8; UDP_BUFFER];
         let udp = self.udp.clone();
         loop {
-            let deadline = self.ua.poll_timeout();
+            let deadline = match (self.ua.poll_timeout(), self.tcp_table.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -189,27 +222,39 @@ impl Driver {
                     None => break,
                 },
                 Some(input) = self.inbound.1.recv() => match input {
-                    TcpInput::Message(from, bytes) => {
-                        self.ua.handle_stream_message(Instant::now(), &bytes, from)
+                    TcpInput::Message(from, id, bytes) => {
+                        let now = Instant::now();
+                        self.tcp_table.handle_message(now, id);
+                        self.ua.handle_stream_message(now, &bytes, from)
                     }
+                    TcpInput::Partial(id) => self.tcp_table.handle_partial(Instant::now(), id),
+                    TcpInput::Ping(id) => self.tcp_table.handle_ping(Instant::now(), id),
                     TcpInput::Failed(key) => self.transport_error(key),
-                    TcpInput::Closed(from, id) => {
-                        if self.conns.get(&from).is_some_and(|(c, _)| *c == id) {
-                            self.conns.remove(&from);
-                        }
+                    TcpInput::Closed(id) => {
+                        self.tcp_table.handle_closed(id);
+                        self.forget(id);
                     }
                 },
                 a = tcp.accept() => match a {
-                    Ok((stream, from)) => self.adopt(stream, from),
+                    Ok((stream, from)) => self.accept(stream, from),
                     Err(e) => {
                         // Out of file descriptors, most likely: do not spin on it.
                         tracing::warn!(error = %e, "TCP accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                () = sleep => self.ua.handle_timeout(Instant::now()),
+                () = sleep => {
+                    let now = Instant::now();
+                    self.ua.handle_timeout(now);
+                    self.tcp_table.handle_timeout(now);
+                    self.close_expired();
+                }
             }
             self.flush();
+            if self.tcp_table.len() != self.tcp_reported {
+                self.tcp_reported = self.tcp_table.len();
+                metrics::gauge!("callflow_sip_tcp_connections").set(self.tcp_reported as f64);
+            }
         }
     }
 
@@ -271,8 +316,12 @@ impl Driver {
     /// later as [`TcpInput::Failed`].
     fn send_tcp(&mut self, to: SocketAddr, bytes: Vec<u8>, tx: Option<TxKey>) -> bool {
         let bytes = match self.conns.get(&to) {
-            Some((_, w)) => match w.send((bytes, tx)) {
-                Ok(()) => return true,
+            Some((id, w)) => match w.send((bytes, tx)) {
+                Ok(()) => {
+                    // A message we send keeps the connection in use, as one we receive does.
+                    self.tcp_table.handle_message(Instant::now(), *id);
+                    return true;
+                }
                 Err(mpsc::error::SendError((bytes, _))) => bytes,
             },
             None => bytes,
@@ -281,14 +330,21 @@ impl Driver {
         let (w_tx, mut w_rx) = mpsc::unbounded_channel();
         let _ = w_tx.send((bytes, tx));
         let id = self.conn_id();
+        self.tcp_table.handle_connect(Instant::now(), id);
         self.conns.insert(to, (id, w_tx.clone()));
+        let (close_tx, mut close) = oneshot::channel();
+        self.links.insert(id, (to, close_tx));
         let inbound = self.inbound.0.clone();
         tokio::spawn(async move {
-            match TcpStream::connect(to).await {
-                Ok(stream) => connection(stream, to, id, w_tx, w_rx, inbound).await,
+            let connected = tokio::select! {
+                r = TcpStream::connect(to) => r,
+                _ = &mut close => Err(io::Error::other("closed while connecting")),
+            };
+            match connected {
+                Ok(stream) => connection(stream, to, id, w_tx, w_rx, inbound, close).await,
                 Err(e) => {
                     tracing::debug!(%to, error = %e, "TCP connect failed");
-                    let _ = inbound.send(TcpInput::Closed(to, id));
+                    let _ = inbound.send(TcpInput::Closed(id));
                     drop(w_tx);
                     while let Some((_, key)) = w_rx.recv().await {
                         if let Some(key) = key {
@@ -301,10 +357,20 @@ impl Driver {
         true
     }
 
-    fn adopt(&mut self, stream: TcpStream, from: SocketAddr) {
-        let (w_tx, w_rx) = mpsc::unbounded_channel();
+    /// A peer connected: adopt the connection, or close it at once when a cap refuses it (no
+    /// SIP answer: nothing has been said yet, and a flood of refusals should cost little).
+    fn accept(&mut self, stream: TcpStream, from: SocketAddr) {
         let id = self.conn_id();
+        if let Err(why) = self.tcp_table.handle_accept(Instant::now(), id, from.ip()) {
+            metrics::counter!("callflow_sip_tcp_refused_total", "reason" => why.label())
+                .increment(1);
+            tracing::debug!(%from, reason = why.label(), "TCP connection refused");
+            return;
+        }
+        let (w_tx, w_rx) = mpsc::unbounded_channel();
         self.conns.insert(from, (id, w_tx.clone()));
+        let (close_tx, close) = oneshot::channel();
+        self.links.insert(id, (from, close_tx));
         tokio::spawn(connection(
             stream,
             from,
@@ -312,7 +378,30 @@ impl Driver {
             w_tx,
             w_rx,
             self.inbound.0.clone(),
+            close,
         ));
+    }
+
+    /// Closes the connections whose deadline has passed (idle, or a message too slow).
+    fn close_expired(&mut self) {
+        while let Some((id, why)) = self.tcp_table.poll_close() {
+            metrics::counter!("callflow_sip_tcp_closed_total", "reason" => why.label())
+                .increment(1);
+            if let Some((peer, close)) = self.forget(id) {
+                tracing::debug!(%peer, reason = why.label(), "closing TCP connection");
+                let _ = close.send(());
+            }
+        }
+    }
+
+    /// Drops the driver's hold on connection `id`: later transmits to its peer open a new
+    /// connection. Returns the peer and the sender that closes the connection.
+    fn forget(&mut self, id: u64) -> Option<(SocketAddr, oneshot::Sender<()>)> {
+        let (peer, close) = self.links.remove(&id)?;
+        if self.conns.get(&peer).is_some_and(|(c, _)| *c == id) {
+            self.conns.remove(&peer);
+        }
+        Some((peer, close))
     }
 
     fn conn_id(&mut self) -> u64 {
@@ -322,7 +411,8 @@ impl Driver {
 }
 
 /// One TCP connection: writes what the driver sends (reporting what it cannot write), reads
-/// and frames what the peer sends, and answers RFC 5626 keep-alive pings (CRLFCRLF) with CRLF.
+/// and frames what the peer sends (see [`read`]) until the peer closes, a read fails, the
+/// framing breaks, or the driver closes it (`close` fires or its sender is dropped).
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -330,50 +420,93 @@ async fn connection(
     pong: mpsc::UnboundedSender<TcpWrite>,
     mut writes: mpsc::UnboundedReceiver<TcpWrite>,
     inbound: mpsc::UnboundedSender<TcpInput>,
+    close: oneshot::Receiver<()>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let failures = inbound.clone();
+    // Set when the driver closes the connection: a write in progress (to a peer that does not
+    // read) is abandoned, and nothing more is written.
+    let (stop_tx, mut stop) = watch::channel(false);
     // Ends when the driver and this reader have dropped their senders (connection closed).
     let writer = tokio::spawn(async move {
-        let mut broken = false;
+        // `None` once broken or stopped, so the socket closes with the reader's half.
+        let mut wr = Some(wr);
         while let Some((bytes, key)) = writes.recv().await {
-            if !broken && wr.write_all(&bytes).await.is_err() {
-                broken = true;
+            if let Some(w) = wr.as_mut() {
+                let written = tokio::select! {
+                    r = w.write_all(&bytes) => r.is_ok(),
+                    _ = stop.wait_for(|s| *s) => false,
+                };
+                if !written {
+                    wr = None;
+                }
             }
-            if broken && let Some(key) = key {
+            if wr.is_none()
+                && let Some(key) = key
+            {
                 let _ = failures.send(TcpInput::Failed(key));
             }
         }
     });
+    let closed_by_driver = tokio::select! {
+        () = read(rd, peer, id, &pong, &inbound) => false,
+        _ = close => true,
+    };
+    if closed_by_driver {
+        let _ = stop_tx.send(true);
+    }
+    drop(pong);
+    let _ = inbound.send(TcpInput::Closed(id));
+    // Whatever the driver queued before it heard of the close is written or reported failed.
+    let _ = writer.await;
+}
+
+/// Reads and frames what the peer sends, until it closes, a read fails or the stream cannot
+/// be framed (too big, or not SIP). Tells the driver of every message, of every RFC 5626
+/// keep-alive ping (answered here with CRLF), and of the first bytes of a message that has not
+/// arrived whole, for its timeout. The buffer holds at most one partial message, bounded by
+/// [`MAX_MESSAGE_BYTES`] (plus one read).
+async fn read(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    peer: SocketAddr,
+    id: u64,
+    pong: &mpsc::UnboundedSender<TcpWrite>,
+    inbound: &mpsc::UnboundedSender<TcpInput>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
-    'read: loop {
+    // The driver knows that the message in `buf` has begun.
+    let mut begun = false;
+    loop {
         match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
         loop {
             match crate::frame(&buf) {
                 Ok(Frame::Message(len)) => {
                     let msg: Vec<u8> = buf.drain(..len).collect();
-                    if inbound.send(TcpInput::Message(peer, msg)).is_err() {
-                        break 'read;
+                    begun = false;
+                    if inbound.send(TcpInput::Message(peer, id, msg)).is_err() {
+                        return;
                     }
                 }
                 Ok(Frame::KeepAlive(len)) => {
                     if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
                         let _ = pong.send((b"\r\n".to_vec(), None));
+                        let _ = inbound.send(TcpInput::Ping(id));
                     }
                     buf.drain(..len);
                 }
                 Ok(Frame::Incomplete) if buf.len() <= MAX_MESSAGE_BYTES => break,
                 // Too big or unframeable: the stream cannot be resynchronised.
-                _ => break 'read,
+                _ => return,
             }
         }
+        // What is left starts a message (leading CR/LF bytes were dropped above).
+        if !buf.is_empty() && !begun {
+            begun = true;
+            let _ = inbound.send(TcpInput::Partial(id));
+        }
     }
-    drop(pong);
-    let _ = inbound.send(TcpInput::Closed(peer, id));
-    // Whatever the driver queued before it heard of the close is written or reported failed.
-    let _ = writer.await;
 }

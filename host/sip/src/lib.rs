@@ -19,6 +19,7 @@ mod robustness;
 mod scan;
 pub mod sdp;
 mod status;
+mod tcp;
 pub mod transaction;
 pub mod trunk;
 pub mod ua;
