@@ -67,8 +67,6 @@ impl Pool {
         match refused {
             Ok(()) => {
                 self.shared.work.notify_one();
-                // the watchdog also bounds how long it may wait
-                self.shared.watch.notify_one();
                 Ok(())
             }
             Err(cut) => {
@@ -115,8 +113,6 @@ fn work(shared: &Shared) {
             waited,
             run,
         } = start;
-        // the watchdog sleeps until the next deadline: this run may be the nearest
-        shared.watch.notify_one();
         metrics::histogram!("callflow_plugin_queue_seconds", "account" => tenant.account.to_string())
             .record(waited.as_secs_f64());
         // a panicking job drops its result sender (its caller sees an internal error); the
@@ -126,7 +122,8 @@ fn work(shared: &Shared) {
         }
         let done = shared.lock().handle_done(Instant::now(), id);
         // what this run held (an account's upload slot, a lost thread) may let another start
-        shared.work.notify_all();
+        // besides the one this thread takes next
+        shared.work.notify_one();
         if done == Done::Exit {
             tracing::info!(account = %tenant.account, "a plugin thread abandoned by the watchdog returned and ends");
             return;
@@ -153,9 +150,16 @@ fn next(shared: &Shared) -> Option<Start> {
 }
 
 /// The watchdog: sleeps until the scheduler's next timeout, then tells the callers of abandoned
-/// or expired invocations and replaces stuck threads.
+/// or expired invocations and replaces stuck threads. Nobody wakes it when work comes or
+/// starts (that would cost a wake-up per invocation): it never sleeps longer than the shortest
+/// time a new invocation may wait or run past its deadline, so it cannot oversleep one.
 fn watch(shared: &Arc<Shared>) {
     let mut fair = shared.lock();
+    let config = *fair.config();
+    let longest_sleep = config
+        .grace
+        .min(config.max_wait)
+        .min(Duration::from_secs(1));
     loop {
         if shared.closed() {
             return;
@@ -191,8 +195,8 @@ fn watch(shared: &Arc<Shared>) {
         }
         let wait = fair
             .poll_timeout()
-            .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now))
-            .min(Duration::from_secs(1));
+            .map_or(longest_sleep, |t| t.saturating_duration_since(now))
+            .min(longest_sleep);
         fair = shared
             .watch
             .wait_timeout(fair, wait)
