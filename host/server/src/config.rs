@@ -26,6 +26,7 @@ pub struct Config {
     pub sip: SipSettings,
     pub dispatch: DispatchSettings,
     pub metrics: MetricsSettings,
+    pub plugins: PluginSettings,
     /// SIP trunks (`[[trunks]]`); validated at load, passwords redacted when printed.
     pub trunks: Vec<TrunkSpec>,
 }
@@ -130,6 +131,35 @@ pub struct DispatchSettings {
     pub account_max_calls: usize,
 }
 
+/// The plugin threads and how accounts share them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Threads that run plugins; 0 means one per core plus one. A quarter of them (at least
+    /// one) is kept for built-in plugins, and an account's uploaded plugins run on at most half
+    /// of the rest (at least one).
+    pub threads: usize,
+    /// Invocations one account may have waiting for a thread (more are refused at once); 0
+    /// means the default, 512.
+    pub account_queued: usize,
+}
+
+impl PluginSettings {
+    /// The runtime's scheduling for these settings.
+    pub fn scheduling(&self) -> callflow_runtime::FairConfig {
+        let defaults = callflow_runtime::RuntimeConfig::default().scheduling;
+        let mut s = if self.threads == 0 {
+            defaults
+        } else {
+            callflow_runtime::FairConfig::for_threads(self.threads)
+        };
+        if self.account_queued > 0 {
+            s.account_queued = self.account_queued;
+        }
+        s
+    }
+}
+
 /// Who may read `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -193,6 +223,7 @@ impl Default for Config {
             sip: SipSettings::default(),
             dispatch: DispatchSettings::default(),
             metrics: MetricsSettings::default(),
+            plugins: PluginSettings::default(),
             trunks: Vec::new(),
         }
     }
@@ -332,6 +363,9 @@ impl Config {
         }
         if self.webhooks.max_attempts == 0 {
             bail!("webhooks.max_attempts must be at least 1");
+        }
+        if self.plugins.threads == 1 || self.plugins.threads > 1024 {
+            bail!("plugins.threads must be 0 (one per core plus one) or 2 to 1024");
         }
         let sip = &self.sip;
         if sip.tcp_max_connections == 0 || sip.tcp_max_per_source == 0 {
@@ -574,5 +608,26 @@ transport = "tcp"
             load_text("[sip]\ntcp_max_conections = 1\n").unwrap_err()
         );
         assert!(err.contains("tcp_max_conections"), "{err}");
+    }
+
+    #[test]
+    fn plugin_threads_default_to_the_cores_and_load_from_the_file() {
+        assert_eq!(
+            Config::default().plugins.scheduling(),
+            callflow_runtime::RuntimeConfig::default().scheduling
+        );
+        let c = load_text("[plugins]\nthreads = 8\naccount_queued = 16\n").unwrap();
+        let s = c.plugins.scheduling();
+        assert_eq!(
+            (s.threads, s.reserved, s.account_running, s.account_queued),
+            (8, 2, 3, 16)
+        );
+        for bad in ["threads = 1", "threads = 5000"] {
+            let err = format!(
+                "{:#}",
+                load_text(&format!("[plugins]\n{bad}\n")).unwrap_err()
+            );
+            assert!(err.contains("plugins.threads"), "{err}");
+        }
     }
 }

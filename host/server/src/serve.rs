@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let runtime = Arc::new(
         Runtime::new(RuntimeConfig {
             cache_dir: Some(config.data_dir.join("plugins").join("cache")),
+            scheduling: config.plugins.scheduling(),
             ..RuntimeConfig::default()
         })
         .context("starting the plugin runtime")?,
