@@ -182,7 +182,8 @@ pub enum InvokeError {
         "the plugin waited for time to pass or input to arrive ({0}); time stands still during an event and there is no input, so a plugin cannot wait"
     )]
     Blocked(String),
-    #[error("the plugin called exit (status {code}) instead of returning")]
+    /// `code` is 0 or 1: WASI 0.2's `exit` carries only success or failure.
+    #[error("the plugin called exit ({}) instead of returning", if *code == 0 { "success" } else { "failure" })]
     Exited { code: i32 },
     #[error(
         "the plugin was stuck outside its code {ran_ms} ms after it started, past its {limit_ms} ms deadline, and was abandoned"
