@@ -60,17 +60,8 @@ pub use flow::wit::callflow::plugin::types::PluginError;
 
 use flow::wit::callflow::plugin::types::{HttpMethod, HttpRequest, LogLevel, LogLine, Param};
 
-/// A binding's configuration text, checked before it is parsed: at most `max_bytes`, and
-/// blank text reads as `{}` (a binding without configuration). The error says why.
-pub fn config_text(text: &str, max_bytes: usize) -> Result<&str, String> {
-    if text.len() > max_bytes {
-        return Err(format!(
-            "the configuration is {} bytes, over the limit of {max_bytes}",
-            text.len()
-        ));
-    }
-    Ok(if text.trim().is_empty() { "{}" } else { text })
-}
+// One helper for every plugin's configuration, kept in the pure crate the host shares.
+pub use callflow_callout_rules::config_text;
 
 impl PluginError {
     /// An error with a machine-readable `code` and a message for people.

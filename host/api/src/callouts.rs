@@ -9,9 +9,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use callflow_callout_rules::config::Config as RetryConfig;
+use callflow_callout_rules::hours::{parse_calling_hours, parse_time_zone};
 use callflow_engine::EndRequest;
 use callflow_engine::clock::{now_ms, rfc2822};
-use callflow_plugin_retry::config::{Config as RetryConfig, parse_calling_hours, parse_time_zone};
 use callflow_store::{
     CallTemplate, Callout, CalloutStatus, NewCallout, NewParticipant, Participant,
     ParticipantFilter, ParticipantState, StoreError,
@@ -191,7 +192,8 @@ fn json_object(params: &Params, name: &str) -> ApiResult<String> {
 }
 
 /// `CallingHours` as `HH:MM-HH:MM` or `{"start", "end", "days"}`, stored as the object with the
-/// callout's time zone, checked by the retry policy's own parser (the engine reads it with it).
+/// callout's time zone, checked by the shared parser (`callflow-callout-rules`) the engine and the
+/// built-in retry policy read it with.
 fn calling_hours(text: &str, time_zone: &str) -> Result<String, String> {
     let mut hours = if text.starts_with('{') {
         match serde_json::from_str::<Value>(text) {

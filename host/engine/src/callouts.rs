@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use callflow_plugin_retry::config::{parse_calling_hours, parse_time_zone};
-use callflow_plugin_retry::hours::CallingHours;
+use callflow_callout_rules::hours::{CallingHours, parse_calling_hours, parse_time_zone};
 use callflow_runtime::World;
 use callflow_runtime::retry::{Attempt, Decision, RetryContext};
 use callflow_store::{

@@ -2,34 +2,13 @@
 //! attempt, whether and when to call the participant again. Its defaults are Somleng SCFM's:
 //! busy, no answer and failed calls are tried again 15 minutes later, three attempts in all.
 //!
-//! Configuration (the binding's JSON; every field is optional, `{}` is the defaults):
-//!
-//! ```json
-//! {
-//!   "retry_statuses": ["busy", "no-answer", "failed"],
-//!   "max_attempts": 3,
-//!   "delay": {"fixed_minutes": 15},
-//!   "status_delays": {"busy": {"exponential": {"base_minutes": 5, "factor": 2.0,
-//!                                              "max_minutes": 240, "jitter": 0.2}}},
-//!   "terminal_sip_codes": [404, 410, 484, 604],
-//!   "calling_hours": {"start": "08:00", "end": "20:00",
-//!                     "days": ["mon", "tue", "wed", "thu", "fri"], "time_zone": "Africa/Nairobi"}
-//! }
-//! ```
-//!
-//! - `retry_statuses`: busy, no-answer, failed and completed may be listed; canceled never (an
-//!   attempt is canceled when its callout is stopped, and a retry would undo that).
-//! - `max_attempts`: attempts in all, the first included, 1 to 50.
-//! - `delay`: `{"fixed_minutes": M}` or `{"exponential": {…}}` (defaults: base 15 minutes, factor
-//!   2, at most 240 minutes, no jitter); `status_delays` override it per status. Minutes are 1 to
-//!   10080 (a week); factor 1 to 10; jitter 0 to 0.5, drawn from the invocation's seed.
-//! - `terminal_sip_codes`: SIP final responses after which the number is not called again.
-//! - `calling_hours`: when calls may be made, by the wall clock in the participant's time zone
-//!   (the context's, else `time_zone`, else UTC); `end <= start` runs over midnight, `24:00` is the
-//!   end of a day, `days` (default every day) are the days a window opens on. A retry due outside
-//!   the window moves to its next opening. A participant's time zone the database does not know
-//!   is logged as a warning and the configured one used instead. The IANA database is compiled in
-//!   (`chrono-tz`): the sandbox has no file system.
+//! The configuration is the binding's JSON (every field is optional, `{}` is the defaults), in
+//! the format [`callflow_callout_rules::config`] describes and checks: retried statuses, attempts,
+//! fixed or exponential delays with jitter from the invocation's seed, terminal SIP codes and
+//! calling hours. The host checks a callout's `RetryConfig` with the same parser. The calling
+//! hours are judged in the participant's time zone (the context's, else the configured one, else
+//! UTC); a participant's time zone the database does not know is logged as a warning and the
+//! configured one used instead. A retry due outside the window moves to its next opening.
 //!
 //! The decision, in this order: give up when the configuration is invalid (the reason starts with
 //! `invalid retry configuration:`, and an error line is logged: the world has no error, and a
@@ -37,19 +16,14 @@
 //! listed), `canceled`, a terminal SIP code, a status not listed, or the last allowed attempt;
 //! otherwise call again after the delay (never before now), moved into the calling hours.
 //!
-//! - [`config`]: the JSON, parsed and checked.
-//! - [`delay`]: fixed and exponential delays.
-//! - [`hours`]: the calling-hours window across time zones and daylight-saving changes.
+//! This crate holds only that decision ([`decide`]) and its export; the rules it applies are
+//! `callflow-callout-rules`'s, shared with the host.
 
-pub mod config;
-pub mod delay;
-pub mod hours;
-
+use callflow_callout_rules::config::Config;
+use callflow_callout_rules::hours::parse_time_zone;
 use callflow_sdk::retry::{Decision, LogLevel, Output, RetryContext, RetryPolicy};
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
-
-pub use config::Config;
 
 /// The built-in retry policy.
 pub struct DefaultRetry;
@@ -166,7 +140,7 @@ pub fn decide(config: &Config, ctx: &RetryContext, out: &mut Output) -> Decision
 fn time_zone(ctx: &RetryContext, default: Tz, out: &mut Output) -> (Tz, &'static str) {
     match ctx.time_zone.as_deref().filter(|z| !z.is_empty()) {
         None => (default, "the configured time zone"),
-        Some(name) => match config::parse_time_zone(name) {
+        Some(name) => match parse_time_zone(name) {
             Ok(tz) => (tz, "the participant's time zone"),
             Err(e) => {
                 out.log(
@@ -319,7 +293,7 @@ mod tests {
 
     #[test]
     fn terminal_sip_codes_give_up_at_once() {
-        for code in config::DEFAULT_TERMINAL_SIP_CODES {
+        for code in callflow_callout_rules::config::DEFAULT_TERMINAL_SIP_CODES {
             let d = tester("{}", WED_10).attempt("failed", Some(code)).decide();
             assert_eq!(
                 d.decision,

@@ -1,14 +1,42 @@
-//! The binding's configuration: JSON parsed and checked in full before any decision, so a typo
-//! is reported instead of silently falling back to a default.
+//! The built-in retry policy's configuration (a binding's, or a callout's `RetryConfig`): JSON
+//! parsed and checked in full before any decision, so a typo is reported instead of silently
+//! falling back to a default. The host checks a callout's with the same parser the plugin runs.
+//!
+//! Every field is optional, `{}` is the defaults (Somleng SCFM's: busy, no answer and failed
+//! calls are tried again 15 minutes later, three attempts in all):
+//!
+//! ```json
+//! {
+//!   "retry_statuses": ["busy", "no-answer", "failed"],
+//!   "max_attempts": 3,
+//!   "delay": {"fixed_minutes": 15},
+//!   "status_delays": {"busy": {"exponential": {"base_minutes": 5, "factor": 2.0,
+//!                                              "max_minutes": 240, "jitter": 0.2}}},
+//!   "terminal_sip_codes": [404, 410, 484, 604],
+//!   "calling_hours": {"start": "08:00", "end": "20:00",
+//!                     "days": ["mon", "tue", "wed", "thu", "fri"], "time_zone": "Africa/Nairobi"}
+//! }
+//! ```
+//!
+//! - `retry_statuses`: busy, no-answer, failed and completed may be listed; canceled never (an
+//!   attempt is canceled when its callout is stopped, and a retry would undo that).
+//! - `max_attempts`: attempts in all, the first included, 1 to 50.
+//! - `delay`: `{"fixed_minutes": M}`, `{"fixed_seconds": S}` or `{"exponential": {…}}`
+//!   (defaults: base 15 minutes, factor 2, at most 240 minutes, no jitter); `status_delays`
+//!   override it per status. Minutes are 1 to 10080 (a week); factor 1 to 10; jitter 0 to 0.5,
+//!   drawn from the invocation's seed ([`crate::delay`]).
+//! - `terminal_sip_codes`: SIP final responses after which the number is not called again.
+//! - `calling_hours`: when calls may be made, by the wall clock in the participant's time zone
+//!   (the context's, else `time_zone`, else UTC); `end <= start` runs over midnight, `24:00` is
+//!   the end of a day, `days` (default every day) are the days a window opens on
+//!   ([`crate::hours`]).
 
 use std::collections::BTreeMap;
 
-use chrono::Weekday;
-use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::delay::Delay;
-use crate::hours::CallingHours;
+use crate::hours::{CallingHours, RawHours};
 
 /// The statuses retried when the configuration lists none (SCFM's "user" statuses).
 pub const DEFAULT_RETRY_STATUSES: [&str; 3] = ["busy", "no-answer", "failed"];
@@ -81,20 +109,11 @@ struct Raw {
     calling_hours: Option<RawHours>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHours {
-    start: String,
-    end: String,
-    days: Option<Vec<String>>,
-    time_zone: Option<String>,
-}
-
 impl Config {
     /// Parses and checks `json` (an empty string reads as `{}`); the error says what is wrong
     /// and where.
     pub fn parse(json: &str) -> Result<Config, String> {
-        let json = callflow_sdk::config_text(json, MAX_CONFIG_BYTES)?;
+        let json = crate::config_text(json, MAX_CONFIG_BYTES)?;
         let raw: Raw = serde_json::from_str(json).map_err(|e| e.to_string())?;
         let mut config = Config::default();
         if let Some(statuses) = raw.retry_statuses {
@@ -168,90 +187,11 @@ fn check_retryable(status: &str) -> Result<(), String> {
     }
 }
 
-impl RawHours {
-    fn check(self) -> Result<CallingHours, String> {
-        let start = minute_of_day(&self.start, false).map_err(|e| format!("start: {e}"))?;
-        let end = minute_of_day(&self.end, true).map_err(|e| format!("end: {e}"))?;
-        if start == end {
-            return Err(format!(
-                "start and end are both {}: an empty window (a whole day is 00:00 to 24:00)",
-                self.start
-            ));
-        }
-        let mut days = [self.days.is_none(); 7];
-        for day in self.days.iter().flatten() {
-            days[weekday(day)?.num_days_from_monday() as usize] = true;
-        }
-        if days == [false; 7] {
-            return Err("days is empty: the window would never open".into());
-        }
-        let time_zone = match self.time_zone {
-            None => Tz::UTC,
-            Some(name) => parse_time_zone(&name).map_err(|e| format!("time_zone: {e}"))?,
-        };
-        Ok(CallingHours {
-            start,
-            end,
-            days,
-            time_zone,
-        })
-    }
-}
-
-/// `HH:MM` as minutes since midnight; `24:00` only for an end.
-fn minute_of_day(text: &str, is_end: bool) -> Result<u16, String> {
-    let bad = || format!("{text:?} is not a time of day as HH:MM");
-    let (h, m) = text.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 {
-        return Err(bad());
-    }
-    let h: u16 = h.parse().map_err(|_| bad())?;
-    let m: u16 = m.parse().map_err(|_| bad())?;
-    match (h, m) {
-        (24, 0) if is_end => Ok(24 * 60),
-        (0..=23, 0..=59) => Ok(h * 60 + m),
-        _ => Err(bad()),
-    }
-}
-
-fn weekday(day: &str) -> Result<Weekday, String> {
-    Ok(match day {
-        "mon" => Weekday::Mon,
-        "tue" => Weekday::Tue,
-        "wed" => Weekday::Wed,
-        "thu" => Weekday::Thu,
-        "fri" => Weekday::Fri,
-        "sat" => Weekday::Sat,
-        "sun" => Weekday::Sun,
-        other => {
-            return Err(format!(
-                "days are mon, tue, wed, thu, fri, sat, sun, not {other:?}"
-            ));
-        }
-    })
-}
-
-/// Calling hours on their own, in the configuration's `calling_hours` form
-/// (`{"start": "08:00", "end": "20:00", "days": ["mon"], "time_zone": "Africa/Nairobi"}`): the
-/// host keeps a callout's window in this form and checks it before every attempt.
-pub fn parse_calling_hours(json: &str) -> Result<CallingHours, String> {
-    if json.len() > MAX_CONFIG_BYTES {
-        return Err("calling hours are too long".into());
-    }
-    let raw: RawHours = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    raw.check()
-}
-
-/// An IANA time zone name (`Africa/Nairobi`), as the compiled-in database knows it.
-pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("{name:?} is not an IANA time zone name such as Africa/Nairobi"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::delay::Exponential;
+    use chrono_tz::Tz;
     use expect_test::{Expect, expect};
 
     fn check_err(json: &str, expect: Expect) {

@@ -1,5 +1,7 @@
 //! Calling hours: a daily window of local time, on some days of the week, in a time zone, and
-//! the first moment at or after a given instant when it is open.
+//! the first moment at or after a given instant when it is open; their JSON form
+//! ([`parse_calling_hours`]) and IANA time zone names ([`parse_time_zone`], the database compiled
+//! in: a plugin's sandbox has no file system).
 //!
 //! The window is judged by the wall clock where the participant is. Across daylight-saving
 //! changes that means:
@@ -12,8 +14,10 @@
 
 use chrono::{
     DateTime, Datelike, Days, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Timelike, Utc,
+    Weekday,
 };
 use chrono_tz::Tz;
+use serde::Deserialize;
 
 /// How many days ahead an opening is looked for: a week covers every day of it once more.
 const SEARCH_DAYS: u64 = 8;
@@ -99,6 +103,97 @@ impl CallingHours {
         let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
         format!("{}-{} {days}", hm(self.start), hm(self.end))
     }
+}
+
+/// Calling hours as written (`days` and `time_zone` optional), not yet checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHours {
+    start: String,
+    end: String,
+    days: Option<Vec<String>>,
+    time_zone: Option<String>,
+}
+
+impl RawHours {
+    /// Checks the window as written: times, days and time zone.
+    pub(crate) fn check(self) -> Result<CallingHours, String> {
+        let start = minute_of_day(&self.start, false).map_err(|e| format!("start: {e}"))?;
+        let end = minute_of_day(&self.end, true).map_err(|e| format!("end: {e}"))?;
+        if start == end {
+            return Err(format!(
+                "start and end are both {}: an empty window (a whole day is 00:00 to 24:00)",
+                self.start
+            ));
+        }
+        let mut days = [self.days.is_none(); 7];
+        for day in self.days.iter().flatten() {
+            days[weekday(day)?.num_days_from_monday() as usize] = true;
+        }
+        if days == [false; 7] {
+            return Err("days is empty: the window would never open".into());
+        }
+        let time_zone = match self.time_zone {
+            None => Tz::UTC,
+            Some(name) => parse_time_zone(&name).map_err(|e| format!("time_zone: {e}"))?,
+        };
+        Ok(CallingHours {
+            start,
+            end,
+            days,
+            time_zone,
+        })
+    }
+}
+
+/// `HH:MM` as minutes since midnight; `24:00` only for an end.
+fn minute_of_day(text: &str, is_end: bool) -> Result<u16, String> {
+    let bad = || format!("{text:?} is not a time of day as HH:MM");
+    let (h, m) = text.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let h: u16 = h.parse().map_err(|_| bad())?;
+    let m: u16 = m.parse().map_err(|_| bad())?;
+    match (h, m) {
+        (24, 0) if is_end => Ok(24 * 60),
+        (0..=23, 0..=59) => Ok(h * 60 + m),
+        _ => Err(bad()),
+    }
+}
+
+fn weekday(day: &str) -> Result<Weekday, String> {
+    Ok(match day {
+        "mon" => Weekday::Mon,
+        "tue" => Weekday::Tue,
+        "wed" => Weekday::Wed,
+        "thu" => Weekday::Thu,
+        "fri" => Weekday::Fri,
+        "sat" => Weekday::Sat,
+        "sun" => Weekday::Sun,
+        other => {
+            return Err(format!(
+                "days are mon, tue, wed, thu, fri, sat, sun, not {other:?}"
+            ));
+        }
+    })
+}
+
+/// Calling hours on their own, in the retry configuration's `calling_hours` form
+/// (`{"start": "08:00", "end": "20:00", "days": ["mon"], "time_zone": "Africa/Nairobi"}`): the
+/// host keeps a callout's window in this form and checks it before every attempt.
+pub fn parse_calling_hours(json: &str) -> Result<CallingHours, String> {
+    if json.len() > crate::config::MAX_CONFIG_BYTES {
+        return Err("calling hours are too long".into());
+    }
+    let raw: RawHours = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    raw.check()
+}
+
+/// An IANA time zone name (`Africa/Nairobi`), as the compiled-in database knows it.
+pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("{name:?} is not an IANA time zone name such as Africa/Nairobi"))
 }
 
 /// The wall time in `tz` at `t`; `None` past the calendar's range (about year 262,000), where
