@@ -1,15 +1,15 @@
 //! Call control that needs no SIP yet: ending calls on request, with the status callbacks that
 //! a final status triggers.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use callflow_store::{Call, CallStatus, NewDelivery, Store, StoreError, Transition};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::clock::rfc2822;
 use crate::events;
+use crate::live::{LegInput, LiveLegs};
 use crate::outbox::Outbox;
 
 /// What `POST Calls/{Sid}.json` with `Status=…` asks for.
@@ -45,7 +45,7 @@ pub struct Engine {
     pub(crate) store: Store,
     outbox: Outbox,
     /// Calls a SIP leg is working on: requests to end them go to that leg.
-    pub(crate) live: LiveCalls,
+    pub(crate) live: LiveLegs,
     /// Wakes the outbound dispatcher when calls are queued.
     pub(crate) dispatch: Arc<Notify>,
     /// Wakes the callout scheduler's claims when a callout starts, resumes or gains
@@ -53,14 +53,6 @@ pub struct Engine {
     pub(crate) callouts: Arc<Notify>,
     /// Wakes the callout scheduler's retry decisions when an attempt ends.
     pub(crate) settle: Arc<Notify>,
-}
-
-/// What a live call's task is asked to do.
-#[derive(Debug)]
-pub(crate) enum Control {
-    End(EndRequest, oneshot::Sender<Result<Call, EngineError>>),
-    /// New instructions for the call's flow (`POST Calls/{Sid}.json` with `Url` or `Twiml`).
-    Redirect(Redirect),
 }
 
 /// New instructions for a live call: a document, or a URL to fetch it from.
@@ -71,15 +63,12 @@ pub struct Redirect {
     pub twiml: Option<String>,
 }
 
-/// Live calls by sid: the channel to the task driving each.
-pub(crate) type LiveCalls = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Control>>>>;
-
 impl Engine {
     pub fn new(store: Store, outbox: Outbox) -> Self {
         Engine {
             store,
             outbox,
-            live: LiveCalls::default(),
+            live: LiveLegs::default(),
             dispatch: Arc::new(Notify::new()),
             callouts: Arc::new(Notify::new()),
             settle: Arc::new(Notify::new()),
@@ -101,7 +90,7 @@ impl Engine {
 
     /// Calls with a SIP leg in progress.
     pub fn live_calls(&self) -> usize {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.live.len()
     }
 
     /// Ends a call as asked. A call that was never answered ends `canceled` either way (Twilio's
@@ -110,17 +99,7 @@ impl Engine {
     /// Hands new instructions to a live call's flow; false when no leg is driving the call
     /// here (a queued call simply uses its updated Url or Twiml when it is answered).
     pub fn redirect_call(&self, sid: &str, redirect: Redirect) -> bool {
-        self.live_leg(sid)
-            .is_some_and(|l| l.send(Control::Redirect(redirect)).is_ok())
-    }
-
-    /// The channel to the task driving a live call here, if one is.
-    pub(crate) fn live_leg(&self, sid: &str) -> Option<mpsc::UnboundedSender<Control>> {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sid)
-            .cloned()
+        self.live.send(sid, LegInput::Redirect(redirect))
     }
 
     pub async fn end_call(
@@ -140,9 +119,9 @@ impl Engine {
             return Err(EngineError::NotLive(status));
         }
         // A call with a SIP leg is ended by its leg (CANCEL or BYE), which records the outcome.
-        if let Some(leg) = self.live_leg(sid) {
+        if self.live.contains(sid) {
             let (tx, rx) = oneshot::channel();
-            if leg.send(Control::End(req, tx)).is_ok()
+            if self.live.send(sid, LegInput::End(req, tx))
                 && let Ok(Ok(r)) = tokio::time::timeout(END_WAIT, rx).await
             {
                 return r;

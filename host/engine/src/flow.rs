@@ -24,11 +24,11 @@ use callflow_store::{Call, CallUpdate, NewRecording, Store};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::Redirect;
 use crate::clock::now_ms;
 use crate::prompts::Prompts;
-use crate::telephony::{DialLeg, Flow, PendingAnswer, Telephony};
+use crate::telephony::{DialLeg, Dialer, Flow, FlowStart, LegLink};
 use crate::webhook::{Method, WebhookClient, WebhookRequest};
+use crate::{Engine, Redirect};
 
 /// The flow plugin a call runs when its account bound none.
 pub const DEFAULT_FLOW: &str = "twiml";
@@ -65,8 +65,8 @@ struct Inner {
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
     /// Held while a plugin is loaded, so concurrent first uses compile it once.
     loading: tokio::sync::Mutex<()>,
-    /// How `<Dial>` places its calls; set once telephony runs.
-    telephony: std::sync::OnceLock<Telephony>,
+    /// Where recordings' notifications go (the outbox).
+    engine: Engine,
 }
 
 impl std::fmt::Debug for FlowRunner {
@@ -159,11 +159,12 @@ fn method(m: &str) -> HttpMethod {
 impl FlowRunner {
     pub fn new(
         runtime: Arc<Runtime>,
-        store: Store,
+        engine: Engine,
         prompts: Prompts,
         client: WebhookClient,
         config: FlowConfig,
     ) -> FlowRunner {
+        let store = engine.store.clone();
         FlowRunner {
             inner: Arc::new(Inner {
                 runtime,
@@ -173,23 +174,17 @@ impl FlowRunner {
                 config,
                 loaded: Mutex::new(HashMap::new()),
                 loading: tokio::sync::Mutex::new(()),
-                telephony: std::sync::OnceLock::new(),
+                engine,
             }),
         }
-    }
-
-    /// Gives flows the telephony `<Dial>` places calls through (telephony needs the flow
-    /// first, so this comes after both exist).
-    pub fn attach(&self, telephony: Telephony) {
-        let _ = self.inner.telephony.set(telephony);
     }
 
     /// The [`Flow`] telephony runs on calls (inbound ones while they still ring).
     pub fn flow(&self) -> Flow {
         let me = self.clone();
-        Arc::new(move |call, media, events, redirects, pending| {
+        Arc::new(move |start: FlowStart| {
             let me = me.clone();
-            Box::pin(async move { me.run(call, media, events, redirects, pending).await })
+            Box::pin(async move { me.run(start).await })
         })
     }
 
@@ -269,22 +264,22 @@ impl FlowRunner {
         self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(
-        &self,
-        call: Call,
-        media: CallMedia,
-        events: UnboundedReceiver<MediaEvent>,
-        redirects: UnboundedReceiver<Redirect>,
-        pending: Option<PendingAnswer>,
-    ) {
+    async fn run(&self, start: FlowStart) {
+        let FlowStart {
+            call,
+            media,
+            events,
+            leg,
+            dialer,
+        } = start;
         let mut s = Session {
             runner: self.clone(),
             token: String::new(),
             call,
             media,
             events,
-            redirects,
-            pending,
+            leg,
+            dialer,
             state: Vec::new(),
         };
         // `Record=true` on create: the whole call, both sides, from the answer
@@ -408,9 +403,7 @@ impl FlowRunner {
 
     /// Rows were stored in the outbox: it need not wait for its next poll.
     fn wake_outbox(&self) {
-        if let Some(tel) = self.inner.telephony.get() {
-            tel.engine().wake_outbox();
-        }
+        self.inner.engine.wake_outbox();
     }
 
     async fn start_and_drive(&self, s: &mut Session) {
@@ -441,10 +434,11 @@ struct Session {
     call: Call,
     media: CallMedia,
     events: UnboundedReceiver<MediaEvent>,
-    redirects: UnboundedReceiver<Redirect>,
-    /// An inbound call still ringing: answered before the first command other than a fetch,
-    /// refused unanswered by a `<Reject>` that comes first. Until then `media` is detached.
-    pending: Option<PendingAnswer>,
+    /// The call's leg. While the call still rings it is answered before the first command
+    /// other than a fetch, or refused unanswered by a `<Reject>` that comes first; until then
+    /// `media` is detached.
+    leg: LegLink,
+    dialer: Dialer,
     state: Vec<u8>,
 }
 
@@ -480,7 +474,7 @@ impl Session {
             direction: c.direction.clone(),
             from: c.from_number.clone(),
             to: c.to_number.clone(),
-            status: if self.pending.is_some() {
+            status: if self.leg.ringing() {
                 "ringing"
             } else {
                 "in-progress"
@@ -579,7 +573,7 @@ impl Session {
             };
             for command in commands {
                 self.log("flow.command", json!(command)).await;
-                if self.pending.is_some() {
+                if self.leg.ringing() {
                     match command {
                         Command::Fetch(_) => {}
                         // Twilio: <Reject> first is the only way not to answer a call (a
@@ -656,10 +650,10 @@ impl Session {
     /// Answers a call still ringing (a no-op once answered): the call's media replaces the
     /// detached one. False when the call ended first.
     async fn answer(&mut self) -> bool {
-        let Some(pending) = self.pending.take() else {
+        if !self.leg.ringing() {
             return true;
-        };
-        match pending.answer().await {
+        }
+        match self.leg.answer().await {
             Some((media, events)) => {
                 self.media = media;
                 self.events = events;
@@ -672,9 +666,9 @@ impl Session {
 
     /// Refuses a call still ringing with SIP status `code`; it is never answered.
     async fn refuse(&mut self, code: u16) {
-        if let Some(pending) = self.pending.take() {
+        if self.leg.ringing() {
             self.log("flow.refused", json!({ "sip": code })).await;
-            pending.refuse(code);
+            self.leg.refuse(code);
         }
     }
 
@@ -705,8 +699,8 @@ impl Session {
                 None | Some(MediaEvent::Closed { .. }) => Next::Gone,
                 Some(e) => Next::Media(e),
             },
-            r = self.redirects.recv() => {
-                // Telephony drops its end when the call is over.
+            r = self.leg.redirect() => {
+                // the leg's end closes when the call is over
                 let Some(r) = r else { return Next::Gone };
                 // What the stop ends reports before `Stopped`; none of it is for the new
                 // instructions.
@@ -885,11 +879,7 @@ impl Session {
             )
             .await;
         }
-        let Some(tel) = self.inner().telephony.get().cloned() else {
-            let (log, out) = failed("no telephony to place the call");
-            self.log("flow.error", log).await;
-            return out;
-        };
+        let tel = self.dialer.clone();
         // Every number rings at once; the first to answer is bridged, the others are ended.
         let (race, mut decided) = tokio::sync::watch::channel(None::<String>);
         let race = Arc::new(race);
@@ -930,7 +920,7 @@ impl Session {
         let guards: Vec<EndLeg> = children
             .iter()
             .map(|c| EndLeg {
-                telephony: tel.clone(),
+                dialer: tel.clone(),
                 sid: Some(c.sid.clone()),
             })
             .collect();
@@ -978,7 +968,7 @@ impl Session {
                     }
                     Some(_) => {}
                 },
-                Some(r) = self.redirects.recv() => {
+                Some(r) = self.leg.redirect() => {
                     for c in &children {
                         tel.end_leg(&c.sid);
                     }
@@ -1258,14 +1248,12 @@ impl Session {
         if rows.is_empty() {
             return;
         }
-        let enqueued = match self.inner().telephony.get() {
-            Some(tel) => tel
-                .engine()
-                .enqueue(&rows, now_ms())
-                .await
-                .map_err(|e| e.to_string()),
-            None => Err("telephony is not running".into()),
-        };
+        let enqueued = self
+            .inner()
+            .engine
+            .enqueue(&rows, now_ms())
+            .await
+            .map_err(|e| e.to_string());
         if let Err(e) = enqueued {
             self.log("recording.notify", json!({ "error": e })).await;
         }
@@ -1351,7 +1339,7 @@ fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> Value {
 
 /// Ends a `<Dial>`'s child call when dropped, unless disarmed.
 struct EndLeg {
-    telephony: Telephony,
+    dialer: Dialer,
     sid: Option<String>,
 }
 
@@ -1364,7 +1352,7 @@ impl EndLeg {
 impl Drop for EndLeg {
     fn drop(&mut self) {
         if let Some(sid) = self.sid.take() {
-            self.telephony.end_leg(&sid);
+            self.dialer.end_leg(&sid);
         }
     }
 }

@@ -10,6 +10,8 @@ mod calls;
 pub mod clock;
 mod events;
 pub mod flow;
+mod leg;
+mod live;
 mod outbox;
 pub mod prompts;
 pub mod rate;

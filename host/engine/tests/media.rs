@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callflow_engine::prompts::{Prompts, PromptsConfig};
-use callflow_engine::telephony::{Flow, MediaSetup, Telephony};
+use callflow_engine::telephony::{Flow, FlowStart, MediaSetup, Telephony};
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
 use callflow_engine::{Engine, Outbox, OutboxConfig, clock};
 use callflow_media::g711::{self, Law};
@@ -112,10 +112,16 @@ async fn rig() -> Rig {
     let ports = media.free_ports();
     let (tx, flows) = mpsc::unbounded_channel();
     // The flow hands the call to the test and lasts until the test says it is over.
-    let flow: Flow = Arc::new(move |call, media, events, _redirects, _pending| {
+    let flow: Flow = Arc::new(move |start: FlowStart| {
         let tx = tx.clone();
         Box::pin(async move {
             let (done, over) = oneshot::channel();
+            let FlowStart {
+                call,
+                media,
+                events,
+                ..
+            } = start;
             if tx.send((call, media, events, done)).is_ok() {
                 let _ = over.await;
             }

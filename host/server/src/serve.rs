@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let flows = FlowRunner::new(
         runtime.clone(),
-        store.clone(),
+        engine.clone(),
         Prompts::with_flite(webhooks.clone(), PromptsConfig::default()),
         webhooks,
         FlowConfig {
@@ -233,11 +233,11 @@ async fn start_sip(
             allow_private: config.sip.dial_private_uris,
         },
     };
-    let (telephony, tasks) =
+    // the handle is not kept: calls reach their legs through the engine, flows their dialer
+    let (_telephony, tasks) =
         Telephony::start(sip.clone(), events, engine, trunks, media, limits, stop)
             .await
             .context("starting telephony")?;
-    flows.attach(telephony);
     Ok((sip, tasks))
 }
 
