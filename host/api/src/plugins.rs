@@ -405,13 +405,13 @@ pub async fn delete_binding(
     }
 }
 
-/// The plugin versions a new call will run with (see [`callflow_engine::flow::pin_for_call`]).
+/// The plugin versions a new call will run with (see [`callflow_engine::plugins::pin_for_call`]).
 pub async fn pin_for_call(
     state: &ApiState,
     account: &str,
     number_sid: Option<&str>,
 ) -> ApiResult<String> {
-    Ok(callflow_engine::flow::pin_for_call(state.store(), account, number_sid, None).await?)
+    Ok(callflow_engine::plugins::pin_for_call(state.store(), account, number_sid, None).await?)
 }
 
 /// Runs one event through an uploaded call-flow plugin in the real sandbox and answers with what

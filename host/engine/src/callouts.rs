@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::Engine;
 use crate::clock::now_ms;
-use crate::flow::{FlowRunner, builtin_pin, pin_for_call, pin_in};
+use crate::plugins::{Pin, PluginHost, pin_for_call};
 use crate::rate::{TokenBucket, smooth_burst};
 
 /// Attempts live at once per callout when it sets no `MaxConcurrent`.
@@ -49,17 +49,17 @@ pub struct Scheduler {
 
 struct Inner {
     engine: Engine,
-    flows: FlowRunner,
+    plugins: PluginHost,
     /// Each running callout's calls-per-second bucket.
     buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 impl Scheduler {
-    pub fn new(engine: Engine, flows: FlowRunner) -> Scheduler {
+    pub fn new(engine: Engine, plugins: PluginHost) -> Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
                 engine,
-                flows,
+                plugins,
                 buckets: Mutex::new(HashMap::new()),
             }),
         }
@@ -133,7 +133,7 @@ impl Scheduler {
     }
 
     fn store(&self) -> &Store {
-        self.inner.flows.store()
+        self.inner.plugins.store()
     }
 
     /// One pass of claims: due participants of every running callout. Returns when the next
@@ -340,14 +340,13 @@ impl Scheduler {
         now: i64,
     ) -> Result<Decision, String> {
         let last = calls.last().ok_or("no attempt")?;
-        let pin =
-            pin_in(&last.plugins, World::RetryPolicy).unwrap_or_else(|| builtin_pin(DEFAULT_RETRY));
+        let pin = Pin::of(&last.plugins, World::RetryPolicy)
+            .unwrap_or_else(|| Pin::builtin(DEFAULT_RETRY));
         let config = if c.retry_config.trim().is_empty() || c.retry_config.trim() == "{}" {
             pin.config.clone()
         } else {
             c.retry_config.clone()
         };
-        let plugin = self.inner.flows.load(&pin).await?;
         let ctx = RetryContext {
             account_sid: c.account_sid.clone(),
             callout_id: Some(c.sid.clone()),
@@ -360,25 +359,12 @@ impl Scheduler {
             attempts: calls.iter().map(attempt_of).collect(),
             metadata: p.metadata.clone(),
         };
-        let limits = self.inner.flows.limits_for(&pin);
         let decision = self
             .inner
-            .flows
-            .runtime()
-            .decide_retry(plugin, ctx, limits)
+            .plugins
+            .decide_retry(&pin, &last.sid, ctx)
             .await
             .map_err(|e| e.to_string())?;
-        if !decision.logs.is_empty() {
-            let logs: Vec<_> = decision
-                .logs
-                .iter()
-                .map(|l| json!({ "level": crate::flow::level_name(l.level), "message": l.message }))
-                .collect();
-            let _ = self
-                .store()
-                .append_call_event(&last.sid, now, "retry.log", &json!(logs).to_string())
-                .await;
-        }
         Ok(decision.decision)
     }
 }

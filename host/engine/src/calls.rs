@@ -5,40 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callflow_store::{Call, CallStatus, NewDelivery, Store, StoreError, Transition};
+
+use crate::control::{EndRequest, EngineError, Redirect};
 use tokio::sync::{Notify, oneshot};
 
 use crate::clock::rfc2822;
 use crate::events;
 use crate::live::{LegInput, LiveLegs};
 use crate::outbox::Outbox;
-
-/// What `POST Calls/{Sid}.json` with `Status=…` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndRequest {
-    /// Stop a call that has not been answered; an answered call goes on.
-    Canceled,
-    /// Stop the call whatever its state.
-    Completed,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("call not found")]
-    NotFound,
-    #[error("call is not live (it is {0})")]
-    NotLive(CallStatus),
-    #[error(transparent)]
-    Store(StoreError),
-}
-
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => EngineError::NotFound,
-            e => EngineError::Store(e),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -53,14 +27,6 @@ pub struct Engine {
     pub(crate) callouts: Arc<Notify>,
     /// Wakes the callout scheduler's retry decisions when an attempt ends.
     pub(crate) settle: Arc<Notify>,
-}
-
-/// New instructions for a live call: a document, or a URL to fetch it from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Redirect {
-    pub url: Option<String>,
-    pub method: String,
-    pub twiml: Option<String>,
 }
 
 impl Engine {
@@ -292,50 +258,9 @@ pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use callflow_store::StoredStatus;
-
-    /// A stored call for unit tests: `status`, asking for status callbacks on `events`.
-    pub(crate) fn call(status: CallStatus, events: &str) -> Call {
-        Call {
-            seq: 1,
-            sid: "CA1".into(),
-            account_sid: "AC1".into(),
-            parent_call_sid: None,
-            direction: "outbound-api".into(),
-            to_number: "+15551".into(),
-            from_number: "+15552".into(),
-            phone_number_sid: None,
-            status: StoredStatus(status),
-            answered_by: None,
-            start_time: None,
-            end_time: None,
-            duration: Some(61),
-            sip_response_code: Some(486),
-            url: None,
-            method: "POST".into(),
-            twiml: None,
-            fallback_url: None,
-            fallback_method: "POST".into(),
-            status_callback: Some("http://example.com/cb?x=1".into()),
-            status_callback_method: "GET".into(),
-            status_callback_event: events.into(),
-            timeout: 60,
-            time_limit: 14_400,
-            send_digits: None,
-            record: false,
-            machine_detection: None,
-            request_params: "[]".into(),
-            plugins: "{}".into(),
-            callout_sid: None,
-            participant_sid: None,
-            attempt: None,
-            priority: 0,
-            date_created: 0,
-            date_updated: 0,
-        }
-    }
+    use crate::test_support::call;
 
     #[test]
     fn only_requested_events_produce_callbacks() {

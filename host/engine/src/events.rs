@@ -4,7 +4,7 @@
 //!
 //! A status change that has an event writes a `call-event` row in the transaction that stores
 //! the change ([`call_event`]), so a crash cannot lose the event. The outbox hands the row to
-//! [`FlowRunner::run_call_event`], which runs the plugin; the requests it returns become
+//! [`run_call_event`], which runs the plugin; the requests it returns become
 //! `plugin-request` rows, stored in the transaction that marks the event handled. A request
 //! with an idempotency key is stored at most once per account, so an event run twice (a crash
 //! between the run and its commit) or two events asking for the same thing make one request.
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::clock::now_ms;
-use crate::flow::{FlowRunner, level_name, method_name, pin_in};
+use crate::plugins::{Pin, PluginHost, method_name};
 
 /// The outbox kind of a lifecycle event waiting for its plugin.
 pub(crate) const CALL_EVENT: &str = "call-event";
@@ -74,7 +74,7 @@ fn kind_parse(s: &str) -> Option<EventKind> {
 
 /// Whether `call` runs a call-events plugin.
 pub(crate) fn has_plugin(call: &Call) -> bool {
-    pin_in(&call.plugins, World::CallEvents).is_some()
+    Pin::of(&call.plugins, World::CallEvents).is_some()
 }
 
 /// The `call-event` row for `call` having just entered its current status, when the call has
@@ -95,7 +95,7 @@ fn event_row(
     at: i64,
     recording_url: Option<String>,
 ) -> Option<NewDelivery> {
-    let pin = pin_in(&call.plugins, World::CallEvents)?;
+    let pin = Pin::of(&call.plugins, World::CallEvents)?;
     let event = StoredEvent {
         kind: kind_name(kind).into(),
         status: call.status().as_str().into(),
@@ -116,91 +116,83 @@ fn event_row(
     })
 }
 
-impl FlowRunner {
-    /// Runs the call-events plugin pinned on a `call-event` row's call and returns the
-    /// `plugin-request` rows it asked for. The plugin's logs go to the call's event log.
-    /// An error is the plugin's (or a missing call's) and is worth a few retries at most.
-    pub(crate) async fn run_call_event(&self, d: &Delivery) -> Result<Vec<NewDelivery>, String> {
-        let w = &d.webhook;
-        let stored: StoredEvent = serde_json::from_slice(w.body.as_deref().unwrap_or_default())
-            .map_err(|e| format!("the stored event is unreadable: {e}"))?;
-        let kind = kind_parse(&stored.kind)
-            .ok_or_else(|| format!("unknown event kind {:?}", stored.kind))?;
-        let call_sid = w.call_sid.as_deref().ok_or("the event names no call")?;
-        let store = self.store();
-        let call = store
-            .call(&w.account_sid, call_sid)
+/// Runs the call-events plugin pinned on a `call-event` row's call and returns the
+/// `plugin-request` rows it asked for. The plugin's logs go to the call's event log.
+/// An error is the plugin's (or a missing call's) and is worth a few retries at most.
+pub(crate) async fn run_call_event(
+    plugins: &PluginHost,
+    d: &Delivery,
+) -> Result<Vec<NewDelivery>, String> {
+    let w = &d.webhook;
+    let stored: StoredEvent = serde_json::from_slice(w.body.as_deref().unwrap_or_default())
+        .map_err(|e| format!("the stored event is unreadable: {e}"))?;
+    let kind =
+        kind_parse(&stored.kind).ok_or_else(|| format!("unknown event kind {:?}", stored.kind))?;
+    let call_sid = w.call_sid.as_deref().ok_or("the event names no call")?;
+    let store = plugins.store();
+    let call = store
+        .call(&w.account_sid, call_sid)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("call {call_sid} no longer exists"))?;
+    let pin =
+        Pin::of(&call.plugins, World::CallEvents).ok_or("the call has no call-events plugin")?;
+    let metadata = match (&call.callout_sid, &call.participant_sid) {
+        (Some(callout), Some(participant)) => store
+            .participant(&w.account_sid, callout, participant)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("call {call_sid} no longer exists"))?;
-        let pin =
-            pin_in(&call.plugins, World::CallEvents).ok_or("the call has no call-events plugin")?;
-        let metadata = match (&call.callout_sid, &call.participant_sid) {
-            (Some(callout), Some(participant)) => store
-                .participant(&w.account_sid, callout, participant)
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|p| p.metadata),
-            _ => None,
-        };
-        let ctx = EventContext {
-            account_sid: call.account_sid.clone(),
-            now_ms: now_ms(),
-            seed: seed(d.id),
-            config: pin.config.clone(),
-            event: LifecycleEvent {
-                kind,
-                call_sid: call.sid.clone(),
-                status: stored.status,
-                direction: call.direction.clone(),
-                from: call.from_number.clone(),
-                to: call.to_number.clone(),
-                duration_s: stored.duration_s,
-                sip_code: stored.sip_code,
-                callout_id: call.callout_sid.clone(),
-                participant_id: call.participant_sid.clone(),
-                attempt: call.attempt.and_then(|a| u32::try_from(a).ok()),
-                recording_url: stored.recording_url,
-                metadata: metadata.unwrap_or_else(|| "{}".into()),
-            },
-        };
-        let plugin = self.load(&pin).await?;
-        let limits = self.limits_for(&pin);
-        let outcome = self
-            .runtime()
-            .on_event(plugin, ctx, limits)
-            .await
-            .map_err(|e| e.to_string())?;
-        let logs: Vec<_> = outcome
-            .logs
-            .iter()
-            .map(|l| json!({ "level": level_name(l.level), "message": l.message }))
-            .collect();
-        let asked: Vec<_> = outcome
-            .requests
-            .iter()
-            .map(|r| json!({ "method": method_name(r.method), "url": r.url, "key": r.idempotency_key }))
-            .collect();
-        let detail =
-            json!({ "event": stored.kind, "plugin": pin.plugin, "logs": logs, "requests": asked });
-        if let Err(e) = store
-            .append_call_event(&call.sid, now_ms(), "events.plugin", &detail.to_string())
-            .await
-        {
-            tracing::warn!(call = %call.sid, error = %e, "call event not logged");
-        }
-        if outcome.requests.len() > MAX_REQUESTS_PER_EVENT {
-            return Err(format!(
-                "the plugin asked for {} requests (at most {MAX_REQUESTS_PER_EVENT} per event)",
-                outcome.requests.len()
-            ));
-        }
-        outcome
-            .requests
-            .into_iter()
-            .map(|r| plugin_request(&call, r))
-            .collect()
+            .map(|p| p.metadata),
+        _ => None,
+    };
+    let ctx = EventContext {
+        account_sid: call.account_sid.clone(),
+        now_ms: now_ms(),
+        seed: seed(d.id),
+        config: pin.config.clone(),
+        event: LifecycleEvent {
+            kind,
+            call_sid: call.sid.clone(),
+            status: stored.status,
+            direction: call.direction.clone(),
+            from: call.from_number.clone(),
+            to: call.to_number.clone(),
+            duration_s: stored.duration_s,
+            sip_code: stored.sip_code,
+            callout_id: call.callout_sid.clone(),
+            participant_id: call.participant_sid.clone(),
+            attempt: call.attempt.and_then(|a| u32::try_from(a).ok()),
+            recording_url: stored.recording_url,
+            metadata: metadata.unwrap_or_else(|| "{}".into()),
+        },
+    };
+    let outcome = plugins
+        .on_event(&pin, ctx)
+        .await
+        .map_err(|e| e.to_string())?;
+    let asked: Vec<_> = outcome
+        .requests
+        .iter()
+        .map(|r| json!({ "method": method_name(r.method), "url": r.url, "key": r.idempotency_key }))
+        .collect();
+    let detail = json!({ "event": stored.kind, "plugin": pin.plugin, "requests": asked });
+    if let Err(e) = store
+        .append_call_event(&call.sid, now_ms(), "events.plugin", &detail.to_string())
+        .await
+    {
+        tracing::warn!(call = %call.sid, error = %e, "call event not logged");
     }
+    if outcome.requests.len() > MAX_REQUESTS_PER_EVENT {
+        return Err(format!(
+            "the plugin asked for {} requests (at most {MAX_REQUESTS_PER_EVENT} per event)",
+            outcome.requests.len()
+        ));
+    }
+    outcome
+        .requests
+        .into_iter()
+        .map(|r| plugin_request(&call, r))
+        .collect()
 }
 
 /// A request a plugin asked for, as an outbox row; its URL must be http(s) (the egress policy
@@ -283,7 +275,7 @@ mod tests {
     }
 
     fn call() -> Call {
-        crate::calls::tests::call(CallStatus::Completed, "completed")
+        crate::test_support::call(CallStatus::Completed, "completed")
     }
 
     fn request(url: &str, headers: &[(&str, &str)]) -> HttpRequest {

@@ -8,16 +8,23 @@
 pub mod callouts;
 mod calls;
 pub mod clock;
+mod control;
 mod events;
 pub mod flow;
 mod leg;
 mod live;
 mod outbox;
+pub mod plugins;
 pub mod prompts;
 pub mod rate;
+mod start;
 pub mod telephony;
+#[cfg(test)]
+mod test_support;
 pub mod webhook;
 
-pub use calls::{EndRequest, Engine, EngineError, Redirect};
+pub use calls::Engine;
+pub use control::{EndRequest, EngineError, Redirect};
 pub use outbox::{Backoff, Outbox, OutboxConfig};
 pub use prompts::{Prompts, PromptsError};
+pub use start::{EngineParts, Running, SipParts};

@@ -9,7 +9,7 @@ use callflow_sip::ua::UaEvent;
 use callflow_store::Call;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::calls::{EndRequest, EngineError, Redirect};
+use crate::control::{EndRequest, EngineError, Redirect};
 use crate::leg::FlowSignal;
 
 /// An input for a leg's driver.

@@ -4,7 +4,7 @@
 //! call-events plugins' work (see `events`): a `call-event` row runs the call's plugin, and the
 //! `plugin-request` rows it asks for are sent as the plugin wrote them.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callflow_store::{AttemptOutcome, Delivery, Store};
@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::clock::now_ms;
 use crate::events::{CALL_EVENT, EVENT_MAX_ATTEMPTS, PLUGIN_REQUEST};
-use crate::flow::FlowRunner;
+use crate::plugins::PluginHost;
 use crate::webhook::{Method, WebhookClient, WebhookError, WebhookRequest};
 
 /// When to try again after a failed attempt.
@@ -77,8 +77,8 @@ pub struct Outbox {
     client: WebhookClient,
     config: OutboxConfig,
     wake: Arc<Notify>,
-    /// Runs call-events plugins (set once both exist: the flow runner is built later).
-    flows: Arc<OnceLock<FlowRunner>>,
+    /// Runs call-events plugins; without one their events fail (and are retried a few times).
+    plugins: Option<PluginHost>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -99,15 +99,15 @@ impl Outbox {
             client,
             config,
             wake: Arc::new(Notify::new()),
-            flows: Arc::new(OnceLock::new()),
+            plugins: None,
         }
     }
 
-    /// Gives the outbox the flow runner that runs call-events plugins; until then their events
-    /// wait (they are retried).
-    pub fn attach(&self, flows: FlowRunner) {
-        let _ = self.flows.set(flows);
-        self.wake();
+    /// The outbox that runs call-events plugins with `plugins` (at construction, before it is
+    /// shared).
+    pub fn with_plugins(mut self, plugins: PluginHost) -> Self {
+        self.plugins = Some(plugins);
+        self
     }
 
     pub fn wake(&self) {
@@ -236,9 +236,9 @@ impl Outbox {
     /// Runs a call-event row's plugin and stores the requests it asked for with the attempt.
     async fn run_event(&self, d: Delivery) {
         let started = Instant::now();
-        let result = match self.flows.get() {
-            Some(flows) => flows.run_call_event(&d).await,
-            None => Err("call-events plugins are not running yet".into()),
+        let result = match &self.plugins {
+            Some(plugins) => crate::events::run_call_event(plugins, &d).await,
+            None => Err("call-events plugins are not run by this outbox".into()),
         };
         let at = now_ms();
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);

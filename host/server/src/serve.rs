@@ -7,21 +7,17 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
-use callflow_engine::Prompts;
-use callflow_engine::callouts::Scheduler;
 use callflow_engine::clock::now_ms;
-use callflow_engine::flow::{FlowConfig, FlowRunner};
 use callflow_engine::prompts::PromptsConfig;
-use callflow_engine::telephony::{DispatchLimits, MediaSetup, Telephony};
+use callflow_engine::telephony::DispatchLimits;
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
-use callflow_engine::{Backoff, Engine, Outbox, OutboxConfig};
+use callflow_engine::{Backoff, Engine, EngineParts, OutboxConfig, Prompts, SipParts};
 use callflow_media::worker::{Media, MediaConfig};
 use callflow_runtime::{Limits, Runtime, RuntimeConfig};
 use callflow_sip::driver::Sip;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
 use callflow_sip::ua::UaConfig;
 use callflow_store::{RootOutcome, Sid, SidKind, Store};
-use tokio::sync::watch;
 
 use crate::config::{CallerId, Config, LogFormat};
 
@@ -55,10 +51,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         extra_roots_pem,
     })?;
-    let outbox = Outbox::new(
-        store.clone(),
-        webhooks.clone(),
-        OutboxConfig {
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("plugins").join("cache")),
+            scheduling: config.plugins.scheduling(),
+            ..RuntimeConfig::default()
+        })
+        .context("starting the plugin runtime")?,
+    );
+    let sip = start_sip(&config).await?;
+    let sip_handle = sip.sip.clone();
+    let running = Engine::start(EngineParts {
+        store: store.clone(),
+        runtime: runtime.clone(),
+        prompts: Prompts::with_flite(webhooks.clone(), PromptsConfig::default()),
+        webhooks,
+        outbox: OutboxConfig {
             backoff: Backoff {
                 base_ms: i64::try_from(config.webhooks.retry_base_ms)?,
                 max_ms: i64::try_from(config.webhooks.retry_max_ms)?,
@@ -68,37 +76,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             lease: Duration::from_millis(config.webhooks.timeout_ms + 30_000),
             ..OutboxConfig::default()
         },
-    );
-    let engine = Engine::new(store.clone(), outbox.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let outbox_task = tokio::spawn(outbox.clone().run(stop_rx.clone()));
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            cache_dir: Some(config.data_dir.join("plugins").join("cache")),
-            scheduling: config.plugins.scheduling(),
-            ..RuntimeConfig::default()
-        })
-        .context("starting the plugin runtime")?,
-    );
-    let flows = FlowRunner::new(
-        runtime.clone(),
-        engine.clone(),
-        Prompts::with_flite(webhooks.clone(), PromptsConfig::default()),
-        webhooks,
-        FlowConfig {
-            public_url: config.public_url(),
-            data_dir: config.data_dir.clone(),
-            limits: Limits::default(),
-        },
-    );
-    // call-events plugins run from the outbox, which started before the flow runner existed
-    outbox.attach(flows.clone());
-    let (sip, sip_tasks) =
-        start_sip(&config, engine.clone(), flows.clone(), stop_rx.clone()).await?;
-    // After telephony has ended the calls a previous run left live, so their participants are
-    // settled on the first pass.
-    flows.warm_up();
-    let scheduler = Scheduler::new(engine.clone(), flows).start(stop_rx);
+        public_url: config.public_url(),
+        data_dir: config.data_dir.clone(),
+        plugin_limits: Limits::default(),
+        sip: Some(sip),
+    })
+    .await
+    .context("starting the engine")?;
+    let engine = running.engine.clone();
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -146,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP API to {}", config.http_addr))?;
     tracing::info!(
         http = %listener.local_addr()?,
-        sip = %sip.local_addr(),
+        sip = %sip_handle.local_addr(),
         data = %config.data_dir.display(),
         trunks = config.trunks.len(),
         "callflow is ready"
@@ -157,42 +142,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
 
-    tracing::info!("shutting down: draining SIP (OPTIONS and new INVITEs get 503)");
-    sip.set_draining(true);
-    let _ = stop_tx.send(true);
-    let drain_until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while engine.live_calls() > 0 && tokio::time::Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sip.shutdown();
-    for t in scheduler {
-        t.abort();
-    }
-    for t in sip_tasks {
-        t.abort();
-    }
-    tracing::info!("finishing webhook deliveries in flight");
-    if tokio::time::timeout(Duration::from_secs(10), outbox_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "webhook deliveries still in flight after 10 s; they will be retried on next start"
-        );
-    }
+    running.shutdown().await;
     upkeep.abort();
     store.close().await;
     Ok(())
 }
 
-/// Binds SIP (UDP and TCP on `sip_addr`) and starts the telephony tasks: inbound calls from
-/// the trunks' sources, queued calls out through the default trunk.
-async fn start_sip(
-    config: &Config,
-    engine: Engine,
-    flows: FlowRunner,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<(Sip, Vec<tokio::task::JoinHandle<()>>)> {
+/// Binds SIP (UDP and TCP on `sip_addr`) and starts the media workers: what telephony needs
+/// for inbound calls from the trunks' sources and queued calls out through the default trunk.
+async fn start_sip(config: &Config) -> anyhow::Result<SipParts> {
     let trunks = Trunks::new(config.trunks.clone()).context("invalid [[trunks]]")?;
     let filter = trunks.clone();
     let advertised = config.sip.advertised_addr.unwrap_or(config.sip_addr);
@@ -219,26 +177,21 @@ async fn start_sip(
         workers: 0,
     })
     .context("starting media")?;
-    let media = MediaSetup {
+    Ok(SipParts {
+        sip,
+        events,
+        trunks,
         media: Arc::new(workers),
         advertised_ip: media_ip,
-        flow: flows.flow(),
-        flow_answers: true,
-    };
-    let limits = DispatchLimits {
-        max_calls: config.dispatch.max_calls,
-        account_calls_per_second: config.dispatch.account_calls_per_second,
-        account_max_calls: config.dispatch.account_max_calls,
-        sip_uris: EgressPolicy {
-            allow_private: config.sip.dial_private_uris,
+        dispatch: DispatchLimits {
+            max_calls: config.dispatch.max_calls,
+            account_calls_per_second: config.dispatch.account_calls_per_second,
+            account_max_calls: config.dispatch.account_max_calls,
+            sip_uris: EgressPolicy {
+                allow_private: config.sip.dial_private_uris,
+            },
         },
-    };
-    // the handle is not kept: calls reach their legs through the engine, flows their dialer
-    let (_telephony, tasks) =
-        Telephony::start(sip.clone(), events, engine, trunks, media, limits, stop)
-            .await
-            .context("starting telephony")?;
-    Ok((sip, tasks))
+    })
 }
 
 /// Entropy for SIP tags, branches and Call-IDs (they must be unique, not secret).

@@ -20,7 +20,7 @@ use callflow_sip::sdp::{Codec, LocalMedia, Negotiated};
 use callflow_store::{Call, CallStatus};
 use serde_json::{Value, json};
 
-use crate::{EndRequest, Redirect};
+use crate::control::{EndRequest, Redirect};
 
 #[cfg(test)]
 mod tests;

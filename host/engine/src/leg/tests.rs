@@ -12,7 +12,7 @@ use callflow_store::StoredStatus;
 use expect_test::{Expect, expect};
 
 use super::*;
-use crate::calls::tests::call as stored_call;
+use crate::test_support::call as stored_call;
 
 fn local() -> LocalMedia {
     LocalMedia {

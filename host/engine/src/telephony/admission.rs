@@ -68,7 +68,7 @@ impl Telephony {
             return self.close_refused(key, &mut inbox).await;
         }
         let created = async {
-            let plugins = crate::flow::pin_for_call(
+            let plugins = crate::plugins::pin_for_call(
                 self.store(),
                 &number.account_sid,
                 Some(&number.sid),

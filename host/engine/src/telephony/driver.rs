@@ -12,7 +12,7 @@ use callflow_sip::ua::UaEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{FLOW_GRACE, FlowStart, LegLink, LegSetup, Telephony, ToFlow};
-use crate::calls::EngineError;
+use crate::control::EngineError;
 use crate::leg::{Action, CallLeg, FlowSignal, SipCommand, Stored};
 use crate::live::LegInput;
 

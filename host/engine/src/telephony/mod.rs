@@ -34,8 +34,9 @@ use callflow_store::{Call, CallStatus, Direction, NewCall, Store, Transition};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::calls::{EndRequest, Engine, EngineError, Redirect};
+use crate::calls::Engine;
 use crate::clock::now_ms;
+use crate::control::{EndRequest, EngineError, Redirect};
 use crate::leg::FlowSignal;
 use crate::live::LegInput;
 use route::Route;

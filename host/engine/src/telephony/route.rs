@@ -299,7 +299,7 @@ mod tests {
             .await
             .unwrap();
         assert!(route.trunk().is_none());
-        let call = crate::calls::tests::call(callflow_store::CallStatus::Queued, "completed");
+        let call = crate::test_support::call(callflow_store::CallStatus::Queued, "completed");
         let media = LocalMedia {
             ip,
             port: 4000,

@@ -1,0 +1,298 @@
+//! Recordings: `<Record>` through the media layer, the call's pinned recording plugin on the
+//! finished audio, and every recording (`<Record>`, a bridged conversation, a whole call)
+//! written as WAV and MP3 and made a Recording resource before anyone hears of it.
+
+use std::sync::Arc;
+
+use callflow_media::record::{RecordOptions, StopReason};
+use callflow_media::worker::MediaEvent;
+use callflow_runtime::flow::{FlowEvent, RecordResult};
+use callflow_runtime::{World, recording};
+use callflow_store::{Call, NewRecording};
+use serde_json::json;
+
+use super::{FlowRunner, Next, Outcome, Session};
+use crate::clock::now_ms;
+use crate::plugins::{Pin, method_name};
+
+impl FlowRunner {
+    /// A conversation recording once the media hands it over: mixed off the async threads,
+    /// stored as a Recording of `call` with its recording-ready event. `None` when there was
+    /// nothing (or it could not be stored: logged on the call).
+    pub(super) async fn store_conversation(
+        &self,
+        call: &Call,
+        done: tokio::sync::oneshot::Receiver<Box<callflow_media::record::Conversation>>,
+        started: i64,
+        source: &str,
+    ) -> Option<callflow_runtime::flow::DialRecording> {
+        let conversation = done.await.ok()?;
+        let pcm = tokio::task::spawn_blocking(move || conversation.finish())
+            .await
+            .ok()?;
+        if pcm.is_empty() {
+            return None;
+        }
+        let duration_ms = pcm.len() as u64 / 8;
+        let stored = self
+            .store_recording(call, &pcm, duration_ms, started, source, Vec::new())
+            .await;
+        let (kind, detail) = match &stored {
+            Ok((sid, _)) => (
+                "recording.stored",
+                json!({ "recording_sid": sid, "source": source }),
+            ),
+            Err(why) => ("flow.error", json!({ "recording": why, "source": source })),
+        };
+        let _ = self
+            .inner
+            .store
+            .append_call_event(&call.sid, now_ms(), kind, &detail.to_string())
+            .await;
+        let (sid, url) = stored.ok()?;
+        Some(callflow_runtime::flow::DialRecording {
+            sid,
+            url,
+            duration_s: u32::try_from(duration_ms.div_ceil(1000)).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it;
+    /// `notify` (a recording plugin's requests) and the call's recording-ready event are stored
+    /// in the transaction that says the media is there. Returns the sid and the URL.
+    async fn store_recording(
+        &self,
+        call: &Call,
+        pcm: &[i16],
+        duration_ms: u64,
+        started: i64,
+        source: &str,
+        notify: Vec<callflow_store::NewDelivery>,
+    ) -> Result<(String, String), String> {
+        let store = &self.inner.store;
+        let new = NewRecording {
+            call_sid: call.sid.clone(),
+            status: "completed".into(),
+            source: source.into(),
+            channels: 1,
+            duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
+            start_time: started,
+            wav_path: None,
+            mp3_path: None,
+        };
+        let rec = store
+            .create_recording(&call.account_sid, &new, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        let dir = self.inner.config.data_dir.join("recordings");
+        let (wav, mp3) = (
+            format!("recordings/{}.wav", rec.sid),
+            format!("recordings/{}.mp3", rec.sid),
+        );
+        let (wav_path, mp3_path) = (
+            dir.join(format!("{}.wav", rec.sid)),
+            dir.join(format!("{}.mp3", rec.sid)),
+        );
+        let pcm = pcm.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            callflow_media::files::write_wav(&wav_path, &pcm).map_err(|e| e.to_string())?;
+            callflow_media::files::write_mp3(&mp3_path, &pcm).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Recordings/{}",
+            self.inner.config.public_url.trim_end_matches('/'),
+            rec.account_sid,
+            rec.sid
+        );
+        let now = now_ms();
+        let mut rows = notify;
+        rows.extend(crate::events::recording_event(call, &url, now));
+        store
+            .set_recording_media(&rec.sid, Some(&wav), Some(&mp3), now, &rows)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !rows.is_empty() {
+            self.wake_outbox();
+        }
+        Ok((rec.sid, url))
+    }
+}
+
+impl Session {
+    pub(super) async fn record(&mut self, r: callflow_runtime::flow::Record) -> Outcome {
+        let opts = RecordOptions {
+            max_length_ms: u64::from(r.max_length_ms.max(1000)),
+            silence_timeout_ms: u64::from(r.timeout_ms),
+            finish_on_key: r.finish_on_key,
+            trim: r.trim_silence,
+        };
+        let beep = r
+            .play_beep
+            .then(|| Arc::new(callflow_media::prompt::beep()));
+        let started = now_ms();
+        self.media.record(opts, beep);
+        let rec = loop {
+            match self.next_media().await {
+                Next::Gone => return Outcome::Gone,
+                Next::Redirected(r) => return Outcome::Redirected(r),
+                Next::Media(MediaEvent::Recorded(rec)) => break rec,
+                Next::Media(_) => {}
+            }
+        };
+        let digits = match (rec.digit, rec.reason) {
+            (Some(d), _) => d.to_string(),
+            (None, StopReason::Hangup) => "hangup".into(),
+            _ => String::new(),
+        };
+        let nothing = |digits: String| {
+            Outcome::Event(FlowEvent::Recorded(RecordResult {
+                recording_sid: None,
+                recording_url: None,
+                duration_ms: 0,
+                digits,
+                empty: true,
+            }))
+        };
+        if !rec.heard_audio || rec.pcm.is_empty() {
+            return nothing(digits);
+        }
+        // The account's recording plugin, if it binds one, decides what is kept.
+        let mut pcm = rec.pcm;
+        let mut notify = Vec::new();
+        match self.recording_plan(&pcm, rec.reason, rec.digit).await {
+            Ok(None) => {}
+            Ok(Some(plan)) => {
+                notify = plan.notify;
+                match plan.action {
+                    recording::Action::Keep(k) => {
+                        pcm.truncate(k.end as usize);
+                        pcm.drain(..k.start as usize);
+                    }
+                    recording::Action::Discard(why) => {
+                        self.log("recording.discarded", json!({ "reason": why }))
+                            .await;
+                        let rows = self.notification_rows(notify).await;
+                        self.enqueue(rows).await;
+                        return nothing(digits);
+                    }
+                }
+            }
+            // A failing plugin must not lose the caller's message: keep it all.
+            Err(why) => {
+                self.log("flow.error", json!({ "recording_plugin": why }))
+                    .await;
+            }
+        }
+        let rows = self.notification_rows(notify).await;
+        if pcm.is_empty() {
+            self.enqueue(rows).await;
+            return nothing(digits);
+        }
+        let duration_ms = pcm.len() as u64 / 8;
+        let stored = self
+            .runner
+            .store_recording(&self.call, &pcm, duration_ms, started, "RecordVerb", rows)
+            .await;
+        match stored {
+            Ok((sid, url)) => Outcome::Event(FlowEvent::Recorded(RecordResult {
+                recording_sid: Some(sid),
+                recording_url: Some(url),
+                duration_ms: u32::try_from(duration_ms).unwrap_or(u32::MAX),
+                digits,
+                empty: false,
+            })),
+            Err(why) => {
+                self.log("flow.error", json!({"recording": why})).await;
+                Outcome::Event(FlowEvent::Recorded(RecordResult {
+                    recording_sid: None,
+                    recording_url: None,
+                    duration_ms: 0,
+                    digits,
+                    empty: true,
+                }))
+            }
+        }
+    }
+
+    /// Runs the call's pinned recording plugin on a finished recording; `None` when the call
+    /// has none.
+    async fn recording_plan(
+        &self,
+        pcm: &[i16],
+        reason: StopReason,
+        digit: Option<char>,
+    ) -> Result<Option<recording::RecordingPlan>, String> {
+        let Some(pin) = Pin::of(&self.call.plugins, World::Recording) else {
+            return Ok(None);
+        };
+        let ctx = recording::RecordingContext {
+            account_sid: self.call.account_sid.clone(),
+            call_sid: self.call.sid.clone(),
+            now_ms: now_ms(),
+            seed: rand::random(),
+            config: pin.config.clone(),
+            sample_rate: 8_000,
+            reason: match reason {
+                StopReason::MaxLength => "max-length",
+                StopReason::Silence => "silence",
+                StopReason::FinishKey(_) => "key",
+                StopReason::Hangup | StopReason::Stopped => "hangup",
+            }
+            .into(),
+            digits: digit.map(String::from).unwrap_or_default(),
+        };
+        let plan = self
+            .inner()
+            .plugins
+            .process_recording(&pin, ctx, pcm.to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Some(plan))
+    }
+
+    /// A recording plugin's notifications as outbox rows (at most as many as an event may ask
+    /// for; one the host cannot make is logged on the call and left out).
+    async fn notification_rows(
+        &self,
+        requests: Vec<recording::HttpRequest>,
+    ) -> Vec<callflow_store::NewDelivery> {
+        if requests.len() > crate::events::MAX_REQUESTS_PER_EVENT {
+            let detail = json!({ "error": format!(
+                "the recording plugin asked for {} notifications (at most {}); none is sent",
+                requests.len(), crate::events::MAX_REQUESTS_PER_EVENT) });
+            self.log("recording.notify", detail).await;
+            return Vec::new();
+        }
+        let mut rows = Vec::new();
+        for r in requests {
+            let (method, url) = (method_name(r.method), r.url.clone());
+            match crate::events::plugin_request(&self.call, r) {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    let detail = json!({ "url": url, "method": method, "error": e });
+                    self.log("recording.notify", detail).await;
+                }
+            }
+        }
+        rows
+    }
+
+    /// Notifications with no recording to go with (it was discarded, or nothing was kept).
+    async fn enqueue(&self, rows: Vec<callflow_store::NewDelivery>) {
+        if rows.is_empty() {
+            return;
+        }
+        let enqueued = self
+            .inner()
+            .engine
+            .enqueue(&rows, now_ms())
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = enqueued {
+            self.log("recording.notify", json!({ "error": e })).await;
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The one host of plugins for the engine, for all four worlds: a call's pins (the plugin
+//! versions it runs with, fixed at creation), loading a pinned version (built-in, or uploaded
+//! under the data directory) once per process, invoking it with its limits, and writing the
+//! log lines it returns to the call's event log. Flows, recordings, call events and retry
+//! decisions all go through [`PluginHost`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use callflow_runtime::flow::{HttpMethod, LogLevel, LogLine};
+use callflow_runtime::{InvokeError, Limits, Plugin, Runtime, World, builtin};
+use callflow_store::Store;
+use serde_json::{Value, json};
+
+use crate::clock::now_ms;
+
+/// The flow plugin a call runs when its account bound none.
+pub const DEFAULT_FLOW: &str = "twiml";
+
+/// A plugin version pinned for one world (written when the call was created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pin {
+    pub(crate) plugin: String,
+    pub(crate) sha256: Option<String>,
+    pub(crate) config: String,
+    pub(crate) deadline_ms: Option<u64>,
+}
+
+impl Pin {
+    /// A built-in plugin, unconfigured.
+    pub(crate) fn builtin(name: &str) -> Pin {
+        Pin {
+            plugin: format!("builtin:{name}"),
+            sha256: None,
+            config: "{}".into(),
+            deadline_ms: None,
+        }
+    }
+
+    /// The pin for `world` in a call's `plugins` JSON, if it has one.
+    pub(crate) fn of(plugins: &str, world: World) -> Option<Pin> {
+        let pins: Value = serde_json::from_str(plugins).unwrap_or_else(|_| json!({}));
+        let p = pins.get(world.as_str())?;
+        Some(Pin {
+            plugin: p["plugin"].as_str().unwrap_or_default().to_owned(),
+            sha256: p["sha256"].as_str().map(str::to_owned),
+            config: p
+                .get("config")
+                .filter(|c| c.is_object())
+                .map_or_else(|| "{}".to_owned(), Value::to_string),
+            deadline_ms: p["deadline_ms"].as_u64(),
+        })
+    }
+}
+
+/// The plugin versions a new call will run with, by world: the most specific binding of each
+/// world for the account (and the number the call uses), pinned with the version's digest and
+/// config, as JSON for the call's `plugins` column.
+pub async fn pin_for_call(
+    store: &Store,
+    account: &str,
+    number_sid: Option<&str>,
+    callout_sid: Option<&str>,
+) -> Result<String, callflow_store::StoreError> {
+    let mut pins = serde_json::Map::new();
+    for world in World::ALL {
+        let Some(b) = store
+            .resolve_binding(account, world.as_str(), number_sid, callout_sid)
+            .await?
+        else {
+            continue;
+        };
+        let sha256 = match b.plugin.strip_prefix("builtin:") {
+            Some(name) => builtin::sha256(name).map(str::to_owned),
+            None => store.plugin(account, &b.plugin).await?.map(|p| p.sha256),
+        };
+        let Some(sha256) = sha256 else {
+            tracing::warn!(binding = %b.sid, plugin = %b.plugin, "binding names a plugin that no longer exists");
+            continue;
+        };
+        let config: Value = serde_json::from_str(&b.config).unwrap_or_else(|_| json!({}));
+        pins.insert(
+            world.as_str().to_owned(),
+            json!({ "plugin": b.plugin, "sha256": sha256, "config": config, "deadline_ms": b.deadline_ms }),
+        );
+    }
+    Ok(Value::Object(pins).to_string())
+}
+
+/// Why a plugin gave nothing: it could not be loaded, or its invocation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HostError {
+    #[error("{0}")]
+    Load(String),
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
+}
+
+/// What a world's invocation returns, with its log lines.
+pub(crate) trait Logged {
+    fn take_logs(&mut self) -> Vec<LogLine>;
+}
+
+impl Logged for callflow_runtime::flow::FlowStep {
+    fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.logs)
+    }
+}
+
+impl Logged for callflow_runtime::retry::RetryDecision {
+    fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.logs)
+    }
+}
+
+impl Logged for callflow_runtime::recording::RecordingPlan {
+    fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.logs)
+    }
+}
+
+impl Logged for callflow_runtime::events::EventOutcome {
+    fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.logs)
+    }
+}
+
+/// Hosts the plugins calls are pinned to. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Arc<Runtime>,
+    store: Store,
+    /// Uploaded plugins are `<data_dir>/plugins/<sha256>.wasm`.
+    data_dir: PathBuf,
+    limits: Limits,
+    /// Loaded plugins by digest (built-ins by `builtin:<name>`).
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Held while a plugin is loaded, so concurrent first uses compile it once.
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// A host running plugins on `runtime` with `limits` (a binding may set its own deadline).
+    pub fn new(runtime: Arc<Runtime>, store: Store, data_dir: PathBuf, limits: Limits) -> Self {
+        PluginHost {
+            inner: Arc::new(Inner {
+                runtime,
+                store,
+                data_dir,
+                limits,
+                loaded: Mutex::new(HashMap::new()),
+                loading: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn lock_loaded(&self) -> MutexGuard<'_, HashMap<String, Arc<Plugin>>> {
+        self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pinned version, compiled once per process.
+    async fn load(&self, pin: &Pin) -> Result<Arc<Plugin>, String> {
+        let key = match pin.plugin.strip_prefix("builtin:") {
+            Some(_) => pin.plugin.clone(),
+            None => pin.sha256.clone().ok_or("the pin names no digest")?,
+        };
+        if let Some(p) = self.lock_loaded().get(&key) {
+            return Ok(p.clone());
+        }
+        let _one_at_a_time = self.inner.loading.lock().await;
+        if let Some(p) = self.lock_loaded().get(&key) {
+            return Ok(p.clone());
+        }
+        let wasm = match pin.plugin.strip_prefix("builtin:") {
+            Some(name) => builtin::get(name)
+                .ok_or_else(|| format!("no built-in plugin {name}"))?
+                .to_vec(),
+            None => {
+                let path = self
+                    .inner
+                    .data_dir
+                    .join("plugins")
+                    .join(format!("{key}.wasm"));
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("reading plugin {}: {e}", pin.plugin))?
+            }
+        };
+        let runtime = self.inner.runtime.clone();
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(&wasm))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("loading plugin {}: {e}", pin.plugin))?;
+        self.lock_loaded().insert(key, plugin.clone());
+        Ok(plugin)
+    }
+
+    /// Compiles the built-in call flow every call runs unless bound to another, in the
+    /// background, so the first call finds it ready (or waits for this compile instead of
+    /// starting a second one). Other plugins compile at first use, on one core.
+    pub fn warm_up(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match me.load(&Pin::builtin(DEFAULT_FLOW)).await {
+                Ok(_) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(ms, plugin = DEFAULT_FLOW, "built-in call flow ready");
+                }
+                Err(e) => tracing::error!(error = %e, "the built-in call flow does not load"),
+            }
+        });
+    }
+
+    /// The limits of an invocation of `pin`'s plugin: the configured ones, with the binding's
+    /// own deadline.
+    fn limits_for(&self, pin: &Pin) -> Limits {
+        let mut limits = self.inner.limits;
+        if let Some(ms) = pin.deadline_ms {
+            limits.deadline = std::time::Duration::from_millis(ms.clamp(1, 1_000));
+        }
+        limits
+    }
+
+    /// Loads `pin`'s plugin, runs `invoke` on it with its limits, and writes the log lines it
+    /// returned to `call`'s event log as `<log_as>.log` entries (none without a call).
+    async fn invoke<O: Logged, F: Future<Output = Result<O, InvokeError>>>(
+        &self,
+        pin: &Pin,
+        call: Option<&str>,
+        log_as: &str,
+        invoke: impl FnOnce(Arc<Runtime>, Arc<Plugin>, Limits) -> F,
+    ) -> Result<O, HostError> {
+        let plugin = self.load(pin).await.map_err(HostError::Load)?;
+        let limits = self.limits_for(pin);
+        let mut out = invoke(self.inner.runtime.clone(), plugin, limits).await?;
+        if let Some(call) = call {
+            let kind = format!("{log_as}.log");
+            for line in out.take_logs() {
+                let detail = json!({ "level": level_name(line.level), "message": line.message });
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .append_call_event(call, now_ms(), &kind, &detail.to_string())
+                    .await
+                {
+                    tracing::warn!(call, error = %e, "plugin log line not logged");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One event for a call's flow plugin; `state` is the plugin's, kept between events.
+    pub(crate) async fn call_flow(
+        &self,
+        pin: &Pin,
+        ctx: callflow_runtime::flow::CallContext,
+        state: &mut Vec<u8>,
+        event: callflow_runtime::flow::FlowEvent,
+    ) -> Result<Vec<callflow_runtime::flow::Command>, HostError> {
+        let call = ctx.call_sid.clone();
+        let before = std::mem::take(state);
+        let step = self
+            .invoke(pin, Some(&call), "flow", |rt, plugin, limits| async move {
+                rt.call_flow(plugin, ctx, before, event, limits).await
+            })
+            .await?;
+        *state = step.state;
+        Ok(step.commands)
+    }
+
+    /// A retry policy's decision after an attempt (`call`: the attempt, whose log gets the
+    /// policy's lines).
+    pub(crate) async fn decide_retry(
+        &self,
+        pin: &Pin,
+        call: &str,
+        ctx: callflow_runtime::retry::RetryContext,
+    ) -> Result<callflow_runtime::retry::RetryDecision, HostError> {
+        self.invoke(pin, Some(call), "retry", |rt, plugin, limits| async move {
+            rt.decide_retry(plugin, ctx, limits).await
+        })
+        .await
+    }
+
+    /// A recording plugin's plan for a finished recording.
+    pub(crate) async fn process_recording(
+        &self,
+        pin: &Pin,
+        ctx: callflow_runtime::recording::RecordingContext,
+        audio: Vec<i16>,
+    ) -> Result<callflow_runtime::recording::RecordingPlan, HostError> {
+        let call = ctx.call_sid.clone();
+        self.invoke(pin, Some(&call), "recording", |rt, plugin, limits| async move {
+            rt.process_recording(plugin, ctx, audio, limits).await
+        })
+        .await
+    }
+
+    /// A call-events plugin's answer to a lifecycle event.
+    pub(crate) async fn on_event(
+        &self,
+        pin: &Pin,
+        ctx: callflow_runtime::events::EventContext,
+    ) -> Result<callflow_runtime::events::EventOutcome, HostError> {
+        let call = ctx.event.call_sid.clone();
+        self.invoke(
+            pin,
+            Some(&call),
+            "events",
+            |rt, plugin, limits| async move { rt.on_event(plugin, ctx, limits).await },
+        )
+        .await
+    }
+}
+
+/// A plugin log line's level as the call log writes it.
+pub(crate) fn level_name(l: LogLevel) -> &'static str {
+    match l {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}
+
+/// A plugin's HTTP request method.
+pub(crate) fn method_name(m: HttpMethod) -> &'static str {
+    match m {
+        HttpMethod::Get => "GET",
+        HttpMethod::Post => "POST",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Patch => "PATCH",
+        HttpMethod::Delete => "DELETE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_read_back_from_a_calls_plugins() {
+        let plugins = r#"{"call-flow": {"plugin": "ZP1", "sha256": "ab", "config": {"x": 1}, "deadline_ms": 20},
+                          "retry-policy": {"plugin": "builtin:retry", "sha256": "cd", "config": "not an object"}}"#;
+        let flow = Pin::of(plugins, World::CallFlow).unwrap();
+        assert_eq!(
+            flow,
+            Pin {
+                plugin: "ZP1".into(),
+                sha256: Some("ab".into()),
+                config: r#"{"x":1}"#.into(),
+                deadline_ms: Some(20),
+            }
+        );
+        assert_eq!(Pin::of(plugins, World::RetryPolicy).unwrap().config, "{}");
+        assert_eq!(Pin::of(plugins, World::Recording), None);
+        assert_eq!(Pin::of("not json", World::CallFlow), None);
+        assert_eq!(Pin::builtin("twiml").plugin, "builtin:twiml");
+    }
+}
