@@ -1,5 +1,7 @@
 //! Recording resources. The media files live in the data directory; rows name them.
 
+use sqlx::SqliteConnection;
+
 use crate::deliveries::insert_delivery;
 use crate::sid::{Sid, SidKind};
 use crate::{NewDelivery, Page, PageRequest, Recording, Result, Store, StoreError};
@@ -29,26 +31,30 @@ impl Store {
         now: i64,
     ) -> Result<Recording> {
         let sid = Sid::generate(SidKind::Recording);
-        let sql = format!(
-            "INSERT INTO recordings (sid, account_sid, call_sid, status, source, channels, duration, start_time,
-                wav_path, mp3_path, date_created, date_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
-        );
-        Ok(sqlx::query_as(&sql)
-            .bind(sid.as_str())
-            .bind(account)
-            .bind(&r.call_sid)
-            .bind(&r.status)
-            .bind(&r.source)
-            .bind(r.channels)
-            .bind(r.duration)
-            .bind(r.start_time)
-            .bind(&r.wav_path)
-            .bind(&r.mp3_path)
-            .bind(now)
-            .bind(now)
-            .fetch_one(&self.writer)
-            .await?)
+        let mut tx = self.writer.begin().await?;
+        let rec = insert_recording(&mut tx, account, sid.as_str(), r, now).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    /// Stores a recording whose media is already written (its files are named by `sid`, which
+    /// the caller drew from [`Sid::generate`]), with the outbox rows that announce it
+    /// (`follow_ups`) in the same transaction: the resource appears, media and all, at once.
+    pub async fn store_recording(
+        &self,
+        account: &str,
+        sid: &str,
+        r: &NewRecording,
+        now: i64,
+        follow_ups: &[NewDelivery],
+    ) -> Result<Recording> {
+        let mut tx = self.writer.begin().await?;
+        let rec = insert_recording(&mut tx, account, sid, r, now).await?;
+        for d in follow_ups {
+            insert_delivery(&mut tx, d, now).await?;
+        }
+        tx.commit().await?;
+        Ok(rec)
     }
 
     pub async fn recording(&self, account: &str, sid: &str) -> Result<Option<Recording>> {
@@ -131,10 +137,80 @@ impl Store {
     }
 }
 
+/// Inserts a recording row.
+async fn insert_recording(
+    conn: &mut SqliteConnection,
+    account: &str,
+    sid: &str,
+    r: &NewRecording,
+    now: i64,
+) -> Result<Recording> {
+    let sql = format!(
+        "INSERT INTO recordings (sid, account_sid, call_sid, status, source, channels, duration, start_time,
+            wav_path, mp3_path, date_created, date_updated)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(sid)
+        .bind(account)
+        .bind(&r.call_sid)
+        .bind(&r.status)
+        .bind(&r.source)
+        .bind(r.channels)
+        .bind(r.duration)
+        .bind(r.start_time)
+        .bind(&r.wav_path)
+        .bind(&r.mp3_path)
+        .bind(now)
+        .bind(now)
+        .fetch_one(conn)
+        .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::{account, store};
+
+    #[tokio::test]
+    async fn a_recording_appears_with_its_media_and_its_announcements_at_once() {
+        let store = store().await;
+        let a = account(&store).await;
+        let sid = Sid::generate(SidKind::Recording);
+        let new = NewRecording {
+            call_sid: "CA1".into(),
+            status: "completed".into(),
+            source: "RecordVerb".into(),
+            channels: 1,
+            duration: 3,
+            start_time: 10,
+            wav_path: Some(format!("recordings/{}.wav", sid.as_str())),
+            mp3_path: Some(format!("recordings/{}.mp3", sid.as_str())),
+        };
+        let ready = NewDelivery {
+            account_sid: a.sid.clone(),
+            call_sid: Some("CA1".into()),
+            kind: "call-event".into(),
+            url: "builtin:rapidpro".into(),
+            method: "EVENT".into(),
+            ..NewDelivery::default()
+        };
+        let rec = store
+            .store_recording(&a.sid, sid.as_str(), &new, 20, &[ready])
+            .await
+            .unwrap();
+        assert_eq!(rec.sid, sid.as_str());
+        assert_eq!(rec.wav_path, new.wav_path);
+        assert_eq!(store.call_deliveries("CA1").await.unwrap().len(), 1);
+        // a sid used twice is refused whole: no second row, no second announcement
+        assert!(
+            store
+                .store_recording(&a.sid, sid.as_str(), &new, 30, &[NewDelivery::default()])
+                .await
+                .is_err()
+        );
+        assert_eq!(store.call_deliveries("CA1").await.unwrap().len(), 1);
+    }
 
     #[tokio::test]
     async fn recordings_by_account_and_call() {

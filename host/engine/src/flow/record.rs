@@ -8,7 +8,7 @@ use callflow_media::record::{RecordOptions, StopReason};
 use callflow_media::worker::MediaEvent;
 use callflow_runtime::flow::{FlowEvent, RecordResult};
 use callflow_runtime::{World, recording};
-use callflow_store::{Call, NewRecording};
+use callflow_store::{Call, NewRecording, Sid, SidKind};
 use serde_json::json;
 
 use super::{FlowRunner, Next, Outcome, Session};
@@ -57,9 +57,10 @@ impl FlowRunner {
         })
     }
 
-    /// Creates the Recording resource and writes its WAV and MP3 before anyone hears of it;
-    /// `notify` (a recording plugin's requests) and the call's recording-ready event are stored
-    /// in the transaction that says the media is there. Returns the sid and the URL.
+    /// Writes a recording's WAV and MP3, then creates its Recording resource together with
+    /// `notify` (a recording plugin's requests) and the call's recording-ready event, in one
+    /// transaction: nobody can list or hear of a recording whose media is not there. Returns
+    /// the sid and the URL.
     async fn store_recording(
         &self,
         call: &Call,
@@ -69,29 +70,15 @@ impl FlowRunner {
         source: &str,
         notify: Vec<callflow_store::NewDelivery>,
     ) -> Result<(String, String), String> {
-        let store = &self.inner.store;
-        let new = NewRecording {
-            call_sid: call.sid.clone(),
-            status: "completed".into(),
-            source: source.into(),
-            channels: 1,
-            duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
-            start_time: started,
-            wav_path: None,
-            mp3_path: None,
-        };
-        let rec = store
-            .create_recording(&call.account_sid, &new, now_ms())
-            .await
-            .map_err(|e| e.to_string())?;
+        let sid = Sid::generate(SidKind::Recording).as_str().to_owned();
         let dir = self.inner.config.data_dir.join("recordings");
         let (wav, mp3) = (
-            format!("recordings/{}.wav", rec.sid),
-            format!("recordings/{}.mp3", rec.sid),
+            format!("recordings/{sid}.wav"),
+            format!("recordings/{sid}.mp3"),
         );
         let (wav_path, mp3_path) = (
-            dir.join(format!("{}.wav", rec.sid)),
-            dir.join(format!("{}.mp3", rec.sid)),
+            dir.join(format!("{sid}.wav")),
+            dir.join(format!("{sid}.mp3")),
         );
         let pcm = pcm.to_vec();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -102,22 +89,32 @@ impl FlowRunner {
         .await
         .map_err(|e| e.to_string())??;
         let url = format!(
-            "{}/2010-04-01/Accounts/{}/Recordings/{}",
+            "{}/2010-04-01/Accounts/{}/Recordings/{sid}",
             self.inner.config.public_url.trim_end_matches('/'),
-            rec.account_sid,
-            rec.sid
+            call.account_sid,
         );
+        let new = NewRecording {
+            call_sid: call.sid.clone(),
+            status: "completed".into(),
+            source: source.into(),
+            channels: 1,
+            duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
+            start_time: started,
+            wav_path: Some(wav),
+            mp3_path: Some(mp3),
+        };
         let now = now_ms();
         let mut rows = notify;
         rows.extend(crate::events::recording_event(call, &url, now));
-        store
-            .set_recording_media(&rec.sid, Some(&wav), Some(&mp3), now, &rows)
+        self.inner
+            .store
+            .store_recording(&call.account_sid, &sid, &new, now, &rows)
             .await
             .map_err(|e| e.to_string())?;
         if !rows.is_empty() {
             self.wake_outbox();
         }
-        Ok((rec.sid, url))
+        Ok((sid, url))
     }
 }
 
