@@ -23,7 +23,8 @@
 # rate, default 30; SIPp's calls = rate x DURATION, at most MAX_CALLS, default 20000),
 # PROBE_RATE (the probe's calls/s on top, default 4), TONE_MS (the prompt's length, default 500),
 # PAUSE_S (the <Pause>, default 1), SETTLE_S (pause between rates, default 3), OUT (folder for raw
-# output, default target/bench/flows-<time>). Needs sipp (Debian sip-tester, installed with
+# output, default target/bench/flows-<time>), BIN (a callflow binary to measure instead of
+# building target/release/callflow, e.g. an older commit's for a before/after). Needs sipp (Debian sip-tester, installed with
 # apt-get when missing), curl and python3. Exits non-zero if callflow did not take calls or any
 # call failed.
 set -euo pipefail
@@ -66,17 +67,14 @@ command -v curl >/dev/null 2>&1 || die "curl is needed"
 command -v python3 >/dev/null 2>&1 || die "python3 is needed"
 
 # ---- build ------------------------------------------------------------------------------------
-CALLFLOW_BIN=$ROOT/target/release/callflow
 dirty() { [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; }
 DIRTY=0
 if dirty; then DIRTY=1; fi
-log "building callflow (release; waits for cargo's lock if another build holds it)"
-timeout "$BUILD_TIMEOUT_S" cargo build --release --locked -p callflow-server --bin callflow >&2 \
-    || die "cargo build failed or took more than ${BUILD_TIMEOUT_S} s"
-[ -x "$CALLFLOW_BIN" ] || die "built binary $CALLFLOW_BIN not found"
+build_callflow
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 # other work may edit the tree while this builds: say so if it was edited before or after
 if [ "$DIRTY" = 1 ] || dirty; then COMMIT="$COMMIT (with uncommitted changes)"; fi
+if [ -n "${BIN:-}" ]; then COMMIT="$BIN"; fi
 
 # ---- processes --------------------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/callflow-flowbench.XXXXXX")

@@ -51,19 +51,37 @@ wait_http() { # url pid name log
     die "$3 did not answer $1 within ${STARTUP_TIMEOUT_S} s"
 }
 
-# start_callflow SIP_PORT CONFIG [NAME=VALUE...]: `callflow serve` with the root credentials
-# ACCOUNT_SID/AUTH_TOKEN, HTTP on 127.0.0.1:$HTTP_PORT, SIP on 127.0.0.1:SIP_PORT, data in
-# $TMP/data, log in $OUT/callflow.log, the extra environment given; sets CALLFLOW_PID and
-# returns once /health answers.
+# start_callflow SIP_PORT CONFIG [NAME=VALUE...]: `callflow serve` ($CALLFLOW_BIN) with the root
+# credentials ACCOUNT_SID/AUTH_TOKEN, HTTP on 127.0.0.1:$HTTP_PORT, SIP on 127.0.0.1:SIP_PORT, data
+# in $TMP/$BENCH_NAME-data, log in $OUT/$BENCH_NAME.log (BENCH_NAME defaults to callflow), the
+# extra environment given; sets CALLFLOW_PID and returns once /health answers.
 start_callflow() {
-    local sip_port=$1 config=$2
+    local sip_port=$1 config=$2 name=${BENCH_NAME:-callflow}
     shift 2
-    log "starting callflow: http 127.0.0.1:$HTTP_PORT, sip udp 127.0.0.1:$sip_port (data in $TMP/data)"
+    local data="$TMP/data"
+    [ "$name" = callflow ] || data="$TMP/$name-data"
+    log "starting $name ($CALLFLOW_BIN): http 127.0.0.1:$HTTP_PORT, sip udp 127.0.0.1:$sip_port (data in $data)"
     env RUST_LOG=warn CALLFLOW_ROOT_ACCOUNT_SID="$ACCOUNT_SID" CALLFLOW_ROOT_AUTH_TOKEN="$AUTH_TOKEN" "$@" \
         "$CALLFLOW_BIN" serve --http "127.0.0.1:$HTTP_PORT" --sip "127.0.0.1:$sip_port" \
-        --data "$TMP/data" --config "$config" >"$OUT/callflow.log" 2>&1 &
+        --data "$data" --config "$config" >"$OUT/$name.log" 2>&1 &
     CALLFLOW_PID=$!
-    wait_http "http://127.0.0.1:$HTTP_PORT/health" "$CALLFLOW_PID" callflow "$OUT/callflow.log"
+    wait_http "http://127.0.0.1:$HTTP_PORT/health" "$CALLFLOW_PID" "$name" "$OUT/$name.log"
+}
+
+# build_callflow: sets CALLFLOW_BIN to $BIN when given (a binary built elsewhere, e.g. an older
+# commit's), else builds target/release/callflow.
+build_callflow() {
+    if [ -n "${BIN:-}" ]; then
+        CALLFLOW_BIN=$BIN
+        [ -x "$CALLFLOW_BIN" ] || die "BIN=$BIN is not an executable"
+        log "using $CALLFLOW_BIN (BIN)"
+        return 0
+    fi
+    CALLFLOW_BIN=$ROOT/target/release/callflow
+    log "building callflow (release; waits for cargo's lock if another build holds it)"
+    timeout "$BUILD_TIMEOUT_S" cargo build --release --locked -p callflow-server --bin callflow >&2 \
+        || die "cargo build failed or took more than ${BUILD_TIMEOUT_S} s"
+    [ -x "$CALLFLOW_BIN" ] || die "built binary $CALLFLOW_BIN not found"
 }
 
 # create_number NUMBER VOICE_URL: the root account's number, its VoiceUrl POSTed.

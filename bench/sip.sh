@@ -16,7 +16,10 @@
 # default 20; calls = rate x DURATION, at most MAX_CALLS, default 20000), HOLD_MS (pause between
 # ACK and BYE, default 0), TARGETS (default "kamailio callflow"), KAMAILIO_CHILDREN (UDP worker
 # processes, default 2), VOICE_URL (the number's VoiceUrl; default: a small local TwiML server
-# answering <Pause length="60"/>), OUT (folder for raw output, default target/bench/sip-<time>).
+# answering <Pause length="60"/>), OUT (folder for raw output, default target/bench/sip-<time>),
+# BIN (a callflow binary to measure instead of building target/release/callflow), BASELINE_BIN
+# (another callflow binary, e.g. an older commit's, measured in the same run as target
+# "baseline", right after callflow at each rate).
 # Needs sipp (Debian sip-tester) and kamailio, installed with apt-get when missing; curl; python3
 # for the default TwiML server. Exits non-zero if a target did not answer or any call failed.
 set -euo pipefail
@@ -29,6 +32,7 @@ HOLD_MS=${HOLD_MS:-0}
 TARGETS=${TARGETS:-"kamailio callflow"}
 KAMAILIO_CHILDREN=${KAMAILIO_CHILDREN:-2}
 VOICE_URL=${VOICE_URL:-}
+BASELINE_BIN=${BASELINE_BIN:-}
 BUILD_TIMEOUT_S=${BUILD_TIMEOUT_S:-1800}
 STARTUP_TIMEOUT_S=30
 SETTLE_S=2
@@ -48,6 +52,11 @@ for r in $RATES; do [[ $r =~ ^[1-9][0-9]*$ ]] || die "RATES must be whole calls 
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 [[ $HOLD_MS =~ ^[0-9]+$ ]] || die "HOLD_MS must be a whole number of milliseconds"
 for t in $TARGETS; do [ "$t" = kamailio ] || [ "$t" = callflow ] || die "unknown target '$t'"; done
+if [ -n "$BASELINE_BIN" ]; then
+    [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
+    want callflow || die "BASELINE_BIN needs the callflow target"
+    TARGETS="$TARGETS baseline"
+fi
 
 # ---- tools ------------------------------------------------------------------------------------
 command -v sipp >/dev/null 2>&1 || install sip-tester
@@ -67,21 +76,16 @@ if want callflow; then
 fi
 
 # ---- build ------------------------------------------------------------------------------------
-CALLFLOW_BIN=$ROOT/target/release/callflow
-if want callflow; then
-    log "building callflow (release)"
-    timeout "$BUILD_TIMEOUT_S" cargo build --release --locked -p callflow-server --bin callflow >&2 \
-        || die "cargo build failed or took more than ${BUILD_TIMEOUT_S} s"
-    [ -x "$CALLFLOW_BIN" ] || die "built binary $CALLFLOW_BIN not found"
-fi
+if want callflow; then build_callflow; fi
 
 # ---- processes --------------------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/callflow-sipbench.XXXXXX")
 KAMAILIO_PID=""
 CALLFLOW_PID=""
+BASELINE_PID=""
 TWIML_PID=""
 cleanup() {
-    stop_pids $KAMAILIO_PID $CALLFLOW_PID $TWIML_PID
+    stop_pids $KAMAILIO_PID $CALLFLOW_PID $BASELINE_PID $TWIML_PID
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -200,12 +204,32 @@ EOF
     done
 fi
 
+BASELINE_PORT=""
+if want baseline && [ "$CALLFLOW_OK" = 1 ]; then
+    # a second callflow, the baseline binary, with its own ports, data and log
+    current=($CALLFLOW_BIN $CALLFLOW_PID $HTTP_PORT)
+    CALLFLOW_BIN=$BASELINE_BIN
+    HTTP_PORT=$(free_port)
+    BASELINE_PORT=$(free_port)
+    BENCH_NAME=baseline start_callflow "$BASELINE_PORT" "$TMP/callflow.toml" CALLFLOW_WEBHOOK_ALLOW_PRIVATE=true
+    BASELINE_PID=$CALLFLOW_PID
+    create_number "$NUMBER" "$VOICE_URL"
+    CALLFLOW_BIN=${current[0]} CALLFLOW_PID=${current[1]} HTTP_PORT=${current[2]}
+    deadline=$((SECONDS + STARTUP_TIMEOUT_S))
+    until sipp_once probe-baseline "$BASELINE_PORT" 3; do
+        [ $SECONDS -lt $deadline ] && kill -0 "$BASELINE_PID" 2>/dev/null \
+            || die "the baseline did not answer a call (see $OUT/probe-baseline/ and $OUT/baseline.log)"
+        sleep 0.5
+    done
+fi
+
 # ---- measurement ------------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
 target_pids() { # target -> the pids whose CPU counts (Kamailio: the main process and its children)
     case $1 in
         kamailio) echo "$KAMAILIO_PID" $(pgrep -P "$KAMAILIO_PID" || true) ;;
         callflow) echo "$CALLFLOW_PID" ;;
+        baseline) echo "$BASELINE_PID" ;;
     esac
 }
 ticks() { # pids... -> utime + stime, in clock ticks, summed
@@ -276,6 +300,7 @@ measure() {
 for rate in $RATES; do
     if want kamailio; then measure kamailio "$KAMAILIO_PORT" "$rate"; fi
     if want callflow && [ "$CALLFLOW_OK" = 1 ]; then measure callflow "$CALLFLOW_PORT" "$rate"; fi
+    if want baseline && [ "$CALLFLOW_OK" = 1 ]; then measure baseline "$BASELINE_PORT" "$rate"; fi
 done
 
 # ---- report -----------------------------------------------------------------------------------
@@ -314,6 +339,14 @@ done
             END { for (r in rates) if (("kamailio " r) in per && ("callflow " r) in per)
                 printf "rate %d/s: callflow CPU per call = %.2fx Kamailio'\''s (%.0f µs / %.0f µs)\n",
                     r, per["callflow " r] / per["kamailio " r], per["callflow " r], per["kamailio " r] }' "$ROWS" | sort -t' ' -k2,2n
+    fi
+    if want baseline && [ "$CALLFLOW_OK" = 1 ]; then
+        echo "(baseline: $BASELINE_BIN)"
+        awk -v hz="$CLK_TCK" '$4 ~ /^[0-9]+$/ && $4 > 0 { per[$1 " " $2] = $8 / hz * 1e6 / $4; rates[$2] = 1 }
+            END { for (r in rates) if (("baseline " r) in per && ("callflow " r) in per)
+                printf "rate %d/s: callflow CPU per call = %.2fx the baseline'\''s (%.0f µs / %.0f µs)%s\n",
+                    r, per["callflow " r] / per["baseline " r], per["callflow " r], per["baseline " r],
+                    (("kamailio " r) in per) ? sprintf("; the baseline = %.2fx Kamailio'\''s", per["baseline " r] / per["kamailio " r]) : "" }' "$ROWS" | sort -t' ' -k2,2n
     fi
     if want callflow && [ "$CALLFLOW_OK" != 1 ]; then
         echo
