@@ -1,8 +1,9 @@
 //! Media for answered calls: RTP in and out, G.711, DTMF, prompts, speech and recordings.
 //!
-//! The pure pieces (codecs, DTMF, level detection, the recorder, the RTP session) take time as
-//! an argument; the workers (`worker`) own the sockets and pace every call they hold from one
-//! tick, so an idle call costs nothing and no call has its own timer.
+//! The pure pieces (codecs, DTMF, level detection, the recorder, the RTP stream, and one
+//! call's whole media in `session`) take time as an argument; the workers (`worker`) own the
+//! sockets and drive every call's session from one tick, so an idle call costs nothing and no
+//! call has its own timer.
 
 pub mod amd;
 pub mod dtmf;
@@ -12,6 +13,7 @@ pub mod level;
 pub mod prompt;
 pub mod record;
 pub mod rtp;
+pub mod session;
 pub mod tts;
 pub mod worker;
 
