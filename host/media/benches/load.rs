@@ -1,4 +1,4 @@
-//! Media load benchmark (issue 5): N concurrent calls, each playing one shared prompt in a loop
+//! Media load benchmark: N concurrent calls, each playing one shared prompt in a loop
 //! and recording, driven by an RTP load generator of ours, next to a raw UDP loop with the same
 //! sockets and packet pattern (the ceiling), measured in the same run.
 //!

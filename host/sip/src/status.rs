@@ -1,6 +1,6 @@
-//! How a call attempt ended, in SIP terms, mapped to the Twilio call status it gives (the table
-//! of issue 4). The engine turns [`EndStatus::as_str`] into the store's `CallStatus`; this crate
-//! does not depend on the store.
+//! How a call attempt ended, in SIP terms, mapped to the Twilio call status it gives (busy for
+//! 486/600, no-answer for 408/480/487 and the ring timeout, failed otherwise). The engine turns
+//! [`EndStatus`] into the store's `CallStatus`; this crate does not depend on the store.
 
 /// How a call ended, as the SIP layer saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
