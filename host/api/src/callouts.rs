@@ -14,8 +14,8 @@ use callflow_callout_rules::hours::{parse_calling_hours, parse_time_zone};
 use callflow_engine::EndRequest;
 use callflow_engine::clock::{now_ms, rfc2822};
 use callflow_store::{
-    CallTemplate, Callout, CalloutStatus, NewCallout, NewParticipant, Participant,
-    ParticipantFilter, ParticipantState, StoreError,
+    CallTemplate, CallbackEvent, Callout, CalloutStatus, MachineDetection, NewCallout,
+    NewParticipant, Participant, ParticipantFilter, ParticipantState, StoreError,
 };
 use serde_json::{Map, Value, json};
 
@@ -101,22 +101,23 @@ fn render_callout(c: &Callout) -> Value {
 }
 
 fn render_template(t: &CallTemplate) -> Value {
+    let i = &t.instructions;
     json!({
         "from": t.from,
         "phone_number_sid": t.phone_number_sid,
-        "url": t.url,
-        "method": t.method,
-        "twiml": t.twiml,
-        "fallback_url": t.fallback_url,
-        "fallback_method": t.fallback_method,
-        "status_callback": t.status_callback,
-        "status_callback_method": t.status_callback_method,
-        "status_callback_event": t.status_callback_event.split_whitespace().collect::<Vec<_>>(),
-        "timeout": t.timeout,
-        "time_limit": t.time_limit,
-        "send_digits": t.send_digits,
-        "record": t.record,
-        "machine_detection": t.machine_detection,
+        "url": i.url,
+        "method": i.method.as_str(),
+        "twiml": i.twiml,
+        "fallback_url": i.fallback_url,
+        "fallback_method": i.fallback_method.as_str(),
+        "status_callback": i.status_callback,
+        "status_callback_method": i.status_callback_method.as_str(),
+        "status_callback_event": i.status_callback_event.iter().map(CallbackEvent::as_str).collect::<Vec<_>>(),
+        "timeout": i.timeout,
+        "time_limit": i.time_limit,
+        "send_digits": i.send_digits,
+        "record": i.record,
+        "machine_detection": i.machine_detection.map(MachineDetection::as_str),
     })
 }
 

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use callflow_engine::clock::now_ms;
 use callflow_engine::{EndRequest, EngineError, Redirect};
 use callflow_store::{
-    CallFilter, CallStatus, CallTemplate, CallUpdate, StoreError, TIME_LIMIT_DEFAULT,
-    TIMEOUT_DEFAULT,
+    CallFilter, CallInstructions, CallStatus, CallTemplate, CallUpdate, CallbackEvent,
+    CallbackEvents, StoreError, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT,
 };
 use chrono::{NaiveDate, NaiveTime};
 use serde_json::Value;
@@ -25,7 +25,6 @@ const TIMEOUT_MAX: i64 = 600;
 const TIME_LIMIT_MAX: i64 = 86_400;
 /// Twilio's limit on an inline `Twiml` parameter.
 const TWIML_MAX: usize = 4_000;
-const EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
 
 pub async fn create(
     State(state): State<ApiState>,
@@ -44,7 +43,7 @@ pub async fn create(
             .await?;
     let call = state
         .store()
-        .create_call(&account.sid, &template.call_to(&to, &plugins), now_ms())
+        .create_call(&account.sid, &template.call_to(&to, plugins), now_ms())
         .await?;
     state.engine().calls_queued();
     metrics::counter!("callflow_calls_created_total").increment(1);
@@ -106,62 +105,57 @@ pub(crate) async fn call_template(
             "may contain only 0-9, *, # and w",
         ));
     }
-    let machine_detection = params.text("MachineDetection").map(str::to_owned);
-    if machine_detection
-        .as_ref()
-        .is_some_and(|m| !matches!(m.as_str(), "Enable" | "DetectMessageEnd"))
-    {
-        return Err(ApiError::param(
-            "MachineDetection",
-            "must be Enable or DetectMessageEnd",
-        ));
-    }
+    let machine_detection = params
+        .text("MachineDetection")
+        .map(|m| {
+            m.parse().map_err(|_| {
+                ApiError::param("MachineDetection", "must be Enable or DetectMessageEnd")
+            })
+        })
+        .transpose()?;
     Ok(CallTemplate {
         from,
         phone_number_sid: owned.map(|n| n.sid),
-        method: params.method("Method")?.unwrap_or_else(|| "POST".into()),
-        url,
-        twiml,
-        fallback_url: params.url("FallbackUrl", 21205)?,
-        fallback_method: params
-            .method("FallbackMethod")?
-            .unwrap_or_else(|| "POST".into()),
-        status_callback: params.url("StatusCallback", 20001)?,
-        status_callback_method: params
-            .method("StatusCallbackMethod")?
-            .unwrap_or_else(|| "POST".into()),
-        status_callback_event: callback_events(params)?,
-        timeout: params
-            .int("Timeout", 1, TIMEOUT_MAX)?
-            .unwrap_or(TIMEOUT_DEFAULT),
-        time_limit: params
-            .int("TimeLimit", 1, TIME_LIMIT_MAX)?
-            .unwrap_or(TIME_LIMIT_DEFAULT),
-        send_digits,
-        record: params.bool("Record")?.unwrap_or(false),
-        machine_detection,
-        request_params: params.to_json(),
+        instructions: CallInstructions {
+            method: params.method("Method")?.unwrap_or_default(),
+            url,
+            twiml,
+            fallback_url: params.url("FallbackUrl", 21205)?,
+            fallback_method: params.method("FallbackMethod")?.unwrap_or_default(),
+            status_callback: params.url("StatusCallback", 20001)?,
+            status_callback_method: params.method("StatusCallbackMethod")?.unwrap_or_default(),
+            status_callback_event: callback_events(params)?,
+            timeout: params
+                .int("Timeout", 1, TIMEOUT_MAX)?
+                .unwrap_or(TIMEOUT_DEFAULT),
+            time_limit: params
+                .int("TimeLimit", 1, TIME_LIMIT_MAX)?
+                .unwrap_or(TIME_LIMIT_DEFAULT),
+            send_digits,
+            record: params.bool("Record")?.unwrap_or(false),
+            machine_detection,
+            request_params: params.request_params(),
+        },
     })
 }
 
-/// `StatusCallbackEvent`, repeated or space-separated; default `completed`.
-fn callback_events(p: &Params) -> ApiResult<String> {
-    let mut events: Vec<&str> = Vec::new();
+/// `StatusCallbackEvent`, repeated or space-separated, in the order given; default
+/// `completed`.
+fn callback_events(p: &Params) -> ApiResult<CallbackEvents> {
+    let mut events = CallbackEvents::default();
     for e in p.all("StatusCallbackEvent").flat_map(str::split_whitespace) {
-        if !EVENTS.contains(&e) {
-            return Err(ApiError::param(
+        let e = e.parse().map_err(|_| {
+            ApiError::param(
                 "StatusCallbackEvent",
                 "must be initiated, ringing, answered or completed",
-            ));
-        }
-        if !events.contains(&e) {
-            events.push(e);
-        }
+            )
+        })?;
+        events.insert(e);
     }
     if events.is_empty() {
-        events.push("completed");
+        events.insert(CallbackEvent::Completed);
     }
-    Ok(events.join(" "))
+    Ok(events)
 }
 
 pub async fn list(
@@ -334,7 +328,7 @@ pub async fn update(
             sid,
             Redirect {
                 url: update.url.clone(),
-                method: call.method.clone(),
+                method: call.instructions.method,
                 twiml: update.twiml.clone(),
             },
         );

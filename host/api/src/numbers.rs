@@ -58,11 +58,11 @@ pub async fn create(
         friendly_name: u.friendly_name.unwrap_or_else(|| phone.clone()),
         phone_number: phone,
         voice_url: u.voice_url.flatten(),
-        voice_method: u.voice_method.unwrap_or_else(|| "POST".into()),
+        voice_method: u.voice_method.unwrap_or_default(),
         voice_fallback_url: u.voice_fallback_url.flatten(),
-        voice_fallback_method: u.voice_fallback_method.unwrap_or_else(|| "POST".into()),
+        voice_fallback_method: u.voice_fallback_method.unwrap_or_default(),
         status_callback: u.status_callback.flatten(),
-        status_callback_method: u.status_callback_method.unwrap_or_else(|| "POST".into()),
+        status_callback_method: u.status_callback_method.unwrap_or_default(),
     };
     match state
         .store()

@@ -4,6 +4,7 @@
 
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use callflow_store::{HttpMethod, RequestParams};
 use http_body_util::{BodyExt, Limited};
 
 use crate::ApiState;
@@ -87,11 +88,12 @@ impl Params {
     }
 
     /// `GET` or `POST` in any case, returned upper-case.
-    pub fn method(&self, name: &str) -> ApiResult<Option<String>> {
+    pub fn method(&self, name: &str) -> ApiResult<Option<HttpMethod>> {
         self.text(name)
-            .map(|v| match v.to_ascii_uppercase().as_str() {
-                m @ ("GET" | "POST") => Ok(m.to_owned()),
-                _ => Err(ApiError::param(name, "must be GET or POST")),
+            .map(|v| {
+                v.to_ascii_uppercase()
+                    .parse()
+                    .map_err(|_| ApiError::param(name, "must be GET or POST"))
             })
             .transpose()
     }
@@ -117,9 +119,9 @@ impl Params {
             .transpose()
     }
 
-    /// Every parameter as a JSON array of pairs, for storing the request as received.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.0).unwrap_or_else(|_| "[]".into())
+    /// Every parameter, for storing the request as received.
+    pub fn request_params(&self) -> RequestParams {
+        RequestParams(self.0.clone())
     }
 }
 
@@ -176,7 +178,10 @@ mod tests {
             p.url("Url", 21205).unwrap().as_deref(),
             Some("http://x.test/a")
         );
-        assert_eq!(p.method("Method").unwrap().as_deref(), Some("GET"));
+        assert_eq!(
+            p.method("Method").unwrap().map(HttpMethod::as_str),
+            Some("GET")
+        );
         assert_eq!(p.int("Timeout", 1, 600).unwrap(), Some(600));
         assert_eq!(p.text("Bad"), None);
         assert_eq!(p.bool("Record").unwrap(), Some(true));

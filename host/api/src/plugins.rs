@@ -10,7 +10,9 @@ use axum::extract::{RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use callflow_engine::clock::{now_ms, rfc2822};
 use callflow_runtime::{LoadError, Plugin, World};
-use callflow_store::{Binding, BindingScope, NewBinding, NewPlugin, PluginVersion, StoreError};
+use callflow_store::{
+    Binding, BindingScope, NewBinding, NewPlugin, Pins, PluginVersion, StoreError,
+};
 use serde_json::{Value, json};
 
 use crate::ApiState;
@@ -410,7 +412,7 @@ pub async fn pin_for_call(
     state: &ApiState,
     account: &str,
     number_sid: Option<&str>,
-) -> ApiResult<String> {
+) -> ApiResult<Pins> {
     Ok(callflow_engine::plugins::pin_for_call(state.store(), account, number_sid, None).await?)
 }
 

@@ -15,7 +15,7 @@ use callflow_callout_rules::hours::{CallingHours, parse_calling_hours, parse_tim
 use callflow_runtime::World;
 use callflow_runtime::retry::{Attempt, Decision, RetryContext};
 use callflow_store::{
-    Call, Callout, CalloutStatus, NewAttempt, Participant, Settlement, Store, StoreError,
+    Call, Callout, CalloutStatus, NewAttempt, Participant, Pin, Settlement, Store, StoreError,
 };
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::Engine;
 use crate::clock::now_ms;
-use crate::plugins::{Pin, PluginHost, pin_for_call};
+use crate::plugins::{PluginHost, pin_for_call, pinned};
 use crate::rate::{TokenBucket, smooth_burst};
 
 /// Attempts live at once per callout when it sets no `MaxConcurrent`.
@@ -213,7 +213,7 @@ impl Scheduler {
             .iter()
             .map(|p| NewAttempt {
                 participant_sid: p.sid.clone(),
-                call: template.call_to(&p.phone, &plugins),
+                call: template.call_to(&p.phone, plugins.clone()),
             })
             .collect();
         let calls = store
@@ -340,8 +340,7 @@ impl Scheduler {
         now: i64,
     ) -> Result<Decision, String> {
         let last = calls.last().ok_or("no attempt")?;
-        let pin = Pin::of(&last.plugins, World::RetryPolicy)
-            .unwrap_or_else(|| Pin::builtin(DEFAULT_RETRY));
+        let pin = pinned(last, World::RetryPolicy).unwrap_or_else(|| Pin::builtin(DEFAULT_RETRY));
         let config = if c.retry_config.trim().is_empty() || c.retry_config.trim() == "{}" {
             pin.config.clone()
         } else {
@@ -450,7 +449,7 @@ mod tests {
             sid: "CO1".into(),
             account_sid: "AC1".into(),
             name: "n".into(),
-            status: callflow_store::StoredCalloutStatus(CalloutStatus::Running),
+            status: CalloutStatus::Running,
             call_template: "{}".into(),
             calls_per_second: None,
             max_concurrent: None,
@@ -476,9 +475,7 @@ mod tests {
             phone: "+1555".into(),
             time_zone: tz.map(str::to_owned),
             metadata: "{}".into(),
-            state: callflow_store::StoredParticipantState(
-                callflow_store::ParticipantState::Pending,
-            ),
+            state: callflow_store::ParticipantState::Pending,
             outcome: None,
             reason: None,
             attempts: 0,

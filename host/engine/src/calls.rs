@@ -137,11 +137,7 @@ impl Engine {
     /// Applies a status change with its status callback, atomically, and wakes the outbox.
     pub(crate) async fn transition(&self, call: &Call, t: Transition) -> Result<Call, EngineError> {
         // Twilio's SequenceNumber counts this call's earlier callbacks; no callback, no count.
-        let wanted = call.status_callback.is_some()
-            && call
-                .status_callback_event
-                .split_whitespace()
-                .any(|e| e == callback_event(t.to));
+        let wanted = call.instructions.wants_callback(t.to);
         let sequence = if wanted {
             self.store
                 .call_deliveries(&call.sid)
@@ -195,26 +191,11 @@ const END_WAIT: Duration = Duration::from_secs(5);
 
 const STATUS_CALLBACK: &str = "status-callback";
 
-/// The Twilio status-callback event a status belongs to.
-fn callback_event(status: CallStatus) -> &'static str {
-    match status {
-        CallStatus::Queued => "initiated",
-        CallStatus::Ringing => "ringing",
-        CallStatus::InProgress => "answered",
-        _ => "completed",
-    }
-}
-
 /// The status callback for `call` in its current status, if the call asked for that event.
 /// `sequence` counts the callbacks already sent for this call (Twilio's `SequenceNumber`).
 pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<NewDelivery> {
-    let url = call.status_callback.as_ref()?;
-    let event = callback_event(call.status());
-    if !call
-        .status_callback_event
-        .split_whitespace()
-        .any(|e| e == event)
-    {
+    let url = call.instructions.status_callback.as_ref()?;
+    if !call.instructions.wants_callback(call.status()) {
         return None;
     }
     let mut params: Vec<(String, String)> = vec![
@@ -224,7 +205,7 @@ pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<
         ("CallStatus".into(), call.status().as_str().into()),
         ("Called".into(), call.to_number.clone()),
         ("Caller".into(), call.from_number.clone()),
-        ("Direction".into(), call.direction.clone()),
+        ("Direction".into(), call.direction.as_str().into()),
         ("From".into(), call.from_number.clone()),
         ("To".into(), call.to_number.clone()),
         ("CallbackSource".into(), "call-progress-events".into()),
@@ -251,7 +232,7 @@ pub(crate) fn status_callback(call: &Call, sequence: usize, now: i64) -> Option<
         call_sid: Some(call.sid.clone()),
         kind: STATUS_CALLBACK.into(),
         url: url.clone(),
-        method: call.status_callback_method.clone(),
+        method: call.instructions.status_callback_method.as_str().into(),
         params,
         ..NewDelivery::default()
     })
@@ -268,7 +249,7 @@ mod tests {
         assert!(status_callback(&call(CallStatus::Ringing, "initiated ringing"), 0, 0).is_some());
         assert!(status_callback(&call(CallStatus::Busy, "completed"), 0, 0).is_some());
         let mut no_url = call(CallStatus::Busy, "completed");
-        no_url.status_callback = None;
+        no_url.instructions.status_callback = None;
         assert!(status_callback(&no_url, 0, 0).is_none());
     }
 

@@ -1,7 +1,7 @@
 //! What the API may ask of a call, and what the engine answers when it cannot: the words the
 //! engine's modules and its callers share (a leaf: it knows only the store's types).
 
-use callflow_store::{CallStatus, StoreError};
+use callflow_store::{CallStatus, HttpMethod, StoreError};
 
 /// What `POST Calls/{Sid}.json` with `Status=…` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,6 @@ impl From<StoreError> for EngineError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
     pub url: Option<String>,
-    pub method: String,
+    pub method: HttpMethod,
     pub twiml: Option<String>,
 }

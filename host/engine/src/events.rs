@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::clock::now_ms;
-use crate::plugins::{Pin, PluginHost, method_name};
+use crate::plugins::{PluginHost, method_name, pinned};
 
 /// The outbox kind of a lifecycle event waiting for its plugin.
 pub(crate) const CALL_EVENT: &str = "call-event";
@@ -74,7 +74,7 @@ fn kind_parse(s: &str) -> Option<EventKind> {
 
 /// Whether `call` runs a call-events plugin.
 pub(crate) fn has_plugin(call: &Call) -> bool {
-    Pin::of(&call.plugins, World::CallEvents).is_some()
+    pinned(call, World::CallEvents).is_some()
 }
 
 /// The `call-event` row for `call` having just entered its current status, when the call has
@@ -95,7 +95,7 @@ fn event_row(
     at: i64,
     recording_url: Option<String>,
 ) -> Option<NewDelivery> {
-    let pin = Pin::of(&call.plugins, World::CallEvents)?;
+    let pin = pinned(call, World::CallEvents)?;
     let event = StoredEvent {
         kind: kind_name(kind).into(),
         status: call.status().as_str().into(),
@@ -135,8 +135,7 @@ pub(crate) async fn run_call_event(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("call {call_sid} no longer exists"))?;
-    let pin =
-        Pin::of(&call.plugins, World::CallEvents).ok_or("the call has no call-events plugin")?;
+    let pin = pinned(&call, World::CallEvents).ok_or("the call has no call-events plugin")?;
     let metadata = match (&call.callout_sid, &call.participant_sid) {
         (Some(callout), Some(participant)) => store
             .participant(&w.account_sid, callout, participant)
@@ -154,7 +153,7 @@ pub(crate) async fn run_call_event(
             kind,
             call_sid: call.sid.clone(),
             status: stored.status,
-            direction: call.direction.clone(),
+            direction: call.direction.as_str().to_owned(),
             from: call.from_number.clone(),
             to: call.to_number.clone(),
             duration_s: stored.duration_s,

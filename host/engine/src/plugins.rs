@@ -11,60 +11,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use callflow_runtime::flow::{HttpMethod, LogLevel, LogLine};
 use callflow_runtime::{InvokeError, Limits, Plugin, Runtime, World, builtin};
-use callflow_store::Store;
-use serde_json::{Value, json};
+use callflow_store::{Call, Pin, Pins, Store};
+use serde_json::json;
 
 use crate::clock::now_ms;
 
 /// The flow plugin a call runs when its account bound none.
 pub const DEFAULT_FLOW: &str = "twiml";
 
-/// A plugin version pinned for one world (written when the call was created).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Pin {
-    pub(crate) plugin: String,
-    pub(crate) sha256: Option<String>,
-    pub(crate) config: String,
-    pub(crate) deadline_ms: Option<u64>,
-}
-
-impl Pin {
-    /// A built-in plugin, unconfigured.
-    pub(crate) fn builtin(name: &str) -> Pin {
-        Pin {
-            plugin: format!("builtin:{name}"),
-            sha256: None,
-            config: "{}".into(),
-            deadline_ms: None,
-        }
-    }
-
-    /// The pin for `world` in a call's `plugins` JSON, if it has one.
-    pub(crate) fn of(plugins: &str, world: World) -> Option<Pin> {
-        let pins: Value = serde_json::from_str(plugins).unwrap_or_else(|_| json!({}));
-        let p = pins.get(world.as_str())?;
-        Some(Pin {
-            plugin: p["plugin"].as_str().unwrap_or_default().to_owned(),
-            sha256: p["sha256"].as_str().map(str::to_owned),
-            config: p
-                .get("config")
-                .filter(|c| c.is_object())
-                .map_or_else(|| "{}".to_owned(), Value::to_string),
-            deadline_ms: p["deadline_ms"].as_u64(),
-        })
-    }
+/// The pin of `world` on `call`, if it has one.
+pub(crate) fn pinned(call: &Call, world: World) -> Option<Pin> {
+    call.plugins.get(world.as_str()).cloned()
 }
 
 /// The plugin versions a new call will run with, by world: the most specific binding of each
 /// world for the account (and the number the call uses), pinned with the version's digest and
-/// config, as JSON for the call's `plugins` column.
+/// config.
 pub async fn pin_for_call(
     store: &Store,
     account: &str,
     number_sid: Option<&str>,
     callout_sid: Option<&str>,
-) -> Result<String, callflow_store::StoreError> {
-    let mut pins = serde_json::Map::new();
+) -> Result<Pins, callflow_store::StoreError> {
+    let mut pins = Pins::default();
     for world in World::ALL {
         let Some(b) = store
             .resolve_binding(account, world.as_str(), number_sid, callout_sid)
@@ -80,13 +49,15 @@ pub async fn pin_for_call(
             tracing::warn!(binding = %b.sid, plugin = %b.plugin, "binding names a plugin that no longer exists");
             continue;
         };
-        let config: Value = serde_json::from_str(&b.config).unwrap_or_else(|_| json!({}));
-        pins.insert(
-            world.as_str().to_owned(),
-            json!({ "plugin": b.plugin, "sha256": sha256, "config": config, "deadline_ms": b.deadline_ms }),
-        );
+        let pin = Pin {
+            plugin: b.plugin,
+            sha256: Some(sha256),
+            config: b.config,
+            deadline_ms: u64::try_from(b.deadline_ms).ok(),
+        };
+        pins.insert(world.as_str(), pin);
     }
-    Ok(Value::Object(pins).to_string())
+    Ok(pins)
 }
 
 /// Why a plugin gave nothing: it could not be loaded, or its invocation failed.
@@ -351,30 +322,5 @@ pub(crate) fn method_name(m: HttpMethod) -> &'static str {
         HttpMethod::Put => "PUT",
         HttpMethod::Patch => "PATCH",
         HttpMethod::Delete => "DELETE",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pins_read_back_from_a_calls_plugins() {
-        let plugins = r#"{"call-flow": {"plugin": "ZP1", "sha256": "ab", "config": {"x": 1}, "deadline_ms": 20},
-                          "retry-policy": {"plugin": "builtin:retry", "sha256": "cd", "config": "not an object"}}"#;
-        let flow = Pin::of(plugins, World::CallFlow).unwrap();
-        assert_eq!(
-            flow,
-            Pin {
-                plugin: "ZP1".into(),
-                sha256: Some("ab".into()),
-                config: r#"{"x":1}"#.into(),
-                deadline_ms: Some(20),
-            }
-        );
-        assert_eq!(Pin::of(plugins, World::RetryPolicy).unwrap().config, "{}");
-        assert_eq!(Pin::of(plugins, World::Recording), None);
-        assert_eq!(Pin::of("not json", World::CallFlow), None);
-        assert_eq!(Pin::builtin("twiml").plugin, "builtin:twiml");
     }
 }

@@ -23,7 +23,7 @@ use callflow_media::{Audio, SAMPLE_RATE};
 use callflow_sip::driver::Sip;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
 use callflow_sip::ua::UaConfig;
-use callflow_store::{Call, CallStatus, NewNumber, Store};
+use callflow_store::{Call, CallStatus, HttpMethod, NewNumber, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 
 const NUMBER: &str = "+15005550006";
@@ -71,9 +71,9 @@ async fn rig() -> Rig {
     let number = NewNumber {
         phone_number: NUMBER.into(),
         friendly_name: "media test".into(),
-        voice_method: "POST".into(),
-        voice_fallback_method: "POST".into(),
-        status_callback_method: "POST".into(),
+        voice_method: HttpMethod::Post,
+        voice_fallback_method: HttpMethod::Post,
+        status_callback_method: HttpMethod::Post,
         ..NewNumber::default()
     };
     store

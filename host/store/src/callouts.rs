@@ -14,7 +14,10 @@ use sqlx::FromRow;
 use crate::calls::{AttemptLink, insert_call};
 use crate::model::text_enum;
 use crate::sid::{Sid, SidKind};
-use crate::{Call, CallStatus, Direction, NewCall, Page, PageRequest, Result, Store, StoreError};
+use crate::{
+    Call, CallInstructions, CallStatus, Direction, NewCall, Page, PageRequest, Pins, Result, Store,
+    StoreError,
+};
 
 const CALLOUT_COLUMNS: &str = "seq, sid, account_sid, name, status, call_template, calls_per_second,
     max_concurrent, calling_hours, time_zone, start_at, priority, retry_config, metadata, date_created,
@@ -32,7 +35,7 @@ const TRANSACTION_ROWS: usize = 5_000;
 const CANCEL_CHUNK: i64 = 5_000;
 
 text_enum! {
-    pub enum CalloutStatus / StoredCalloutStatus ("callout status") {
+    pub enum CalloutStatus ("callout status") {
         Draft => "draft",
         Running => "running",
         Paused => "paused",
@@ -57,7 +60,7 @@ impl CalloutStatus {
 }
 
 text_enum! {
-    pub enum ParticipantState / StoredParticipantState ("participant state") {
+    pub enum ParticipantState ("participant state") {
         Pending => "pending",
         Calling => "calling",
         Settling => "settling",
@@ -66,31 +69,19 @@ text_enum! {
 }
 
 /// The call every attempt of a callout makes: `NewCall` without its `to` (and without the plugin
-/// pins, which are taken when the attempt is queued), as stored JSON.
+/// pins, which are taken when the attempt is queued), as stored JSON (the instructions' fields
+/// beside `from` and `phone_number_sid`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallTemplate {
     pub from: String,
     pub phone_number_sid: Option<String>,
-    pub url: Option<String>,
-    pub method: String,
-    pub twiml: Option<String>,
-    pub fallback_url: Option<String>,
-    pub fallback_method: String,
-    pub status_callback: Option<String>,
-    pub status_callback_method: String,
-    pub status_callback_event: String,
-    pub timeout: i64,
-    pub time_limit: i64,
-    pub send_digits: Option<String>,
-    pub record: bool,
-    pub machine_detection: Option<String>,
-    /// JSON array of `[name, value]` pairs: the create request as received.
-    pub request_params: String,
+    #[serde(flatten)]
+    pub instructions: CallInstructions,
 }
 
 impl CallTemplate {
     /// The queued outbound call one attempt makes to `to`.
-    pub fn call_to(&self, to: &str, plugins: &str) -> NewCall {
+    pub fn call_to(&self, to: &str, plugins: Pins) -> NewCall {
         NewCall {
             direction: Direction::OutboundApi,
             parent_call_sid: None,
@@ -98,21 +89,8 @@ impl CallTemplate {
             from: self.from.clone(),
             phone_number_sid: self.phone_number_sid.clone(),
             status: CallStatus::Queued,
-            url: self.url.clone(),
-            method: self.method.clone(),
-            twiml: self.twiml.clone(),
-            fallback_url: self.fallback_url.clone(),
-            fallback_method: self.fallback_method.clone(),
-            status_callback: self.status_callback.clone(),
-            status_callback_method: self.status_callback_method.clone(),
-            status_callback_event: self.status_callback_event.clone(),
-            timeout: self.timeout,
-            time_limit: self.time_limit,
-            send_digits: self.send_digits.clone(),
-            record: self.record,
-            machine_detection: self.machine_detection.clone(),
-            request_params: self.request_params.clone(),
-            plugins: plugins.to_owned(),
+            instructions: self.instructions.clone(),
+            plugins,
         }
     }
 }
@@ -140,8 +118,7 @@ pub struct Callout {
     pub sid: String,
     pub account_sid: String,
     pub name: String,
-    #[sqlx(try_from = "String")]
-    pub status: StoredCalloutStatus,
+    pub status: CalloutStatus,
     pub call_template: String,
     pub calls_per_second: Option<f64>,
     pub max_concurrent: Option<i64>,
@@ -159,7 +136,7 @@ pub struct Callout {
 
 impl Callout {
     pub fn status(&self) -> CalloutStatus {
-        self.status.0
+        self.status
     }
 
     pub fn template(&self) -> Result<CallTemplate> {
@@ -186,8 +163,7 @@ pub struct Participant {
     pub phone: String,
     pub time_zone: Option<String>,
     pub metadata: String,
-    #[sqlx(try_from = "String")]
-    pub state: StoredParticipantState,
+    pub state: ParticipantState,
     pub outcome: Option<String>,
     pub reason: Option<String>,
     pub attempts: i64,
@@ -199,7 +175,7 @@ pub struct Participant {
 
 impl Participant {
     pub fn state(&self) -> ParticipantState {
-        self.state.0
+        self.state
     }
 }
 
@@ -859,21 +835,41 @@ mod tests {
         CallTemplate {
             from: "+15550001".into(),
             phone_number_sid: None,
-            url: Some("http://127.0.0.1:1/flow".into()),
-            method: "POST".into(),
-            twiml: None,
-            fallback_url: None,
-            fallback_method: "POST".into(),
-            status_callback: None,
-            status_callback_method: "POST".into(),
-            status_callback_event: "completed".into(),
-            timeout: 60,
-            time_limit: 14_400,
-            send_digits: None,
-            record: false,
-            machine_detection: None,
-            request_params: "[]".into(),
+            instructions: CallInstructions {
+                url: Some("http://127.0.0.1:1/flow".into()),
+                ..CallInstructions::default()
+            },
         }
+    }
+
+    /// A template as callouts stored it before its instructions were typed.
+    const STORED_TEMPLATE: &str = r#"{"from":"+15550001","phone_number_sid":"PN0123","url":"http://127.0.0.1:1/flow","method":"GET","twiml":null,"fallback_url":null,"fallback_method":"POST","status_callback":"http://127.0.0.1:1/status","status_callback_method":"POST","status_callback_event":"answered completed","timeout":30,"time_limit":14400,"send_digits":"1w2","record":true,"machine_detection":"DetectMessageEnd","request_params":"[[\"To\",\"+15550002\"],[\"Method\",\"GET\"]]"}"#;
+
+    #[test]
+    fn a_stored_template_reads_and_writes_as_before() {
+        use crate::{CallbackEvent, HttpMethod, MachineDetection, RequestParams};
+        let t: CallTemplate = serde_json::from_str(STORED_TEMPLATE).unwrap();
+        let i = &t.instructions;
+        assert_eq!(t.phone_number_sid.as_deref(), Some("PN0123"));
+        assert_eq!(
+            (i.method, i.fallback_method),
+            (HttpMethod::Get, HttpMethod::Post)
+        );
+        assert!(i.status_callback_event.contains(CallbackEvent::Answered));
+        assert!(!i.status_callback_event.contains(CallbackEvent::Initiated));
+        assert_eq!(
+            i.machine_detection,
+            Some(MachineDetection::DetectMessageEnd)
+        );
+        assert_eq!(
+            i.request_params,
+            RequestParams(vec![
+                ("To".into(), "+15550002".into()),
+                ("Method".into(), "GET".into())
+            ])
+        );
+        assert_eq!((i.timeout, i.record), (30, true));
+        assert_eq!(serde_json::to_string(&t).unwrap(), STORED_TEMPLATE);
     }
 
     fn new_callout(priority: i64) -> NewCallout {
@@ -904,7 +900,7 @@ mod tests {
         due.iter()
             .map(|p| NewAttempt {
                 participant_sid: p.sid.clone(),
-                call: t.call_to(&p.phone, "{}"),
+                call: t.call_to(&p.phone, Pins::default()),
             })
             .collect()
     }
@@ -1057,7 +1053,7 @@ mod tests {
         assert_eq!(s.calling_participants(&c.sid).await.unwrap(), 2);
         // Higher priority first in the dispatcher's queue.
         let api = s
-            .create_call(&a.sid, &template().call_to("+1777", "{}"), 12)
+            .create_call(&a.sid, &template().call_to("+1777", Pins::default()), 12)
             .await
             .unwrap();
         let q = s.queued_calls(10, None).await.unwrap();

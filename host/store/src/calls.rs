@@ -4,7 +4,10 @@ use sqlx::SqliteConnection;
 
 use crate::deliveries::{NewDelivery, insert_delivery};
 use crate::sid::{Sid, SidKind};
-use crate::{Call, CallEvent, CallStatus, Direction, Page, PageRequest, Result, Store, StoreError};
+use crate::{
+    Call, CallEvent, CallInstructions, CallStatus, Direction, HttpMethod, Page, PageRequest, Pins,
+    Result, Store, StoreError,
+};
 
 pub(crate) const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direction, to_number, from_number,
     phone_number_sid, status, answered_by, start_time, end_time, duration, sip_response_code, url, method,
@@ -26,23 +29,9 @@ pub struct NewCall {
     pub from: String,
     pub phone_number_sid: Option<String>,
     pub status: CallStatus,
-    pub url: Option<String>,
-    pub method: String,
-    pub twiml: Option<String>,
-    pub fallback_url: Option<String>,
-    pub fallback_method: String,
-    pub status_callback: Option<String>,
-    pub status_callback_method: String,
-    pub status_callback_event: String,
-    pub timeout: i64,
-    pub time_limit: i64,
-    pub send_digits: Option<String>,
-    pub record: bool,
-    pub machine_detection: Option<String>,
-    /// JSON array of `[name, value]` pairs.
-    pub request_params: String,
-    /// The plugin versions the call runs with (JSON object by world), pinned now.
-    pub plugins: String,
+    pub instructions: CallInstructions,
+    /// The plugin versions the call runs with, pinned now.
+    pub plugins: Pins,
 }
 
 /// Filters of Twilio's call list. Time bounds are inclusive, in milliseconds.
@@ -62,12 +51,12 @@ pub struct CallFilter {
 #[derive(Debug, Clone, Default)]
 pub struct CallUpdate {
     pub url: Option<String>,
-    pub method: Option<String>,
+    pub method: Option<HttpMethod>,
     pub twiml: Option<String>,
     pub fallback_url: Option<String>,
-    pub fallback_method: Option<String>,
+    pub fallback_method: Option<HttpMethod>,
     pub status_callback: Option<String>,
-    pub status_callback_method: Option<String>,
+    pub status_callback_method: Option<HttpMethod>,
     pub time_limit: Option<i64>,
     /// What answering-machine detection found (`human`, `machine_start`, `unknown`).
     pub answered_by: Option<String>,
@@ -232,7 +221,10 @@ impl Store {
         let (url, twiml) = match (&u.url, &u.twiml) {
             (Some(url), _) => (Some(url.clone()), None),
             (None, Some(twiml)) => (None, Some(twiml.clone())),
-            (None, None) => (call.url.clone(), call.twiml.clone()),
+            (None, None) => (
+                call.instructions.url.clone(),
+                call.instructions.twiml.clone(),
+            ),
         };
         let sql = format!(
             "UPDATE calls SET url = $1, twiml = $2, method = COALESCE($3, method),
@@ -246,11 +238,11 @@ impl Store {
         let updated: Call = sqlx::query_as(&sql)
             .bind(&url)
             .bind(&twiml)
-            .bind(&u.method)
+            .bind(u.method)
             .bind(&u.fallback_url)
-            .bind(&u.fallback_method)
+            .bind(u.fallback_method)
             .bind(&u.status_callback)
-            .bind(&u.status_callback_method)
+            .bind(u.status_callback_method)
             .bind(u.time_limit)
             .bind(now)
             .bind(sid)
@@ -421,6 +413,7 @@ pub(crate) async fn insert_call(
     now: i64,
 ) -> Result<Call> {
     let sid = Sid::generate(SidKind::Call);
+    let i = &c.instructions;
     let sql = format!(
         "INSERT INTO calls (sid, account_sid, parent_call_sid, direction, to_number, from_number,
             phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
@@ -431,30 +424,30 @@ pub(crate) async fn insert_call(
             $21, $22, $23, $24, $24, $25, $26, $27, $28, $29)
          RETURNING {COLUMNS}"
     );
-    let detail = serde_json::json!({ "status": c.status.as_str() }).to_string();
+    let detail = serde_json::json!({ "status": c.status }).to_string();
     Ok(sqlx::query_as(&sql)
         .bind(sid.as_str())
         .bind(account)
         .bind(&c.parent_call_sid)
-        .bind(c.direction.as_str())
+        .bind(c.direction)
         .bind(&c.to)
         .bind(&c.from)
         .bind(&c.phone_number_sid)
-        .bind(c.status.as_str())
-        .bind(&c.url)
-        .bind(&c.method)
-        .bind(&c.twiml)
-        .bind(&c.fallback_url)
-        .bind(&c.fallback_method)
-        .bind(&c.status_callback)
-        .bind(&c.status_callback_method)
-        .bind(&c.status_callback_event)
-        .bind(c.timeout)
-        .bind(c.time_limit)
-        .bind(&c.send_digits)
-        .bind(c.record)
-        .bind(&c.machine_detection)
-        .bind(&c.request_params)
+        .bind(c.status)
+        .bind(&i.url)
+        .bind(i.method)
+        .bind(&i.twiml)
+        .bind(&i.fallback_url)
+        .bind(i.fallback_method)
+        .bind(&i.status_callback)
+        .bind(i.status_callback_method)
+        .bind(&i.status_callback_event)
+        .bind(i.timeout)
+        .bind(i.time_limit)
+        .bind(&i.send_digits)
+        .bind(i.record)
+        .bind(i.machine_detection)
+        .bind(&i.request_params)
         .bind(&c.plugins)
         .bind(now)
         .bind(&detail)
@@ -506,21 +499,11 @@ pub(crate) mod tests {
             from: "+15005550006".into(),
             phone_number_sid: None,
             status: CallStatus::Queued,
-            url: Some("http://example.com/twiml".into()),
-            method: "POST".into(),
-            twiml: None,
-            fallback_url: None,
-            fallback_method: "POST".into(),
-            status_callback: None,
-            status_callback_method: "POST".into(),
-            status_callback_event: "completed".into(),
-            timeout: 60,
-            time_limit: 14_400,
-            send_digits: None,
-            record: false,
-            machine_detection: None,
-            request_params: "[]".into(),
-            plugins: "{}".into(),
+            instructions: CallInstructions {
+                url: Some("http://example.com/twiml".into()),
+                ..CallInstructions::default()
+            },
+            plugins: Pins::default(),
         }
     }
 
@@ -734,6 +717,105 @@ pub(crate) mod tests {
         assert!(store.call(&a.sid, &other.sid).await.unwrap().is_none());
     }
 
+    /// The call model is stored as the text the store wrote before it was typed: a typed call
+    /// writes those columns, and a row written then reads as the typed call.
+    #[tokio::test]
+    async fn the_call_model_is_stored_as_before() {
+        use crate::text::StoredText;
+        use crate::{CallbackEvent, MachineDetection, Pin, RequestParams};
+        let store = store().await;
+        let a = account(&store).await;
+        let mut new = new_call("+1555");
+        let i = &mut new.instructions;
+        i.method = HttpMethod::Get;
+        i.status_callback_event = [CallbackEvent::Answered, CallbackEvent::Initiated]
+            .into_iter()
+            .collect();
+        i.machine_detection = Some(MachineDetection::DetectMessageEnd);
+        i.request_params = RequestParams(vec![("To".into(), "+1555".into())]);
+        new.plugins.insert(
+            "call-flow",
+            Pin {
+                plugin: "ZP1".into(),
+                sha256: Some("ab".into()),
+                config: r#"{"x": 1}"#.into(),
+                deadline_ms: Some(20),
+            },
+        );
+        let call = store.create_call(&a.sid, &new, 1_000).await.unwrap();
+        let columns: (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+        ) = sqlx::query_as(
+            "SELECT direction, method, fallback_method, status_callback_event,
+                    machine_detection, request_params, plugins FROM calls WHERE sid = $1",
+        )
+        .bind(&call.sid)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            columns,
+            (
+                "outbound-api".into(),
+                "GET".into(),
+                "POST".into(),
+                "answered initiated".into(),
+                Some("DetectMessageEnd".into()),
+                r#"[["To","+1555"]]"#.into(),
+                r#"{"call-flow":{"config":{"x":1},"deadline_ms":20,"plugin":"ZP1","sha256":"ab"}}"#
+                    .into(),
+            )
+        );
+        let created = &store.call_events(&call.sid).await.unwrap()[0];
+        assert_eq!(
+            (created.kind.as_str(), created.detail.as_str()),
+            ("created", r#"{"status":"queued"}"#)
+        );
+
+        // a row as an inbound call was stored, read back without the cache
+        sqlx::query(
+            r#"INSERT INTO calls (sid, account_sid, direction, to_number, from_number, status, url,
+                method, fallback_method, status_callback_method, status_callback_event, timeout,
+                time_limit, record, machine_detection, request_params, plugins, date_created,
+                date_updated, event_detail)
+             VALUES ('CA0123456789abcdef0123456789abcdef', $1, 'inbound', '+1555', '+1666',
+                'ringing', 'http://example.com/voice', 'GET', 'POST', 'POST', 'completed', 60,
+                14400, 1, NULL, '[]', '{}', 7, 7, '{"status":"ringing"}')"#,
+        )
+        .bind(&a.sid)
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let old = store
+            .call(&a.sid, "CA0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (old.direction, old.status, old.plugins.is_empty()),
+            (Direction::Inbound, CallStatus::Ringing, true)
+        );
+        assert_eq!(
+            old.instructions,
+            CallInstructions {
+                url: Some("http://example.com/voice".into()),
+                method: HttpMethod::Get,
+                record: true,
+                ..CallInstructions::default()
+            }
+        );
+        assert_eq!(
+            old.instructions.status_callback_event.to_text(),
+            "completed"
+        );
+    }
+
     #[tokio::test]
     async fn update_replaces_url_with_twiml() {
         let store = store().await;
@@ -747,6 +829,9 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let up = store.update_call(&a.sid, &call.sid, &u, 2).await.unwrap();
-        assert_eq!((up.url, up.twiml.as_deref()), (None, Some("<Response/>")));
+        assert_eq!(
+            (up.instructions.url, up.instructions.twiml.as_deref()),
+            (None, Some("<Response/>"))
+        );
     }
 }

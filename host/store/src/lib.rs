@@ -10,11 +10,13 @@ pub use accounts::RootOutcome;
 mod callouts;
 mod calls;
 mod deliveries;
+mod instructions;
 mod model;
 mod numbers;
 mod plugins;
 mod recordings;
 pub mod sid;
+pub mod text;
 mod trunks;
 
 use std::path::Path;
@@ -27,10 +29,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use callouts::{
     Added, CallTemplate, Callout, CalloutAnalysis, CalloutStatus, CalloutSummary, NewAttempt,
     NewCallout, NewParticipant, Participant, ParticipantFilter, ParticipantState, Settlement,
-    StoredCalloutStatus, StoredParticipantState,
 };
 pub use calls::{CallFilter, CallUpdate, NewCall, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT, Transition};
 pub use deliveries::{AttemptOutcome, Delivery, DeliveryState, NewDelivery};
+pub use instructions::{
+    CallInstructions, CallbackEvent, CallbackEvents, HttpMethod, MachineDetection, Pin, Pins,
+    RequestParams,
+};
 pub use model::*;
 pub use numbers::{NewNumber, NumberFilter, NumberUpdate};
 pub use plugins::{Binding, BindingScope, NewBinding, NewPlugin, PluginVersion};

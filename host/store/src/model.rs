@@ -2,6 +2,8 @@
 
 use sqlx::FromRow;
 
+use crate::{CallInstructions, HttpMethod, Pins};
+
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
 pub struct Account {
     pub seq: i64,
@@ -24,21 +26,21 @@ pub struct IncomingNumber {
     pub phone_number: String,
     pub friendly_name: String,
     pub voice_url: Option<String>,
-    pub voice_method: String,
+    pub voice_method: HttpMethod,
     pub voice_fallback_url: Option<String>,
-    pub voice_fallback_method: String,
+    pub voice_fallback_method: HttpMethod,
     pub status_callback: Option<String>,
-    pub status_callback_method: String,
+    pub status_callback_method: HttpMethod,
     pub date_created: i64,
     pub date_updated: i64,
 }
 
 /// A closed set of names kept in a TEXT column: the enum, `ALL`, `as_str`, `Display`,
-/// `FromStr`, and `$stored`, the newtype a row's column is read into.
+/// `FromStr`, and its column and serde forms (the name; see [`crate::text`]).
 macro_rules! text_enum {
     (
         $(#[$meta:meta])*
-        pub enum $name:ident / $stored:ident ($what:literal) {
+        pub enum $name:ident ($what:literal) {
             $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)?
         }
     ) => {
@@ -65,26 +67,26 @@ macro_rules! text_enum {
         }
 
         impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = $crate::text::TextError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
                 $name::ALL
                     .iter()
                     .copied()
                     .find(|c| c.as_str() == s)
-                    .ok_or_else(|| format!(concat!("unknown ", $what, " {:?}"), s))
+                    .ok_or_else(|| $crate::text::TextError::new($what, s))
             }
         }
 
-        #[doc = concat!("A `", stringify!($name), "` read from a TEXT column.")]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub struct $stored(pub $name);
-
-        impl TryFrom<String> for $stored {
-            type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                s.parse().map($stored)
+        impl $crate::text::StoredText for $name {
+            fn to_text(&self) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed(self.as_str())
+            }
+            fn from_text(text: &str) -> Result<Self, $crate::text::TextError> {
+                text.parse()
             }
         }
+
+        $crate::text::stored_as_text!($name);
     };
 }
 
@@ -92,7 +94,7 @@ pub(crate) use text_enum;
 
 text_enum! {
     /// Twilio's call statuses. `queued`, `ringing` and `in-progress` are live; the rest are final.
-    pub enum CallStatus / StoredStatus ("call status") {
+    pub enum CallStatus ("call status") {
         Queued => "queued",
         Ringing => "ringing",
         InProgress => "in-progress",
@@ -130,21 +132,12 @@ impl CallStatus {
     }
 }
 
-/// Twilio's call directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    OutboundApi,
-    OutboundDial,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::OutboundApi => "outbound-api",
-            Direction::OutboundDial => "outbound-dial",
-        }
+text_enum! {
+    /// Twilio's call directions.
+    pub enum Direction ("call direction") {
+        Inbound => "inbound",
+        OutboundApi => "outbound-api",
+        OutboundDial => "outbound-dial",
     }
 }
 
@@ -154,38 +147,21 @@ pub struct Call {
     pub sid: String,
     pub account_sid: String,
     pub parent_call_sid: Option<String>,
-    pub direction: String,
+    pub direction: Direction,
     pub to_number: String,
     pub from_number: String,
     pub phone_number_sid: Option<String>,
-    #[sqlx(try_from = "String")]
-    pub status: StoredStatus,
+    pub status: CallStatus,
     pub answered_by: Option<String>,
     pub start_time: Option<i64>,
     pub end_time: Option<i64>,
     /// Seconds from answer to hang-up, once final.
     pub duration: Option<i64>,
     pub sip_response_code: Option<i64>,
-    pub url: Option<String>,
-    pub method: String,
-    pub twiml: Option<String>,
-    pub fallback_url: Option<String>,
-    pub fallback_method: String,
-    pub status_callback: Option<String>,
-    pub status_callback_method: String,
-    /// Space-separated subset of `initiated ringing answered completed`.
-    pub status_callback_event: String,
-    /// Ring timeout in seconds.
-    pub timeout: i64,
-    /// Maximum call length in seconds.
-    pub time_limit: i64,
-    pub send_digits: Option<String>,
-    pub record: bool,
-    pub machine_detection: Option<String>,
-    /// JSON array of `[name, value]` pairs: the create request as received.
-    pub request_params: String,
-    /// The plugin versions the call runs with (JSON object by world), pinned at creation.
-    pub plugins: String,
+    #[sqlx(flatten)]
+    pub instructions: CallInstructions,
+    /// The plugin versions the call runs with, pinned at creation.
+    pub plugins: Pins,
     /// For a callout's attempt: the callout, the participant and which attempt (1-based).
     pub callout_sid: Option<String>,
     pub participant_sid: Option<String>,
@@ -198,7 +174,7 @@ pub struct Call {
 
 impl Call {
     pub fn status(&self) -> CallStatus {
-        self.status.0
+        self.status
     }
 }
 

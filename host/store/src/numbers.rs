@@ -1,7 +1,9 @@
 //! Incoming phone numbers: which account (and which voice URL) a dialled number belongs to.
 
 use crate::sid::{Sid, SidKind};
-use crate::{IncomingNumber, Page, PageRequest, Result, Store, StoreError, conflict_or};
+use crate::{
+    HttpMethod, IncomingNumber, Page, PageRequest, Result, Store, StoreError, conflict_or,
+};
 
 const COLUMNS: &str = "seq, sid, account_sid, phone_number, friendly_name, voice_url, voice_method,
     voice_fallback_url, voice_fallback_method, status_callback, status_callback_method,
@@ -12,11 +14,11 @@ pub struct NewNumber {
     pub phone_number: String,
     pub friendly_name: String,
     pub voice_url: Option<String>,
-    pub voice_method: String,
+    pub voice_method: HttpMethod,
     pub voice_fallback_url: Option<String>,
-    pub voice_fallback_method: String,
+    pub voice_fallback_method: HttpMethod,
     pub status_callback: Option<String>,
-    pub status_callback_method: String,
+    pub status_callback_method: HttpMethod,
 }
 
 /// Fields to change; `None` leaves a field as it is, `Some(None)` clears an optional URL.
@@ -24,11 +26,11 @@ pub struct NewNumber {
 pub struct NumberUpdate {
     pub friendly_name: Option<String>,
     pub voice_url: Option<Option<String>>,
-    pub voice_method: Option<String>,
+    pub voice_method: Option<HttpMethod>,
     pub voice_fallback_url: Option<Option<String>>,
-    pub voice_fallback_method: Option<String>,
+    pub voice_fallback_method: Option<HttpMethod>,
     pub status_callback: Option<Option<String>>,
-    pub status_callback_method: Option<String>,
+    pub status_callback_method: Option<HttpMethod>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,11 +60,11 @@ impl Store {
             .bind(&n.phone_number)
             .bind(&n.friendly_name)
             .bind(&n.voice_url)
-            .bind(&n.voice_method)
+            .bind(n.voice_method)
             .bind(&n.voice_fallback_url)
-            .bind(&n.voice_fallback_method)
+            .bind(n.voice_fallback_method)
             .bind(&n.status_callback)
-            .bind(&n.status_callback_method)
+            .bind(n.status_callback_method)
             .bind(now)
             .bind(now)
             .fetch_one(&self.writer)
@@ -157,20 +159,20 @@ impl Store {
         if let Some(v) = &u.voice_url {
             n.voice_url = v.clone();
         }
-        if let Some(v) = &u.voice_method {
-            n.voice_method = v.clone();
+        if let Some(v) = u.voice_method {
+            n.voice_method = v;
         }
         if let Some(v) = &u.voice_fallback_url {
             n.voice_fallback_url = v.clone();
         }
-        if let Some(v) = &u.voice_fallback_method {
-            n.voice_fallback_method = v.clone();
+        if let Some(v) = u.voice_fallback_method {
+            n.voice_fallback_method = v;
         }
         if let Some(v) = &u.status_callback {
             n.status_callback = v.clone();
         }
-        if let Some(v) = &u.status_callback_method {
-            n.status_callback_method = v.clone();
+        if let Some(v) = u.status_callback_method {
+            n.status_callback_method = v;
         }
         let sql = format!(
             "UPDATE incoming_phone_numbers SET friendly_name = $1, voice_url = $2, voice_method = $3,
@@ -182,11 +184,11 @@ impl Store {
             sqlx::query_as(&sql)
                 .bind(&n.friendly_name)
                 .bind(&n.voice_url)
-                .bind(&n.voice_method)
+                .bind(n.voice_method)
                 .bind(&n.voice_fallback_url)
-                .bind(&n.voice_fallback_method)
+                .bind(n.voice_fallback_method)
                 .bind(&n.status_callback)
-                .bind(&n.status_callback_method)
+                .bind(n.status_callback_method)
                 .bind(now)
                 .bind(account)
                 .bind(sid)
@@ -220,9 +222,9 @@ mod tests {
         NewNumber {
             phone_number: phone.into(),
             friendly_name: phone.into(),
-            voice_method: "POST".into(),
-            voice_fallback_method: "POST".into(),
-            status_callback_method: "POST".into(),
+            voice_method: HttpMethod::Post,
+            voice_fallback_method: HttpMethod::Post,
+            status_callback_method: HttpMethod::Post,
             ..Default::default()
         }
     }

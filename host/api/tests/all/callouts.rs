@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::http::Request;
-use callflow_store::{Account, CalloutStatus, NewAttempt, PageRequest, ParticipantFilter};
+use callflow_store::{Account, CalloutStatus, NewAttempt, PageRequest, ParticipantFilter, Pins};
 use serde_json::Value;
 
 use crate::{Resp, TestApi, basic, redact};
@@ -343,7 +343,10 @@ async fn status_moves_as_allowed_and_conflicts_are_409() {
         .iter()
         .map(|p| NewAttempt {
             participant_sid: p.sid.clone(),
-            call: callout.template().unwrap().call_to(&p.phone, "{}"),
+            call: callout
+                .template()
+                .unwrap()
+                .call_to(&p.phone, Pins::default()),
         })
         .collect();
     let calls = store

@@ -1,7 +1,8 @@
 //! Calls: create with validation, list with filters and paging, fetch, update and end.
 
 use callflow_api::{ApiConfig, CallerIdPolicy};
-use callflow_store::DeliveryState;
+use callflow_store::text::StoredText;
+use callflow_store::{DeliveryState, MachineDetection};
 
 use crate::TestApi;
 
@@ -73,10 +74,22 @@ async fn create_answers_201_queued_in_twilios_shape_and_keeps_every_parameter() 
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stored.status_callback_event, "initiated answered completed");
+    let stored = stored.instructions;
+    assert_eq!(
+        stored.status_callback_event.to_text(),
+        "initiated answered completed"
+    );
     assert_eq!(stored.timeout, 600, "Twilio caps Timeout at 600");
-    assert_eq!(stored.machine_detection.as_deref(), Some("Enable"));
-    assert!(stored.request_params.contains(r#"["SomethingNew","kept"]"#));
+    assert_eq!(
+        stored.machine_detection.map(MachineDetection::as_str),
+        Some("Enable")
+    );
+    assert!(
+        stored
+            .request_params
+            .to_text()
+            .contains(r#"["SomethingNew","kept"]"#)
+    );
 }
 
 #[tokio::test]
@@ -261,7 +274,10 @@ async fn update_redirects_a_queued_call_then_cancel_ends_it_with_one_status_call
     assert_eq!(up.status, 200);
     let stored = api.store.call(&api.root.sid, &sid).await.unwrap().unwrap();
     assert_eq!(
-        (stored.url.as_deref(), stored.method.as_str()),
+        (
+            stored.instructions.url.as_deref(),
+            stored.instructions.method.as_str()
+        ),
         (Some("https://example.com/b"), "GET")
     );
 

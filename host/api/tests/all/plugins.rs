@@ -2,6 +2,7 @@
 
 use axum::body::Body;
 use axum::http::Request;
+use callflow_store::text::StoredText;
 use serde_json::Value;
 
 use crate::{TestApi, basic};
@@ -350,7 +351,7 @@ async fn a_call_pins_the_plugins_bound_when_it_was_created() {
         let (account, sid) = (api.root.sid.clone(), sid.to_owned());
         async move {
             let c = store.call(&account, &sid).await.unwrap().unwrap();
-            serde_json::from_str::<Value>(&c.plugins).unwrap()
+            serde_json::from_str::<Value>(&c.plugins.to_text()).unwrap()
         }
     };
     let pins = pinned(&api).await;

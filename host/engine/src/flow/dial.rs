@@ -104,7 +104,7 @@ impl Session {
             }
             let _ = all_done.send(());
         });
-        if d.record && self.call.record {
+        if d.record && self.call.instructions.record {
             self.log(
                 "flow.log",
                 json!({"level": "info", "message":
@@ -122,7 +122,7 @@ impl Session {
                     for c in children.iter().filter(|c| Some(&c.sid) != winner.as_ref()) {
                         tel.end_leg(&c.sid);
                     }
-                    if d.record && recording.is_none() && !self.call.record {
+                    if d.record && recording.is_none() && !self.call.instructions.record {
                         // record-from-answer: both sides, from the bridge to the end
                         let done = self.media.record_conversation(u64::from(d.time_limit_ms));
                         recording = Some((done, now_ms()));

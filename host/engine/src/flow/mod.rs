@@ -19,12 +19,12 @@ use callflow_runtime::flow::{
     CallContext, Command, FetchResponse, FetchResult, FlowEvent, GatherResult, HttpMethod, Prompt,
     Redirect as FlowRedirect, RejectReason,
 };
-use callflow_store::{Call, CallUpdate, Store};
+use callflow_store::{Call, CallUpdate, Pin, Store};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::now_ms;
-use crate::plugins::{DEFAULT_FLOW, HostError, Pin, PluginHost};
+use crate::plugins::{DEFAULT_FLOW, HostError, PluginHost, pinned};
 use crate::prompts::Prompts;
 use crate::telephony::{Dialer, Flow, FlowStart, LegLink};
 use crate::webhook::{Method, WebhookClient, WebhookRequest};
@@ -73,14 +73,14 @@ impl std::fmt::Debug for FlowRunner {
 
 /// The call's call-flow pin: its binding's, or the built-in TwiML interpreter.
 fn pin_of(call: &Call) -> Pin {
-    Pin::of(&call.plugins, World::CallFlow).unwrap_or_else(|| Pin::builtin(DEFAULT_FLOW))
+    pinned(call, World::CallFlow).unwrap_or_else(|| Pin::builtin(DEFAULT_FLOW))
 }
 
-fn method(m: &str) -> HttpMethod {
-    if m.eq_ignore_ascii_case("GET") {
-        HttpMethod::Get
-    } else {
-        HttpMethod::Post
+/// A call's webhook method as the plugin world spells it.
+fn method(m: callflow_store::HttpMethod) -> HttpMethod {
+    match m {
+        callflow_store::HttpMethod::Get => HttpMethod::Get,
+        callflow_store::HttpMethod::Post => HttpMethod::Post,
     }
 }
 
@@ -133,10 +133,10 @@ impl FlowRunner {
             state: Vec::new(),
         };
         // `Record=true` on create: the whole call, both sides, from the answer
-        if s.call.record {
+        if s.call.instructions.record {
             // it comes back when the call's media closes, and is stored by a task of its own:
             // the flow may be gone by then
-            let limit_ms = u64::try_from(s.call.time_limit).unwrap_or(0) * 1000;
+            let limit_ms = u64::try_from(s.call.instructions.time_limit).unwrap_or(0) * 1000;
             let done = s.media.record_conversation(limit_ms);
             let (me, call, started) = (self.clone(), s.call.clone(), now_ms());
             tokio::spawn(async move {
@@ -158,10 +158,8 @@ impl FlowRunner {
             Ok(Some(a)) => s.token = a.auth_token,
             _ => return s.application_error("the call's account is gone").await,
         }
-        if s.call.machine_detection.as_deref().is_some_and(|m| {
-            m.eq_ignore_ascii_case("Enable") || m.eq_ignore_ascii_case("DetectMessageEnd")
-        }) && !s.detect().await
-        {
+        // Enable and DetectMessageEnd both wait for the verdict before the flow starts
+        if s.call.instructions.machine_detection.is_some() && !s.detect().await {
             return;
         }
         s.drive(&pin).await;
@@ -212,7 +210,7 @@ impl Session {
             account_sid: c.account_sid.clone(),
             call_sid: c.sid.clone(),
             parent_call_sid: c.parent_call_sid.clone(),
-            direction: c.direction.clone(),
+            direction: c.direction.as_str().to_owned(),
             from: c.from_number.clone(),
             to: c.to_number.clone(),
             status: if self.leg.ringing() {
@@ -225,11 +223,11 @@ impl Session {
             now_ms: now,
             seed,
             config: config.to_owned(),
-            url: c.url.clone(),
-            method: method(&c.method),
-            fallback_url: c.fallback_url.clone(),
-            fallback_method: method(&c.fallback_method),
-            document: c.twiml.clone(),
+            url: c.instructions.url.clone(),
+            method: method(c.instructions.method),
+            fallback_url: c.instructions.fallback_url.clone(),
+            fallback_method: method(c.instructions.fallback_method),
+            document: c.instructions.twiml.clone(),
         }
     }
 
@@ -345,7 +343,7 @@ impl Session {
                         queue.clear();
                         queue.push_back(FlowEvent::Redirected(FlowRedirect {
                             url: r.url,
-                            method: method(&r.method),
+                            method: method(r.method),
                             document: r.twiml,
                         }));
                         break;

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{FlowRunner, Next, Outcome, Session};
 use crate::clock::now_ms;
-use crate::plugins::{Pin, method_name};
+use crate::plugins::{method_name, pinned};
 
 impl FlowRunner {
     /// A conversation recording once the media hands it over: mixed off the async threads,
@@ -222,7 +222,7 @@ impl Session {
         reason: StopReason,
         digit: Option<char>,
     ) -> Result<Option<recording::RecordingPlan>, String> {
-        let Some(pin) = Pin::of(&self.call.plugins, World::Recording) else {
+        let Some(pin) = pinned(&self.call, World::Recording) else {
             return Ok(None);
         };
         let ctx = recording::RecordingContext {

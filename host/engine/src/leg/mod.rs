@@ -167,7 +167,8 @@ pub(crate) struct CallLeg {
 impl CallLeg {
     /// A leg for `call` with a reserved media port. An inbound leg rings or answers at once.
     pub(crate) fn new(call: Call, origin: Origin) -> CallLeg {
-        let time_limit = Duration::from_secs(u64::try_from(call.time_limit.max(1)).unwrap_or(1));
+        let time_limit =
+            Duration::from_secs(u64::try_from(call.instructions.time_limit.max(1)).unwrap_or(1));
         let mut leg = CallLeg {
             call,
             origin,

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use callflow_sip::sdp::{Direction, Negotiated};
-use callflow_store::StoredStatus;
 use expect_test::{Expect, expect};
 
 use super::*;
@@ -66,7 +65,7 @@ impl Sim {
 
     fn new(status: CallStatus, origin: Origin) -> Sim {
         let mut call = stored_call(status, "completed");
-        call.time_limit = 60;
+        call.instructions.time_limit = 60;
         let now = Instant::now();
         let mut sim = Sim {
             leg: CallLeg::new(call.clone(), origin),
@@ -150,13 +149,13 @@ impl Sim {
 
     fn apply(&mut self, change: &StatusChange) -> Stored {
         if let Some(s) = self.moved_on.take() {
-            self.stored.status = StoredStatus(s);
+            self.stored.status = s;
             return Stored::Refused(Some(self.stored.clone()));
         }
         if !self.stored.status().can_become(change.to) {
             return Stored::Refused(Some(self.stored.clone()));
         }
-        self.stored.status = StoredStatus(change.to);
+        self.stored.status = change.to;
         self.stored.sip_response_code = change.sip_code.map(i64::from);
         Stored::Applied(self.stored.clone())
     }
@@ -441,7 +440,7 @@ fn api_redirects_go_to_the_flow() {
     let mut s = Sim::inbound(false);
     let r = Redirect {
         url: Some("https://example.com/next".into()),
-        method: "POST".into(),
+        method: callflow_store::HttpMethod::Post,
         twiml: None,
     };
     s.input("api redirect", |l, now| l.handle_redirect(now, r));
@@ -618,7 +617,7 @@ fn a_final_status_the_store_cannot_read_back_still_answers_the_api() {
 fn a_dial_leg_runs_like_any_outbound_leg() {
     // a <Dial>'s child: its own statuses; what it runs once answered is the driver's choice
     let mut call = stored_call(CallStatus::Queued, "completed");
-    call.direction = "outbound-dial".into();
+    call.direction = callflow_store::Direction::OutboundDial;
     call.parent_call_sid = Some("CA0".into());
     let now = Instant::now();
     let mut leg = CallLeg::new(call, Origin::Outbound);
@@ -631,7 +630,7 @@ fn a_dial_leg_runs_like_any_outbound_leg() {
     };
     assert_eq!(change.to, CallStatus::InProgress);
     let mut answered = leg.call().clone();
-    answered.status = StoredStatus(CallStatus::InProgress);
+    answered.status = CallStatus::InProgress;
     leg.handle_stored(now, Stored::Applied(answered));
     assert_eq!(
         leg.poll_action(),
@@ -654,7 +653,7 @@ fn nothing_comes_out_of_a_leg_that_is_over() {
             now,
             Redirect {
                 url: None,
-                method: "POST".into(),
+                method: callflow_store::HttpMethod::Post,
                 twiml: Some("<Response/>".into()),
             },
         )

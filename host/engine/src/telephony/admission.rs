@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use callflow_sip::ua::{CallKey, Incoming, UaEvent};
-use callflow_store::{CallStatus, Direction, NewCall, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT};
+use callflow_store::{CallInstructions, CallStatus, Direction, NewCall};
 use tokio::sync::mpsc;
 
 use super::{LegSetup, Telephony};
@@ -82,20 +82,16 @@ impl Telephony {
                 from: from.unwrap_or_else(|| "anonymous".into()),
                 phone_number_sid: Some(number.sid.clone()),
                 status: CallStatus::Ringing,
-                url: number.voice_url.clone(),
-                method: number.voice_method.clone(),
-                twiml: None,
-                fallback_url: number.voice_fallback_url.clone(),
-                fallback_method: number.voice_fallback_method.clone(),
-                status_callback: number.status_callback.clone(),
-                status_callback_method: number.status_callback_method.clone(),
-                status_callback_event: "completed".into(),
-                timeout: TIMEOUT_DEFAULT,
-                time_limit: TIME_LIMIT_DEFAULT,
-                send_digits: None,
-                record: false,
-                machine_detection: None,
-                request_params: "[]".into(),
+                // the number's voice settings, with Twilio's defaults for the rest
+                instructions: CallInstructions {
+                    url: number.voice_url.clone(),
+                    method: number.voice_method,
+                    fallback_url: number.voice_fallback_url.clone(),
+                    fallback_method: number.voice_fallback_method,
+                    status_callback: number.status_callback.clone(),
+                    status_callback_method: number.status_callback_method,
+                    ..CallInstructions::default()
+                },
                 plugins,
             };
             // created ringing: its first event goes to call-events plugins with it

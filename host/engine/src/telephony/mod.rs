@@ -30,7 +30,9 @@ use callflow_sip::driver::Sip;
 use callflow_sip::sdp::LocalMedia;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
 use callflow_sip::ua::{CallKey, UaEvent};
-use callflow_store::{Call, CallStatus, Direction, NewCall, Store, Transition};
+use callflow_store::{
+    Call, CallInstructions, CallStatus, Direction, NewCall, Pins, Store, Transition,
+};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -276,13 +278,12 @@ impl Telephony {
             } else {
                 CallStatus::Failed
             };
-            let detail = r#"{"reason":"callflow restarted during the call"}"#.to_owned();
             let t = Transition {
                 to,
                 at: now,
                 sip_response_code: None,
                 answered_by: None,
-                detail,
+                detail: r#"{"reason":"callflow restarted during the call"}"#.to_owned(),
             };
             if let Err(e) = self.inner.engine.transition(&call, t).await {
                 tracing::warn!(call = %call.sid, error = %e, "could not end a call left live");
@@ -561,21 +562,13 @@ impl Dialer {
             from: caller_id.unwrap_or_else(|| parent.from_number.clone()),
             phone_number_sid: None,
             status: CallStatus::Queued,
-            url: None,
-            method: "POST".into(),
-            twiml: None,
-            fallback_url: None,
-            fallback_method: "POST".into(),
-            status_callback: None,
-            status_callback_method: "POST".into(),
-            status_callback_event: "completed".into(),
-            timeout: timeout_s,
-            time_limit: time_limit_s,
-            send_digits: None,
-            record: false,
-            machine_detection: None,
-            request_params: "[]".into(),
-            plugins: "{}".into(),
+            // Twilio's defaults: a child runs no document and sends no callbacks of its own
+            instructions: CallInstructions {
+                timeout: timeout_s,
+                time_limit: time_limit_s,
+                ..CallInstructions::default()
+            },
+            plugins: Pins::default(),
         };
         let child = tel
             .store()

@@ -84,7 +84,7 @@ impl Route {
         call: &Call,
         media: LocalMedia,
     ) -> Result<Outgoing, String> {
-        let ring_timeout = Duration::from_secs(call.timeout.clamp(1, 600) as u64);
+        let ring_timeout = Duration::from_secs(call.instructions.timeout.clamp(1, 600) as u64);
         match self {
             Route::SipUri {
                 uri,

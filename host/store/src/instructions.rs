@@ -1,0 +1,386 @@
+//! What a call is told to do, as its create request (or its number, or its `<Dial>`) gave it:
+//! [`CallInstructions`], shared by a callout's [`crate::CallTemplate`], a [`crate::NewCall`]
+//! and a stored [`crate::Call`]; and the plugin versions a call is pinned to ([`Pins`]).
+//!
+//! Each value is stored as the text earlier builds wrote, so existing rows and callout
+//! templates read as they are.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::FromRow;
+
+use crate::model::text_enum;
+use crate::text::{StoredText, TextError, stored_as_text};
+use crate::{CallStatus, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT};
+
+text_enum! {
+    /// How a call's webhooks (its document, fallback and status callbacks) are requested;
+    /// Twilio's default is POST.
+    #[derive(Default)]
+    pub enum HttpMethod ("HTTP method") {
+        Get => "GET",
+        #[default]
+        Post => "POST",
+    }
+}
+
+text_enum! {
+    /// `MachineDetection`: answering-machine detection before the call's flow starts.
+    pub enum MachineDetection ("machine detection") {
+        Enable => "Enable",
+        DetectMessageEnd => "DetectMessageEnd",
+    }
+}
+
+text_enum! {
+    /// The moments of a call its status callback can be asked for (`StatusCallbackEvent`).
+    pub enum CallbackEvent ("status callback event") {
+        Initiated => "initiated",
+        Ringing => "ringing",
+        Answered => "answered",
+        Completed => "completed",
+    }
+}
+
+impl CallbackEvent {
+    /// The event a call entering `status` is: `queued` is initiated, `in-progress` answered,
+    /// every final status completed.
+    pub fn of(status: CallStatus) -> CallbackEvent {
+        match status {
+            CallStatus::Queued => CallbackEvent::Initiated,
+            CallStatus::Ringing => CallbackEvent::Ringing,
+            CallStatus::InProgress => CallbackEvent::Answered,
+            _ => CallbackEvent::Completed,
+        }
+    }
+}
+
+/// The status callback events a call asked for, each once, in the order asked (stored as
+/// that space-separated list, e.g. `initiated answered completed`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallbackEvents(Vec<CallbackEvent>);
+
+impl CallbackEvents {
+    /// Adds `e` unless it is there already.
+    pub fn insert(&mut self, e: CallbackEvent) {
+        if !self.0.contains(&e) {
+            self.0.push(e);
+        }
+    }
+
+    pub fn contains(&self, e: CallbackEvent) -> bool {
+        self.0.contains(&e)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = CallbackEvent> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl FromIterator<CallbackEvent> for CallbackEvents {
+    fn from_iter<I: IntoIterator<Item = CallbackEvent>>(iter: I) -> Self {
+        let mut set = CallbackEvents::default();
+        for e in iter {
+            set.insert(e);
+        }
+        set
+    }
+}
+
+impl StoredText for CallbackEvents {
+    fn to_text(&self) -> Cow<'_, str> {
+        let names: Vec<&str> = self.iter().map(CallbackEvent::as_str).collect();
+        Cow::Owned(names.join(" "))
+    }
+
+    fn from_text(text: &str) -> Result<Self, TextError> {
+        text.split_whitespace().map(str::parse).collect()
+    }
+}
+
+stored_as_text!(CallbackEvents);
+
+/// The parameters of the request that created a call, as received: ordered name/value pairs
+/// (stored as a JSON array of `[name, value]` pairs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestParams(pub Vec<(String, String)>);
+
+impl StoredText for RequestParams {
+    fn to_text(&self) -> Cow<'_, str> {
+        // a list of string pairs always serialises
+        Cow::Owned(serde_json::to_string(&self.0).unwrap_or_else(|_| "[]".into()))
+    }
+
+    fn from_text(text: &str) -> Result<Self, TextError> {
+        serde_json::from_str(text)
+            .map(RequestParams)
+            .map_err(|_| TextError::new("request parameter list", text))
+    }
+}
+
+stored_as_text!(RequestParams);
+
+/// A plugin version pinned for one world of a call, when the call was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// A plugin version's sid, or `builtin:<name>`.
+    pub plugin: String,
+    pub sha256: Option<String>,
+    /// The binding's configuration: the text of a JSON object, handed to the plugin.
+    pub config: String,
+    /// The binding's per-event deadline, in milliseconds.
+    pub deadline_ms: Option<u64>,
+}
+
+impl Pin {
+    /// A built-in plugin, unconfigured.
+    pub fn builtin(name: &str) -> Pin {
+        Pin {
+            plugin: format!("builtin:{name}"),
+            sha256: None,
+            config: "{}".into(),
+            deadline_ms: None,
+        }
+    }
+
+    /// A pin as stored: `config` as a JSON object (anything else reads as `{}`).
+    fn from_value(v: &Value) -> Pin {
+        Pin {
+            plugin: v["plugin"].as_str().unwrap_or_default().to_owned(),
+            sha256: v["sha256"].as_str().map(str::to_owned),
+            config: v
+                .get("config")
+                .filter(|c| c.is_object())
+                .map_or_else(|| "{}".to_owned(), Value::to_string),
+            deadline_ms: v["deadline_ms"].as_u64(),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        let config: Value = serde_json::from_str(&self.config).unwrap_or_else(|_| json!({}));
+        json!({
+            "plugin": self.plugin, "sha256": self.sha256, "config": config,
+            "deadline_ms": self.deadline_ms,
+        })
+    }
+}
+
+/// The plugin versions a call runs with, by world name (`call-flow`, `retry-policy`, …);
+/// a world with no pin runs its built-in default, if it has one. Stored as a JSON object by
+/// world.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins(BTreeMap<String, Pin>);
+
+impl Pins {
+    /// The pin of `world`, if the call has one.
+    pub fn get(&self, world: &str) -> Option<&Pin> {
+        self.0.get(world)
+    }
+
+    pub fn insert(&mut self, world: &str, pin: Pin) {
+        self.0.insert(world.to_owned(), pin);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl StoredText for Pins {
+    fn to_text(&self) -> Cow<'_, str> {
+        let by_world: Map<String, Value> = self
+            .0
+            .iter()
+            .map(|(world, pin)| (world.clone(), pin.to_value()))
+            .collect();
+        Cow::Owned(Value::Object(by_world).to_string())
+    }
+
+    fn from_text(text: &str) -> Result<Self, TextError> {
+        let bad = || TextError::new("plugin pin list", text);
+        let v: Value = serde_json::from_str(text).map_err(|_| bad())?;
+        let by_world = v.as_object().ok_or_else(bad)?;
+        let mut pins = Pins::default();
+        for (world, pin) in by_world {
+            if !pin.is_object() {
+                return Err(bad());
+            }
+            pins.insert(world, Pin::from_value(pin));
+        }
+        Ok(pins)
+    }
+}
+
+stored_as_text!(Pins);
+
+/// What a call does and whom it tells: the instructions of its create request (`Url`/`Twiml`
+/// and their methods, callbacks, timeouts, digits, recording, detection), kept with the call.
+/// A callout's template, a call to create and a stored call each hold one.
+///
+/// [`Default`] is Twilio's defaults: no document, POST everywhere, a status callback (if any)
+/// on `completed` only, a 60 s ring timeout, a 4 h time limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, FromRow)]
+pub struct CallInstructions {
+    pub url: Option<String>,
+    pub method: HttpMethod,
+    /// An inline TwiML document, instead of `url`.
+    pub twiml: Option<String>,
+    pub fallback_url: Option<String>,
+    pub fallback_method: HttpMethod,
+    pub status_callback: Option<String>,
+    pub status_callback_method: HttpMethod,
+    pub status_callback_event: CallbackEvents,
+    /// Ring timeout in seconds.
+    pub timeout: i64,
+    /// Maximum call length in seconds.
+    pub time_limit: i64,
+    /// Digits to send once the call is answered.
+    pub send_digits: Option<String>,
+    /// Record the whole call.
+    pub record: bool,
+    pub machine_detection: Option<MachineDetection>,
+    /// The create request as received.
+    pub request_params: RequestParams,
+}
+
+impl Default for CallInstructions {
+    fn default() -> Self {
+        CallInstructions {
+            url: None,
+            method: HttpMethod::Post,
+            twiml: None,
+            fallback_url: None,
+            fallback_method: HttpMethod::Post,
+            status_callback: None,
+            status_callback_method: HttpMethod::Post,
+            status_callback_event: CallbackEvents::from_iter([CallbackEvent::Completed]),
+            timeout: TIMEOUT_DEFAULT,
+            time_limit: TIME_LIMIT_DEFAULT,
+            send_digits: None,
+            record: false,
+            machine_detection: None,
+            request_params: RequestParams::default(),
+        }
+    }
+}
+
+impl CallInstructions {
+    /// Whether the call's status callback is due when the call enters `status`.
+    pub fn wants_callback(&self, status: CallStatus) -> bool {
+        self.status_callback.is_some()
+            && self
+                .status_callback_event
+                .contains(CallbackEvent::of(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_detection_and_events_read_what_is_stored() {
+        assert_eq!(HttpMethod::from_text("GET"), Ok(HttpMethod::Get));
+        assert_eq!(HttpMethod::Post.to_text(), "POST");
+        assert!(HttpMethod::from_text("PUT").is_err());
+        for m in MachineDetection::ALL {
+            assert_eq!(MachineDetection::from_text(m.as_str()), Ok(*m));
+        }
+        assert_eq!(
+            MachineDetection::from_text("DetectMessageEnd"),
+            Ok(MachineDetection::DetectMessageEnd)
+        );
+        let events = CallbackEvents::from_text("completed initiated completed").unwrap();
+        assert!(events.contains(CallbackEvent::Initiated));
+        assert!(!events.contains(CallbackEvent::Ringing));
+        // written back once each, in the order asked
+        assert_eq!(events.to_text(), "completed initiated");
+        assert_eq!(
+            CallbackEvents::from_text("initiated ringing answered completed")
+                .unwrap()
+                .to_text(),
+            "initiated ringing answered completed"
+        );
+        assert!(CallbackEvents::from_text("exploded").is_err());
+        assert_eq!(
+            CallbackEvent::of(CallStatus::Busy),
+            CallbackEvent::Completed
+        );
+    }
+
+    #[test]
+    fn request_params_keep_order_and_duplicates() {
+        let stored = r#"[["To","+15558675310"],["StatusCallbackEvent","answered"],["StatusCallbackEvent","completed"]]"#;
+        let p = RequestParams::from_text(stored).unwrap();
+        assert_eq!(p.0.len(), 3);
+        assert_eq!(p.0[2], ("StatusCallbackEvent".into(), "completed".into()));
+        assert_eq!(p.to_text(), stored);
+        assert_eq!(RequestParams::default().to_text(), "[]");
+        assert!(RequestParams::from_text(r#"{"To":"x"}"#).is_err());
+    }
+
+    /// A `plugins` value as the engine's `pin_for_call` wrote it before pins were typed.
+    const STORED_PINS: &str = r#"{"call-flow":{"config":{"greeting":"number"},"deadline_ms":10,"plugin":"ZP0123","sha256":"ab12"},"retry-policy":{"config":{},"deadline_ms":1000,"plugin":"builtin:retry","sha256":"cd34"}}"#;
+
+    #[test]
+    fn pins_read_and_write_the_stored_object() {
+        let pins = Pins::from_text(STORED_PINS).unwrap();
+        assert_eq!(
+            pins.get("call-flow"),
+            Some(&Pin {
+                plugin: "ZP0123".into(),
+                sha256: Some("ab12".into()),
+                config: r#"{"greeting":"number"}"#.into(),
+                deadline_ms: Some(10),
+            })
+        );
+        assert_eq!(pins.get("retry-policy").unwrap().plugin, "builtin:retry");
+        assert_eq!(pins.get("recording"), None);
+        assert_eq!(pins.to_text(), STORED_PINS);
+        assert_eq!(Pins::from_text("{}").unwrap(), Pins::default());
+        assert_eq!(Pins::default().to_text(), "{}");
+        assert!(Pins::from_text("not json").is_err());
+        assert!(Pins::from_text("[]").is_err());
+    }
+
+    #[test]
+    fn a_pin_reads_leniently_as_the_engine_did() {
+        let pins = Pins::from_text(
+            r#"{"call-flow": {"plugin": "ZP1", "sha256": "ab", "config": {"x": 1}, "deadline_ms": 20},
+                "retry-policy": {"plugin": "builtin:retry", "sha256": "cd", "config": "not an object"}}"#,
+        )
+        .unwrap();
+        assert_eq!(pins.get("call-flow").unwrap().config, r#"{"x":1}"#);
+        let retry = pins.get("retry-policy").unwrap();
+        assert_eq!((retry.config.as_str(), retry.deadline_ms), ("{}", None));
+        assert_eq!(Pin::builtin("twiml").plugin, "builtin:twiml");
+    }
+
+    #[test]
+    fn instructions_default_to_twilios() {
+        let d = CallInstructions::default();
+        assert_eq!(
+            (d.method, d.fallback_method, d.status_callback_method),
+            (HttpMethod::Post, HttpMethod::Post, HttpMethod::Post)
+        );
+        assert_eq!(d.status_callback_event.to_text(), "completed");
+        assert_eq!((d.timeout, d.time_limit), (60, 14_400));
+        assert!(
+            !d.wants_callback(CallStatus::Completed),
+            "no URL, no callback"
+        );
+        let with_url = CallInstructions {
+            status_callback: Some("http://example.com/cb".into()),
+            ..d
+        };
+        assert!(with_url.wants_callback(CallStatus::Failed));
+        assert!(!with_url.wants_callback(CallStatus::Ringing));
+    }
+}
