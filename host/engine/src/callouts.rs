@@ -15,10 +15,10 @@ use callflow_callout_rules::hours::{CallingHours, parse_calling_hours, parse_tim
 use callflow_runtime::World;
 use callflow_runtime::retry::{Attempt, Decision, RetryContext};
 use callflow_store::{
-    Call, Callout, CalloutStatus, NewAttempt, Participant, Pin, Settlement, Store, StoreError,
+    Call, CallLogEntry, Callout, CalloutStatus, NewAttempt, Participant, Pin, Settlement, Store,
+    StoreError,
 };
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -317,14 +317,9 @@ impl Scheduler {
                 }
             }
         };
-        let detail = match &settlement {
-            Settlement::Retry { at } => json!({ "decision": "retry", "at": at }),
-            Settlement::Done { outcome, reason } => {
-                json!({ "decision": "done", "outcome": outcome, "reason": reason })
-            }
-        };
+        let entry = CallLogEntry::RetryDecision(settlement.clone());
         self.store()
-            .append_call_event(&last.sid, now, "retry.decision", &detail.to_string())
+            .append_call_event(&last.sid, now, &entry)
             .await?;
         Ok(settlement)
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callflow_store::{Call, CallStatus, NewDelivery, Store, StoreError, Transition};
+use callflow_store::{Call, CallStatus, NewDelivery, StatusCause, Store, StoreError, Transition};
 
 use crate::control::{EndRequest, EngineError, Redirect};
 use tokio::sync::{Notify, oneshot};
@@ -104,8 +104,9 @@ impl Engine {
             (CallStatus::InProgress, EndRequest::Completed) => CallStatus::Completed,
             _ => CallStatus::Canceled,
         };
-        let detail =
-            serde_json::json!({ "reason": "api", "requested": format!("{req:?}") }).to_string();
+        let cause = StatusCause::Api {
+            requested: format!("{req:?}"),
+        };
         self.transition(
             &call,
             Transition {
@@ -113,7 +114,7 @@ impl Engine {
                 at: now,
                 sip_response_code: None,
                 answered_by: None,
-                detail,
+                cause,
             },
         )
         .await

@@ -11,9 +11,10 @@
 
 use callflow_runtime::World;
 use callflow_runtime::events::{EventContext, EventKind, HttpRequest, LifecycleEvent};
-use callflow_store::{Call, CallStatus, Delivery, NewDelivery};
+use callflow_store::{
+    Call, CallLogEntry, CallStatus, Delivery, EventsRun, NewDelivery, RequestAsked,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::plugins::{PluginHost, method_name, pinned};
@@ -169,14 +170,21 @@ pub(crate) async fn run_call_event(
         .on_event(&pin, ctx)
         .await
         .map_err(|e| e.to_string())?;
-    let asked: Vec<_> = outcome
-        .requests
-        .iter()
-        .map(|r| json!({ "method": method_name(r.method), "url": r.url, "key": r.idempotency_key }))
-        .collect();
-    let detail = json!({ "event": stored.kind, "plugin": pin.plugin, "requests": asked });
+    let run = EventsRun {
+        event: stored.kind,
+        plugin: pin.plugin,
+        requests: outcome
+            .requests
+            .iter()
+            .map(|r| RequestAsked {
+                method: method_name(r.method).to_owned(),
+                url: r.url.clone(),
+                key: r.idempotency_key.clone(),
+            })
+            .collect(),
+    };
     if let Err(e) = store
-        .append_call_event(&call.sid, now_ms(), "events.plugin", &detail.to_string())
+        .append_call_event(&call.sid, now_ms(), &CallLogEntry::EventsPlugin(run))
         .await
     {
         tracing::warn!(call = %call.sid, error = %e, "call event not logged");

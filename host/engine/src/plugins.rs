@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use callflow_runtime::flow::{HttpMethod, LogLevel, LogLine};
 use callflow_runtime::{InvokeError, Limits, Plugin, Runtime, World, builtin};
-use callflow_store::{Call, Pin, Pins, Store};
-use serde_json::json;
+use callflow_store::{Call, CallLogEntry, LogSource, Pin, Pins, Store};
 
 use crate::clock::now_ms;
 
@@ -217,20 +216,19 @@ impl PluginHost {
         &self,
         pin: &Pin,
         call: Option<&str>,
-        log_as: &str,
+        log_as: LogSource,
         invoke: impl FnOnce(Arc<Runtime>, Arc<Plugin>, Limits) -> F,
     ) -> Result<O, HostError> {
         let plugin = self.load(pin).await.map_err(HostError::Load)?;
         let limits = self.limits_for(pin);
         let mut out = invoke(self.inner.runtime.clone(), plugin, limits).await?;
         if let Some(call) = call {
-            let kind = format!("{log_as}.log");
             for line in out.take_logs() {
-                let detail = json!({ "level": level_name(line.level), "message": line.message });
+                let entry = CallLogEntry::log(log_as, level(line.level), line.message);
                 if let Err(e) = self
                     .inner
                     .store
-                    .append_call_event(call, now_ms(), &kind, &detail.to_string())
+                    .append_call_event(call, now_ms(), &entry)
                     .await
                 {
                     tracing::warn!(call, error = %e, "plugin log line not logged");
@@ -251,9 +249,14 @@ impl PluginHost {
         let call = ctx.call_sid.clone();
         let before = std::mem::take(state);
         let step = self
-            .invoke(pin, Some(&call), "flow", |rt, plugin, limits| async move {
-                rt.call_flow(plugin, ctx, before, event, limits).await
-            })
+            .invoke(
+                pin,
+                Some(&call),
+                LogSource::Flow,
+                |rt, plugin, limits| async move {
+                    rt.call_flow(plugin, ctx, before, event, limits).await
+                },
+            )
             .await?;
         *state = step.state;
         Ok(step.commands)
@@ -267,9 +270,12 @@ impl PluginHost {
         call: &str,
         ctx: callflow_runtime::retry::RetryContext,
     ) -> Result<callflow_runtime::retry::RetryDecision, HostError> {
-        self.invoke(pin, Some(call), "retry", |rt, plugin, limits| async move {
-            rt.decide_retry(plugin, ctx, limits).await
-        })
+        self.invoke(
+            pin,
+            Some(call),
+            LogSource::Retry,
+            |rt, plugin, limits| async move { rt.decide_retry(plugin, ctx, limits).await },
+        )
         .await
     }
 
@@ -281,7 +287,7 @@ impl PluginHost {
         audio: Vec<i16>,
     ) -> Result<callflow_runtime::recording::RecordingPlan, HostError> {
         let call = ctx.call_sid.clone();
-        self.invoke(pin, Some(&call), "recording", |rt, plugin, limits| async move {
+        self.invoke(pin, Some(&call), LogSource::Recording, |rt, plugin, limits| async move {
             rt.process_recording(plugin, ctx, audio, limits).await
         })
         .await
@@ -297,20 +303,20 @@ impl PluginHost {
         self.invoke(
             pin,
             Some(&call),
-            "events",
+            LogSource::Events,
             |rt, plugin, limits| async move { rt.on_event(plugin, ctx, limits).await },
         )
         .await
     }
 }
 
-/// A plugin log line's level as the call log writes it.
-pub(crate) fn level_name(l: LogLevel) -> &'static str {
+/// A plugin log line's level in the call's log.
+fn level(l: LogLevel) -> callflow_store::LogLevel {
     match l {
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error => "error",
+        LogLevel::Debug => callflow_store::LogLevel::Debug,
+        LogLevel::Info => callflow_store::LogLevel::Info,
+        LogLevel::Warn => callflow_store::LogLevel::Warn,
+        LogLevel::Error => callflow_store::LogLevel::Error,
     }
 }
 

@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use callflow_runtime::flow::{CallContext, Command, FlowEvent, HttpMethod};
+use callflow_engine::flow::flow_context;
+use callflow_runtime::flow::{Command, FlowEvent};
 use callflow_runtime::{Limits, Runtime, RuntimeConfig};
+use callflow_store::{CallLogEntry, FlowStarted};
 use serde_json::Value;
 
 use crate::client::Connection;
@@ -59,36 +61,41 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<bool> {
     .await?
 }
 
-/// The call's `flow.start` entry and its steps, from its event log.
-fn steps(events: &Value) -> anyhow::Result<(Value, Vec<Step>)> {
+/// The call's `flow.start` entry and its steps, from its event log (the API's rows, each
+/// read as the call log entry it is).
+fn steps(events: &Value) -> anyhow::Result<(FlowStarted, Vec<Step>)> {
     let mut start = None;
     let mut steps: Vec<Step> = Vec::new();
-    for e in events.as_array().into_iter().flatten() {
-        let detail = &e["detail"];
-        match e["kind"].as_str() {
-            Some("flow.start") => start = Some(detail.clone()),
-            Some("flow.event") => {
-                let truncated = detail["truncated"].as_bool().unwrap_or(false);
-                let event: Option<FlowEvent> = serde_json::from_value(detail["event"].clone()).ok();
-                let label = match &detail["event"] {
+    for (i, e) in events.as_array().into_iter().flatten().enumerate() {
+        let kind = e["kind"].as_str().unwrap_or_default();
+        let entry = match CallLogEntry::parse(kind, e["detail"].clone()) {
+            Ok(entry) => entry,
+            // another build's entry; none of this build's flow entries is left out
+            Err(why) => {
+                eprintln!("note: entry {} of the call's log is not read: {why}", i + 1);
+                continue;
+            }
+        };
+        match entry {
+            CallLogEntry::FlowStart(s) => start = Some(s),
+            CallLogEntry::FlowEvent(d) => {
+                let event: Option<FlowEvent> = serde_json::from_value(d.event.clone()).ok();
+                let label = match &d.event {
                     Value::String(s) => s.clone(),
                     Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
                     _ => "?".into(),
                 };
                 steps.push(Step {
-                    event: event.filter(|_| !truncated),
+                    event: event.filter(|_| !d.truncated),
                     label,
-                    now_ms: detail["now_ms"].as_i64().unwrap_or(0),
-                    seed: detail["seed"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
+                    now_ms: d.now_ms,
+                    seed: d.seed,
                     recorded: Vec::new(),
                 });
             }
-            Some("flow.command") => {
+            CallLogEntry::FlowCommand(c) => {
                 if let Some(step) = steps.last_mut() {
-                    step.recorded.push(detail.clone());
+                    step.recorded.push(c);
                 }
             }
             _ => {}
@@ -100,18 +107,10 @@ fn steps(events: &Value) -> anyhow::Result<(Value, Vec<Step>)> {
     Ok((start, steps))
 }
 
-fn method(v: &Value) -> HttpMethod {
-    serde_json::from_value(v.clone()).unwrap_or(HttpMethod::Post)
-}
-
-fn text(v: &Value) -> Option<String> {
-    v.as_str().map(str::to_owned)
-}
-
 fn replay(
     account: &str,
     call: &str,
-    start: &Value,
+    start: &FlowStarted,
     steps: Vec<Step>,
     wasm: &[u8],
     path: &std::path::Path,
@@ -127,7 +126,7 @@ fn replay(
     println!(
         "replaying {} events of {call} (ran {}) through {}",
         steps.len(),
-        start["plugin"].as_str().unwrap_or("?"),
+        start.plugin,
         path.display()
     );
     let total = steps.len();
@@ -143,24 +142,7 @@ fn replay(
             same = false;
             continue;
         };
-        let ctx = CallContext {
-            account_sid: account.to_owned(),
-            call_sid: call.to_owned(),
-            parent_call_sid: text(&start["parent_call_sid"]),
-            direction: text(&start["direction"]).unwrap_or_default(),
-            from: text(&start["from"]).unwrap_or_default(),
-            to: text(&start["to"]).unwrap_or_default(),
-            status: "in-progress".into(),
-            answered_by: text(&start["answered_by"]),
-            now_ms: step.now_ms,
-            seed: step.seed,
-            config: text(&start["config"]).unwrap_or_else(|| "{}".into()),
-            url: text(&start["url"]),
-            method: method(&start["method"]),
-            fallback_url: text(&start["fallback_url"]),
-            fallback_method: method(&start["fallback_method"]),
-            document: text(&start["document"]),
-        };
+        let ctx = flow_context(start, account, call, "in-progress", step.now_ms, step.seed);
         let replayed: Vec<Value> =
             match runtime.call_flow_blocking(&plugin, &ctx, &state, &event, Limits::default()) {
                 Ok(out) => {
@@ -215,4 +197,58 @@ fn list(v: &[Value]) -> String {
         .map(Value::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A call's log as the Events API renders it: the flow's start, each delivered event with
+    /// the commands carried out after it; other entries (and kinds this build does not know)
+    /// are passed over.
+    #[test]
+    fn a_logged_flow_reads_as_its_start_and_steps() {
+        let start = json!({
+            "answered_by": null, "config": "{}", "direction": "inbound", "document": null,
+            "fallback_method": "Post", "fallback_url": null, "from": "+15551", "method": "Get",
+            "parent_call_sid": null, "plugin": "builtin:twiml", "sha256": null, "to": "+15552",
+            "url": "http://example.com/voice",
+        });
+        let events = json!([
+            {"at": 1, "kind": "created", "detail": {"status": "ringing"}},
+            {"at": 2, "kind": "flow.start", "detail": start},
+            {"at": 3, "kind": "flow.event", "detail": {"event": "Start", "now_ms": 5, "seed": "18446744073709551615"}},
+            {"at": 3, "kind": "flow.log", "detail": {"level": "info", "message": "fetching"}},
+            {"at": 3, "kind": "flow.command", "detail": {"Say": {"language": null, "loops": 1, "text": "Hi", "voice": null}}},
+            {"at": 4, "kind": "flow.exploded", "detail": {}},
+            {"at": 4, "kind": "flow.command", "detail": "Hangup"},
+            {"at": 5, "kind": "flow.event", "detail": {"event": {"Fetched": {"Response": {"body": "", "content_type": null, "status": 200, "url": "http://example.com/"}}}, "now_ms": 6, "seed": "1", "truncated": true}},
+        ]);
+        let (start, steps) = steps(&events).unwrap();
+        assert_eq!(
+            (start.plugin.as_str(), start.method),
+            ("builtin:twiml", callflow_store::HttpMethod::Get)
+        );
+        assert_eq!(steps.len(), 2);
+        assert!(matches!(steps[0].event, Some(FlowEvent::Start)));
+        assert_eq!((steps[0].now_ms, steps[0].seed), (5, u64::MAX));
+        assert_eq!(
+            steps[0].recorded,
+            [events[4]["detail"].clone(), json!("Hangup")]
+        );
+        assert_eq!(steps[1].label, "Fetched");
+        assert!(
+            steps[1].event.is_none(),
+            "a truncated event is not replayed"
+        );
+    }
+
+    #[test]
+    fn a_log_without_a_flow_is_refused() {
+        let events = json!([{"at": 1, "kind": "created", "detail": {"status": "queued"}}]);
+        let err = steps(&events).err().unwrap();
+        assert!(err.to_string().contains("has no flow"), "{err}");
+    }
 }

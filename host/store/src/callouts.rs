@@ -196,8 +196,11 @@ pub struct NewAttempt {
     pub call: NewCall,
 }
 
-/// What the retry policy decided for a settling participant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the retry policy decided for a settling participant (logged on the attempt as
+/// `retry.decision`, `{"decision": "retry", "at": …}` or `{"decision": "done", "outcome": …,
+/// "reason": …}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "lowercase")]
 pub enum Settlement {
     /// Call again at this time.
     Retry { at: i64 },
@@ -911,7 +914,7 @@ mod tests {
             at,
             sip_response_code: None,
             answered_by: None,
-            detail: "{}".into(),
+            cause: crate::StatusCause::Unspecified,
         }
     }
 

@@ -5,8 +5,8 @@ use sqlx::SqliteConnection;
 use crate::deliveries::{NewDelivery, insert_delivery};
 use crate::sid::{Sid, SidKind};
 use crate::{
-    Call, CallEvent, CallInstructions, CallStatus, Direction, HttpMethod, Page, PageRequest, Pins,
-    Result, Store, StoreError,
+    Call, CallEvent, CallInstructions, CallLogEntry, CallStatus, Direction, HttpMethod,
+    NewInstructions, Page, PageRequest, Pins, Result, StatusCause, Store, StoreError,
 };
 
 pub(crate) const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direction, to_number, from_number,
@@ -69,8 +69,8 @@ pub struct Transition {
     pub at: i64,
     pub sip_response_code: Option<i64>,
     pub answered_by: Option<String>,
-    /// Why, for the call's event log (a JSON object).
-    pub detail: String,
+    /// Why, for the call's event log.
+    pub cause: StatusCause,
 }
 
 impl Store {
@@ -249,11 +249,12 @@ impl Store {
             .bind(&u.answered_by)
             .fetch_one(&mut *tx)
             .await?;
-        let detail = serde_json::json!({
-            "url": u.url, "twiml": u.twiml.is_some(), "method": u.method,
-        })
-        .to_string();
-        insert_event(&mut tx, sid, now, "updated", &detail).await?;
+        let entry = CallLogEntry::Updated(NewInstructions {
+            url: u.url.clone(),
+            twiml: u.twiml.is_some(),
+            method: u.method,
+        });
+        insert_event(&mut tx, sid, now, &entry).await?;
         self.cache.put_call(&updated);
         if let Err(e) = tx.commit().await {
             self.cache.forget_call(&updated.sid);
@@ -333,11 +334,10 @@ impl Store {
         &self,
         call_sid: &str,
         at: i64,
-        kind: &str,
-        detail: &str,
+        entry: &CallLogEntry,
     ) -> Result<()> {
         let mut conn = self.writer.acquire().await?;
-        insert_event(&mut conn, call_sid, at, kind, detail).await
+        insert_event(&mut conn, call_sid, at, entry).await
     }
 
     pub async fn call_events(&self, call_sid: &str) -> Result<Vec<CallEvent>> {
@@ -390,7 +390,7 @@ async fn update_status(
         .bind(t.at)
         .bind(&call.sid)
         .bind(call.status().as_str())
-        .bind(&t.detail)
+        .bind(t.cause.to_string())
         .fetch_optional(conn)
         .await?)
 }
@@ -424,7 +424,10 @@ pub(crate) async fn insert_call(
             $21, $22, $23, $24, $24, $25, $26, $27, $28, $29)
          RETURNING {COLUMNS}"
     );
-    let detail = serde_json::json!({ "status": c.status }).to_string();
+    // what the `calls_log_created` trigger logs
+    let detail = CallLogEntry::Created { status: c.status }
+        .detail()
+        .to_string();
     Ok(sqlx::query_as(&sql)
         .bind(sid.as_str())
         .bind(account)
@@ -473,14 +476,13 @@ async fn insert_event(
     conn: &mut SqliteConnection,
     call_sid: &str,
     at: i64,
-    kind: &str,
-    detail: &str,
+    entry: &CallLogEntry,
 ) -> Result<()> {
     sqlx::query("INSERT INTO call_events (call_sid, at, kind, detail) VALUES ($1, $2, $3, $4)")
         .bind(call_sid)
         .bind(at)
-        .bind(kind)
-        .bind(detail)
+        .bind(entry.kind())
+        .bind(entry.detail().to_string())
         .execute(conn)
         .await?;
     Ok(())
@@ -513,7 +515,7 @@ pub(crate) mod tests {
             at,
             sip_response_code: None,
             answered_by: None,
-            detail: "{}".into(),
+            cause: StatusCause::Unspecified,
         }
     }
 
@@ -718,7 +720,7 @@ pub(crate) mod tests {
     }
 
     /// The call model is stored as the text the store wrote before it was typed: a typed call
-    /// writes those columns, and a row written then reads as the typed call.
+    /// writes those columns, and a row (and its log) written then reads as the typed call.
     #[tokio::test]
     async fn the_call_model_is_stored_as_before() {
         use crate::text::StoredText;
@@ -813,6 +815,56 @@ pub(crate) mod tests {
         assert_eq!(
             old.instructions.status_callback_event.to_text(),
             "completed"
+        );
+        let log = store.call_events(&old.sid).await.unwrap();
+        assert_eq!(
+            log[0].entry().unwrap(),
+            CallLogEntry::Created {
+                status: CallStatus::Ringing
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn log_entries_are_stored_as_their_kind_and_detail() {
+        let store = store().await;
+        let a = account(&store).await;
+        let call = store
+            .create_call(&a.sid, &new_call("+1555"), 1)
+            .await
+            .unwrap();
+        let t = Transition {
+            cause: StatusCause::Ended {
+                code: Some(486),
+                end: "Rejected(486)".into(),
+                by_peer: true,
+            },
+            ..to(CallStatus::Busy, 3)
+        };
+        store
+            .transition_call_quietly(&a.sid, &call.sid, &t)
+            .await
+            .unwrap();
+        let refused = CallLogEntry::FlowRefused { sip: 486 };
+        store
+            .append_call_event(&call.sid, 2, &refused)
+            .await
+            .unwrap();
+        let rows = store.call_events(&call.sid).await.unwrap();
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|e| (e.kind.as_str(), e.detail.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("created", r#"{"status":"queued"}"#),
+                (
+                    "busy",
+                    r#"{"by_peer":true,"end":"Rejected(486)","sip":486}"#
+                ),
+                ("flow.refused", r#"{"sip":486}"#),
+            ]
         );
     }
 

@@ -7,6 +7,7 @@
 mod accounts;
 mod cache;
 pub use accounts::RootOutcome;
+mod call_log;
 mod callouts;
 mod calls;
 mod deliveries;
@@ -26,6 +27,11 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use call_log::{
+    Amd, CallLogEntry, CallLogError, DeliveredEvent, Dialled, EventsRun, FlowFailure, FlowStarted,
+    LogLevel, LogLine, LogSource, MediaError, NewInstructions, NotifyFailure, RecordingStored,
+    Redirected, RequestAsked, StatusCause,
+};
 pub use callouts::{
     Added, CallTemplate, Callout, CalloutAnalysis, CalloutStatus, CalloutSummary, NewAttempt,
     NewCallout, NewParticipant, Participant, ParticipantFilter, ParticipantState, Settlement,
@@ -324,7 +330,7 @@ mod file_backed {
             at: 6,
             sip_response_code: None,
             answered_by: None,
-            detail: "{}".into(),
+            cause: StatusCause::Unspecified,
         };
         store
             .transition_call(&root.sid, &call.sid, &t, |_| Vec::new())

@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use crate::{CallInstructions, HttpMethod, Pins};
+use crate::{CallInstructions, CallLogEntry, CallLogError, HttpMethod, Pins};
 
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
 pub struct Account {
@@ -178,6 +178,7 @@ impl Call {
     }
 }
 
+/// A row of a call's event log, as stored.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
 pub struct CallEvent {
     pub id: i64,
@@ -186,6 +187,13 @@ pub struct CallEvent {
     pub kind: String,
     /// JSON object.
     pub detail: String,
+}
+
+impl CallEvent {
+    /// The entry this row holds.
+    pub fn entry(&self) -> Result<CallLogEntry, CallLogError> {
+        CallLogEntry::parse_text(&self.kind, &self.detail)
+    }
 }
 
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]

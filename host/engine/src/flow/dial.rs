@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use callflow_media::worker::MediaEvent;
 use callflow_runtime::flow::FlowEvent;
-use serde_json::json;
+use callflow_store::{CallLogEntry, Dialled, FlowFailure, LogLevel, LogSource};
 
 use super::{Outcome, Session};
 use crate::clock::now_ms;
@@ -18,16 +18,13 @@ impl Session {
     /// next event.
     pub(super) async fn dial(&mut self, d: callflow_runtime::flow::Dial) -> Outcome {
         use callflow_runtime::flow::{DialResult, DialTarget};
-        let failed = |why: &str| {
-            (
-                json!({ "dial": why }),
-                Outcome::Event(FlowEvent::DialDone(DialResult {
-                    status: "failed".into(),
-                    call_sid: None,
-                    duration_s: 0,
-                    recording: None,
-                })),
-            )
+        let failed = || {
+            Outcome::Event(FlowEvent::DialDone(DialResult {
+                status: "failed".into(),
+                call_sid: None,
+                duration_s: 0,
+                recording: None,
+            }))
         };
         // numbers go through the trunk, SIP URIs straight to their host (telephony decides)
         let numbers: Vec<String> = d
@@ -39,17 +36,19 @@ impl Session {
             .take(MAX_DIAL_NUMBERS)
             .collect();
         if numbers.is_empty() {
-            let (log, out) = failed("a <Dial> with nothing to call");
-            self.log("flow.error", log).await;
-            return out;
+            self.log(CallLogEntry::FlowError(FlowFailure::Dial {
+                error: "a <Dial> with nothing to call".into(),
+                to: None,
+            }))
+            .await;
+            return failed();
         }
         if numbers.len() < d.targets.len() {
-            self.log(
-                "flow.log",
-                json!({"level": "warn", "message": format!(
-                    "only the first {MAX_DIAL_NUMBERS} targets of a <Dial> are called"
-                )}),
-            )
+            self.log(CallLogEntry::log(
+                LogSource::Flow,
+                LogLevel::Warn,
+                format!("only the first {MAX_DIAL_NUMBERS} targets of a <Dial> are called"),
+            ))
             .await;
         }
         let tel = self.dialer.clone();
@@ -78,17 +77,22 @@ impl Session {
                     legs.push(leg);
                 }
                 Err(why) => {
-                    self.log("flow.error", json!({ "dial": why, "to": number }))
-                        .await
+                    self.log(CallLogEntry::FlowError(FlowFailure::Dial {
+                        error: why,
+                        to: Some(number.clone()),
+                    }))
+                    .await
                 }
             }
         }
         if children.is_empty() {
-            return failed("no leg could be placed").1;
+            return failed();
         }
-        let sids: Vec<&str> = children.iter().map(|c| c.sid.as_str()).collect();
-        self.log("flow.dial", json!({"children": sids, "to": numbers}))
-            .await;
+        self.log(CallLogEntry::FlowDial(Dialled {
+            children: children.iter().map(|c| c.sid.clone()).collect(),
+            to: numbers.clone(),
+        }))
+        .await;
         // Whatever happens to this call, the children do not outlive it.
         let guards: Vec<EndLeg> = children
             .iter()
@@ -105,11 +109,11 @@ impl Session {
             let _ = all_done.send(());
         });
         if d.record && self.call.instructions.record {
-            self.log(
-                "flow.log",
-                json!({"level": "info", "message":
-                    "the whole call is being recorded (Record=true): <Dial record> adds no second recording"}),
-            )
+            self.log(CallLogEntry::log(
+                LogSource::Flow,
+                LogLevel::Info,
+                "the whole call is being recorded (Record=true): <Dial record> adds no second recording",
+            ))
             .await;
         }
         let mut winner: Option<String> = None;

@@ -19,8 +19,11 @@ use callflow_runtime::flow::{
     CallContext, Command, FetchResponse, FetchResult, FlowEvent, GatherResult, HttpMethod, Prompt,
     Redirect as FlowRedirect, RejectReason,
 };
-use callflow_store::{Call, CallUpdate, Pin, Store};
-use serde_json::{Value, json};
+use callflow_store::{
+    Amd, Call, CallLogEntry, CallUpdate, DeliveredEvent, FlowFailure, FlowStarted, MediaError, Pin,
+    Redirected, Store,
+};
+use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::now_ms;
@@ -81,6 +84,58 @@ fn method(m: callflow_store::HttpMethod) -> HttpMethod {
     match m {
         callflow_store::HttpMethod::Get => HttpMethod::Get,
         callflow_store::HttpMethod::Post => HttpMethod::Post,
+    }
+}
+
+/// What `flow.start` logs of a call about to run `pin`: the version, and what the plugin is
+/// told of the call (everything a replay needs to run the same events through another build).
+fn flow_started(call: &Call, pin: &Pin) -> FlowStarted {
+    let i = &call.instructions;
+    FlowStarted {
+        plugin: pin.plugin.clone(),
+        sha256: pin.sha256.clone(),
+        config: pin.config.clone(),
+        direction: call.direction,
+        from: call.from_number.clone(),
+        to: call.to_number.clone(),
+        parent_call_sid: call.parent_call_sid.clone(),
+        answered_by: call.answered_by.clone(),
+        url: i.url.clone(),
+        method: i.method,
+        fallback_url: i.fallback_url.clone(),
+        fallback_method: i.fallback_method,
+        document: i.twiml.clone(),
+    }
+}
+
+/// The context one event of a flow is delivered with: what `flow.start` logged of the call,
+/// the call's status (`ringing` or `in-progress`), and the invocation's time and seed.
+/// `callflow replay` builds its contexts here too.
+pub fn flow_context(
+    start: &FlowStarted,
+    account_sid: &str,
+    call_sid: &str,
+    status: &str,
+    now_ms: i64,
+    seed: u64,
+) -> CallContext {
+    CallContext {
+        account_sid: account_sid.to_owned(),
+        call_sid: call_sid.to_owned(),
+        parent_call_sid: start.parent_call_sid.clone(),
+        direction: start.direction.as_str().to_owned(),
+        from: start.from.clone(),
+        to: start.to.clone(),
+        status: status.to_owned(),
+        answered_by: start.answered_by.clone(),
+        now_ms,
+        seed,
+        config: start.config.clone(),
+        url: start.url.clone(),
+        method: method(start.method),
+        fallback_url: start.fallback_url.clone(),
+        fallback_method: method(start.fallback_method),
+        document: start.document.clone(),
     }
 }
 
@@ -204,38 +259,11 @@ impl Session {
         &self.runner.inner
     }
 
-    fn context(&self, config: &str, now: i64, seed: u64) -> CallContext {
-        let c = &self.call;
-        CallContext {
-            account_sid: c.account_sid.clone(),
-            call_sid: c.sid.clone(),
-            parent_call_sid: c.parent_call_sid.clone(),
-            direction: c.direction.as_str().to_owned(),
-            from: c.from_number.clone(),
-            to: c.to_number.clone(),
-            status: if self.leg.ringing() {
-                "ringing"
-            } else {
-                "in-progress"
-            }
-            .into(),
-            answered_by: c.answered_by.clone(),
-            now_ms: now,
-            seed,
-            config: config.to_owned(),
-            url: c.instructions.url.clone(),
-            method: method(c.instructions.method),
-            fallback_url: c.instructions.fallback_url.clone(),
-            fallback_method: method(c.instructions.fallback_method),
-            document: c.instructions.twiml.clone(),
-        }
-    }
-
-    async fn log(&self, kind: &str, detail: Value) {
+    async fn log(&self, entry: CallLogEntry) {
         let r = self
             .inner()
             .store
-            .append_call_event(&self.call.sid, now_ms(), kind, &detail.to_string())
+            .append_call_event(&self.call.sid, now_ms(), &entry)
             .await;
         if let Err(e) = r {
             tracing::warn!(call = %self.call.sid, error = %e, "call event not logged");
@@ -256,10 +284,11 @@ impl Session {
             }
         };
         let answered_by = verdict.answered_by.as_str().to_owned();
-        self.log(
-            "flow.amd",
-            json!({"answered_by": answered_by, "reason": verdict.reason, "after_ms": verdict.decided_after_ms}),
-        )
+        self.log(CallLogEntry::FlowAmd(Amd {
+            answered_by: answered_by.clone(),
+            reason: verdict.reason.to_owned(),
+            after_ms: verdict.decided_after_ms,
+        }))
         .await;
         let update = CallUpdate {
             answered_by: Some(answered_by.clone()),
@@ -281,20 +310,8 @@ impl Session {
     }
 
     async fn drive(&mut self, pin: &Pin) {
-        let config = pin.config.as_str();
-        // Everything a replay needs to run the same events through another build.
-        let ctx = self.context(config, 0, 0);
-        self.log(
-            "flow.start",
-            json!({
-                "plugin": pin.plugin, "sha256": pin.sha256, "config": config,
-                "direction": ctx.direction, "from": ctx.from, "to": ctx.to,
-                "parent_call_sid": ctx.parent_call_sid, "answered_by": ctx.answered_by,
-                "url": ctx.url, "method": ctx.method, "fallback_url": ctx.fallback_url,
-                "fallback_method": ctx.fallback_method, "document": ctx.document,
-            }),
-        )
-        .await;
+        let start = flow_started(&self.call, pin);
+        self.log(CallLogEntry::FlowStart(start.clone())).await;
         let mut queue = VecDeque::from([FlowEvent::Start]);
         let mut delivered = 0;
         while let Some(event) = queue.pop_front() {
@@ -302,7 +319,7 @@ impl Session {
             if delivered > MAX_EVENTS {
                 return self.application_error("too many flow events").await;
             }
-            let commands = match self.deliver(pin, event).await {
+            let commands = match self.deliver(pin, &start, event).await {
                 Ok(c) => c,
                 Err(e) => {
                     return self
@@ -311,7 +328,7 @@ impl Session {
                 }
             };
             for command in commands {
-                self.log("flow.command", json!(command)).await;
+                self.log(CallLogEntry::FlowCommand(json!(command))).await;
                 if self.leg.ringing() {
                     match command {
                         Command::Fetch(_) => {}
@@ -331,14 +348,14 @@ impl Session {
                     Outcome::Gone => {
                         // The other side hung up mid-flow: the plugin hears of it last (what
                         // it answers has no call left to act on, only its logs are kept).
-                        let _ = self.deliver(pin, FlowEvent::Hangup).await;
+                        let _ = self.deliver(pin, &start, FlowEvent::Hangup).await;
                         return;
                     }
                     Outcome::Redirected(r) => {
-                        self.log(
-                            "flow.redirect",
-                            json!({"url": r.url, "document": r.twiml.is_some()}),
-                        )
+                        self.log(CallLogEntry::FlowRedirect(Redirected {
+                            url: r.url.clone(),
+                            document: r.twiml.is_some(),
+                        }))
                         .await;
                         queue.clear();
                         queue.push_back(FlowEvent::Redirected(FlowRedirect {
@@ -358,10 +375,28 @@ impl Session {
     /// Hands one event to the plugin: the event is logged (whole, with the time and seed the
     /// invocation sees, for replays), the plugin's new state kept and its log lines logged; its
     /// commands are returned.
-    async fn deliver(&mut self, pin: &Pin, event: FlowEvent) -> Result<Vec<Command>, HostError> {
+    async fn deliver(
+        &mut self,
+        pin: &Pin,
+        start: &FlowStarted,
+        event: FlowEvent,
+    ) -> Result<Vec<Command>, HostError> {
         let (now, seed) = (now_ms(), rand::random::<u64>());
-        self.log("flow.event", event_entry(&event, now, seed)).await;
-        let ctx = self.context(&pin.config, now, seed);
+        self.log(CallLogEntry::FlowEvent(event_entry(&event, now, seed)))
+            .await;
+        let status = if self.leg.ringing() {
+            "ringing"
+        } else {
+            "in-progress"
+        };
+        let ctx = flow_context(
+            start,
+            &self.call.account_sid,
+            &self.call.sid,
+            status,
+            now,
+            seed,
+        );
         let plugins = self.inner().plugins.clone();
         plugins.call_flow(pin, ctx, &mut self.state, event).await
     }
@@ -376,7 +411,7 @@ impl Session {
             Some((media, events)) => {
                 self.media = media;
                 self.events = events;
-                self.log("flow.answered", json!({})).await;
+                self.log(CallLogEntry::FlowAnswered).await;
                 true
             }
             None => false,
@@ -386,7 +421,7 @@ impl Session {
     /// Refuses a call still ringing with SIP status `code`; it is never answered.
     async fn refuse(&mut self, code: u16) {
         if self.leg.ringing() {
-            self.log("flow.refused", json!({ "sip": code })).await;
+            self.log(CallLogEntry::FlowRefused { sip: code }).await;
             self.leg.refuse(code);
         }
     }
@@ -394,7 +429,10 @@ impl Session {
     /// Says Twilio's application-error words, logs why, and returns (the call is hung up).
     async fn application_error(&mut self, why: &str) {
         tracing::warn!(call = %self.call.sid, why, "application error");
-        self.log("flow.error", json!({ "error": why })).await;
+        self.log(CallLogEntry::FlowError(FlowFailure::Application {
+            error: why.to_owned(),
+        }))
+        .await;
         // Twilio answers a ringing call to say so
         if !self.answer().await {
             return;
@@ -489,7 +527,7 @@ impl Session {
         {
             Ok(a) => Some(a),
             Err(e) => {
-                self.log("flow.media_error", json!({"say": e.to_string()}))
+                self.log(CallLogEntry::FlowMediaError(MediaError::Say(e.to_string())))
                     .await;
                 None
             }
@@ -505,8 +543,10 @@ impl Session {
         {
             Ok(a) => Some(a),
             Err(e) => {
-                self.log("flow.media_error", json!({"play": e.to_string()}))
-                    .await;
+                self.log(CallLogEntry::FlowMediaError(MediaError::Play(
+                    e.to_string(),
+                )))
+                .await;
                 None
             }
         }
@@ -615,7 +655,13 @@ const MAX_LOGGED_EVENT_BYTES: usize = 256 << 10;
 
 /// A delivered event as the call's log keeps it: whole (a replay re-runs it), with the time and
 /// seed its invocation saw.
-fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> Value {
+fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> DeliveredEvent {
+    let entry = |event: &FlowEvent, truncated| DeliveredEvent {
+        event: json!(event),
+        now_ms: now,
+        seed,
+        truncated,
+    };
     if let FlowEvent::Fetched(FetchResult::Response(r)) = e
         && r.body.len() > MAX_LOGGED_EVENT_BYTES
     {
@@ -625,11 +671,9 @@ fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> Value {
             body: String::new(),
             url: r.url.clone(),
         }));
-        return json!({
-            "event": without_body, "now_ms": now, "seed": seed.to_string(), "truncated": true,
-        });
+        return entry(&without_body, true);
     }
-    json!({ "event": e, "now_ms": now, "seed": seed.to_string() })
+    entry(e, false)
 }
 
 #[cfg(test)]
@@ -667,7 +711,7 @@ mod tests {
                 false,
             ),
         ] {
-            let entry = event_entry(&e, 5, u64::MAX);
+            let entry = CallLogEntry::FlowEvent(event_entry(&e, 5, u64::MAX)).detail();
             assert_eq!(entry["seed"], json!(u64::MAX.to_string()));
             let back: Result<FlowEvent, _> = serde_json::from_value(entry["event"].clone());
             if whole {
@@ -677,5 +721,35 @@ mod tests {
                 assert!(entry.to_string().len() < 1000, "the body is not kept");
             }
         }
+    }
+
+    /// `flow.start` logs what the plugin is told, as it did when it was written from the
+    /// context by hand (methods as the plugin world spells them), and the contexts of the
+    /// flow's events (and of a replay) are made from it.
+    #[test]
+    fn the_flow_start_entry_is_what_the_plugin_is_told() {
+        let mut call =
+            crate::test_support::call(callflow_store::CallStatus::InProgress, "completed");
+        call.instructions.url = Some("http://example.com/flow".into());
+        call.instructions.method = callflow_store::HttpMethod::Get;
+        call.answered_by = Some("human".into());
+        let start = flow_started(&call, &Pin::builtin(DEFAULT_FLOW));
+        // how the context's methods were written into `flow.start` before it was typed
+        assert_eq!(json!(HttpMethod::Post), json!("Post"));
+        assert_eq!(json!(HttpMethod::Get), json!("Get"));
+        expect_test::expect![[r#"{"answered_by":"human","config":"{}","direction":"outbound-api","document":null,"fallback_method":"Post","fallback_url":null,"from":"+15552","method":"Get","parent_call_sid":null,"plugin":"builtin:twiml","sha256":null,"to":"+15551","url":"http://example.com/flow"}"#]]
+            .assert_eq(&CallLogEntry::FlowStart(start.clone()).detail().to_string());
+        let ctx = flow_context(&start, "AC1", "CA1", "ringing", 7, 9);
+        assert_eq!(
+            (
+                ctx.method,
+                ctx.fallback_method,
+                ctx.direction.as_str(),
+                ctx.status.as_str()
+            ),
+            (HttpMethod::Get, HttpMethod::Post, "outbound-api", "ringing")
+        );
+        assert_eq!((ctx.now_ms, ctx.seed, ctx.config.as_str()), (7, 9, "{}"));
+        assert_eq!(ctx.url.as_deref(), Some("http://example.com/flow"));
     }
 }

@@ -8,8 +8,9 @@ use callflow_media::record::{RecordOptions, StopReason};
 use callflow_media::worker::MediaEvent;
 use callflow_runtime::flow::{FlowEvent, RecordResult};
 use callflow_runtime::{World, recording};
-use callflow_store::{Call, NewRecording, Sid, SidKind};
-use serde_json::json;
+use callflow_store::{
+    Call, CallLogEntry, FlowFailure, NewRecording, NotifyFailure, RecordingStored, Sid, SidKind,
+};
 
 use super::{FlowRunner, Next, Outcome, Session};
 use crate::clock::now_ms;
@@ -37,17 +38,20 @@ impl FlowRunner {
         let stored = self
             .store_recording(call, &pcm, duration_ms, started, source, Vec::new())
             .await;
-        let (kind, detail) = match &stored {
-            Ok((sid, _)) => (
-                "recording.stored",
-                json!({ "recording_sid": sid, "source": source }),
-            ),
-            Err(why) => ("flow.error", json!({ "recording": why, "source": source })),
+        let entry = match &stored {
+            Ok((sid, _)) => CallLogEntry::RecordingStored(RecordingStored {
+                recording_sid: sid.clone(),
+                source: source.to_owned(),
+            }),
+            Err(why) => CallLogEntry::FlowError(FlowFailure::Recording {
+                error: why.clone(),
+                source: Some(source.to_owned()),
+            }),
         };
         let _ = self
             .inner
             .store
-            .append_call_event(&call.sid, now_ms(), kind, &detail.to_string())
+            .append_call_event(&call.sid, now_ms(), &entry)
             .await;
         let (sid, url) = stored.ok()?;
         Some(callflow_runtime::flow::DialRecording {
@@ -169,7 +173,7 @@ impl Session {
                         pcm.drain(..k.start as usize);
                     }
                     recording::Action::Discard(why) => {
-                        self.log("recording.discarded", json!({ "reason": why }))
+                        self.log(CallLogEntry::RecordingDiscarded { reason: why })
                             .await;
                         let rows = self.notification_rows(notify).await;
                         self.enqueue(rows).await;
@@ -179,8 +183,10 @@ impl Session {
             }
             // A failing plugin must not lose the caller's message: keep it all.
             Err(why) => {
-                self.log("flow.error", json!({ "recording_plugin": why }))
-                    .await;
+                self.log(CallLogEntry::FlowError(FlowFailure::RecordingPlugin {
+                    error: why,
+                }))
+                .await;
             }
         }
         let rows = self.notification_rows(notify).await;
@@ -202,7 +208,11 @@ impl Session {
                 empty: false,
             })),
             Err(why) => {
-                self.log("flow.error", json!({"recording": why})).await;
+                self.log(CallLogEntry::FlowError(FlowFailure::Recording {
+                    error: why,
+                    source: None,
+                }))
+                .await;
                 Outcome::Event(FlowEvent::Recorded(RecordResult {
                     recording_sid: None,
                     recording_url: None,
@@ -257,21 +267,20 @@ impl Session {
         requests: Vec<recording::HttpRequest>,
     ) -> Vec<callflow_store::NewDelivery> {
         if requests.len() > crate::events::MAX_REQUESTS_PER_EVENT {
-            let detail = json!({ "error": format!(
+            let error = format!(
                 "the recording plugin asked for {} notifications (at most {}); none is sent",
-                requests.len(), crate::events::MAX_REQUESTS_PER_EVENT) });
-            self.log("recording.notify", detail).await;
+                requests.len(),
+                crate::events::MAX_REQUESTS_PER_EVENT
+            );
+            self.log(not_sent(None, error)).await;
             return Vec::new();
         }
         let mut rows = Vec::new();
         for r in requests {
-            let (method, url) = (method_name(r.method), r.url.clone());
+            let request = (r.url.clone(), method_name(r.method).to_owned());
             match crate::events::plugin_request(&self.call, r) {
                 Ok(row) => rows.push(row),
-                Err(e) => {
-                    let detail = json!({ "url": url, "method": method, "error": e });
-                    self.log("recording.notify", detail).await;
-                }
+                Err(e) => self.log(not_sent(Some(request), e)).await,
             }
         }
         rows
@@ -289,7 +298,13 @@ impl Session {
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = enqueued {
-            self.log("recording.notify", json!({ "error": e })).await;
+            self.log(not_sent(None, e)).await;
         }
     }
+}
+
+/// `recording.notify`: notifications not sent, and why (`request`: which, by URL and method).
+fn not_sent(request: Option<(String, String)>, error: String) -> CallLogEntry {
+    let (url, method) = request.unzip();
+    CallLogEntry::RecordingNotify(NotifyFailure { url, method, error })
 }

@@ -17,8 +17,7 @@ use callflow_media::g711::Law;
 use callflow_media::rtp::StreamParams;
 use callflow_sip::CallEnd;
 use callflow_sip::sdp::{Codec, LocalMedia, Negotiated};
-use callflow_store::{Call, CallStatus};
-use serde_json::{Value, json};
+use callflow_store::{Call, CallStatus, StatusCause};
 
 use crate::control::{EndRequest, Redirect};
 
@@ -44,7 +43,7 @@ pub(crate) struct StatusChange {
     pub to: CallStatus,
     pub sip_code: Option<u16>,
     /// Why, for the call's event log.
-    pub detail: Value,
+    pub cause: StatusCause,
 }
 
 /// What the store made of a [`StatusChange`].
@@ -237,7 +236,7 @@ impl CallLeg {
         let change = StatusChange {
             to: CallStatus::Ringing,
             sip_code: None,
-            detail: json!({ "sip": status }),
+            cause: StatusCause::Sip { code: status },
         };
         self.store(change, Then::Nothing);
     }
@@ -267,7 +266,7 @@ impl CallLeg {
         let change = StatusChange {
             to: CallStatus::InProgress,
             sip_code: Some(200),
-            detail: json!({ "sip": 200 }),
+            cause: StatusCause::Sip { code: 200 },
         };
         self.store(change, Then::Answered);
     }
@@ -298,7 +297,11 @@ impl CallLeg {
         let change = StatusChange {
             to: status,
             sip_code: code,
-            detail: json!({ "sip": code, "end": format!("{end:?}"), "by_peer": by_peer }),
+            cause: StatusCause::Ended {
+                code,
+                end: format!("{end:?}"),
+                by_peer,
+            },
         };
         self.deadline = None;
         self.store(change, Then::Ended);

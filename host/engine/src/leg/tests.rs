@@ -96,7 +96,7 @@ impl Sim {
                 Action::Store(change) => {
                     self.note(format!(
                         "< store {} sip={:?} {}",
-                        change.to, change.sip_code, change.detail
+                        change.to, change.sip_code, change.cause
                     ));
                     let stored = self.apply(&change);
                     let line = match &stored {

@@ -70,7 +70,7 @@ impl Telephony {
                     Action::Store(change) => {
                         let call = leg.call().clone();
                         let stored = match self
-                            .set_status(&call, change.to, change.sip_code, change.detail)
+                            .set_status(&call, change.to, change.sip_code, change.cause)
                             .await
                         {
                             Some(c) => Stored::Applied(c),

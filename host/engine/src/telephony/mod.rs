@@ -31,7 +31,7 @@ use callflow_sip::sdp::LocalMedia;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
 use callflow_sip::ua::{CallKey, UaEvent};
 use callflow_store::{
-    Call, CallInstructions, CallStatus, Direction, NewCall, Pins, Store, Transition,
+    Call, CallInstructions, CallStatus, Direction, NewCall, Pins, StatusCause, Store, Transition,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -283,7 +283,7 @@ impl Telephony {
                 at: now,
                 sip_response_code: None,
                 answered_by: None,
-                detail: r#"{"reason":"callflow restarted during the call"}"#.to_owned(),
+                cause: StatusCause::Restarted,
             };
             if let Err(e) = self.inner.engine.transition(&call, t).await {
                 tracing::warn!(call = %call.sid, error = %e, "could not end a call left live");
@@ -405,14 +405,14 @@ impl Telephony {
         call: &Call,
         to: CallStatus,
         code: Option<u16>,
-        detail: serde_json::Value,
+        cause: StatusCause,
     ) -> Option<Call> {
         let t = Transition {
             to,
             at: now_ms(),
             sip_response_code: code.map(i64::from),
             answered_by: None,
-            detail: detail.to_string(),
+            cause,
         };
         for attempt in 0..5u32 {
             match self.inner.engine.transition(call, t.clone()).await {
@@ -465,8 +465,10 @@ impl Telephony {
         let (reservation, local) = match self.reserve_media() {
             Ok(r) => r,
             Err(e) => {
-                let detail = serde_json::json!({ "error": e.to_string() });
-                self.set_status(&fresh, CallStatus::Failed, None, detail)
+                let cause = StatusCause::Error {
+                    error: e.to_string(),
+                };
+                self.set_status(&fresh, CallStatus::Failed, None, cause)
                     .await;
                 return give_up(&self);
             }
@@ -478,8 +480,8 @@ impl Telephony {
         let key = match placed {
             Ok(k) => k,
             Err(why) => {
-                let detail = serde_json::json!({ "error": why });
-                self.set_status(&fresh, CallStatus::Failed, None, detail)
+                let cause = StatusCause::Error { error: why };
+                self.set_status(&fresh, CallStatus::Failed, None, cause)
                     .await;
                 return give_up(&self);
             }
@@ -578,8 +580,10 @@ impl Dialer {
         if let Some(trunk) = route.trunk()
             && !tel.take_channel(trunk)
         {
-            let detail = serde_json::json!({ "error": "trunk channels full" });
-            tel.set_status(&child, CallStatus::Failed, None, detail)
+            let cause = StatusCause::Error {
+                error: "trunk channels full".into(),
+            };
+            tel.set_status(&child, CallStatus::Failed, None, cause)
                 .await;
             return Ok((child, tokio::spawn(async {})));
         }
