@@ -1,8 +1,9 @@
 //! Media load benchmark: N concurrent calls, each playing one shared prompt in a loop
 //! and recording, driven by an RTP load generator of ours, next to a raw UDP loop with the same
-//! sockets and packet pattern (the ceiling), measured in the same run.
+//! sockets and packet pattern (the ceiling), measured in the same run. `IDLE=silent|hold` makes
+//! the calls idle instead, and `CHURN=K` measures opening and closing a call's media.
 //!
-//! One binary, three roles, each its own process so that `/proc/PID` gives each one's CPU and
+//! One binary, four roles, each its own process so that `/proc/PID` gives each one's CPU and
 //! memory:
 //! - the runner (`cargo bench -p callflow-media --bench load`, or `bench/media.sh`): for each N
 //!   in `NS`, starts `sut raw` then `sut media`, each with a `gen`, measures them from `/proc`
@@ -20,12 +21,23 @@
 //!   late against its stream's ideal 20 ms schedule (the earliest offset seen), frames the
 //!   sender skipped (the timestamp jumped further than the sequence number) and sequence gaps
 //!   (loss); it prints the totals as one JSON line.
+//! - `sut churn K WORKERS PORT_MIN` (with `CHURN=K`, in place of the steps): `Media::start`,
+//!   then K calls' media reserved, opened and dropped, 100 at a time, each batch waiting for its
+//!   `Closed` events; it prints the process's CPU and the wall time per call as one JSON line.
+//!
+//! Idle calls (`IDLE`, read by every role): `silent` calls play and record nothing, and the
+//! generator sends one packet per call at its start (so that symmetric RTP knows where to send)
+//! and nothing after: each call sends silence, 50 packets/s, and hears nothing. `hold` calls
+//! are opened with `send: false` and the generator sends nothing: no packet either way. The raw
+//! loop does the same (it sends once it has heard the peer). Either way the report adds the
+//! worker threads' CPU per call per second.
 //!
 //! Settings (environment, read by the runner): `NS` (default "250 500 1000 2000 3000"),
 //! `DURATION` and `WARMUP` (s, default 10 and 2), `WORKERS` (media worker threads, and raw
 //! threads, default 1), `PORT_MIN` (default 20000), `OUT` (folder for the per-step JSON and the
 //! children's logs), `CLK_TCK` (default 100), `RECORD=0` (calls only play: to see what
-//! recording costs). Bounds: N ≤ 6000, DURATION ≤ 600 s, WARMUP ≤ 60 s, WORKERS ≤ 16; every
+//! recording costs), `IDLE` (above), `CHURN` (calls opened and closed; at most 1,000,000).
+//! Bounds: N ≤ 6000, DURATION ≤ 600 s, WARMUP ≤ 60 s, WORKERS ≤ 16; every
 //! wait for a child has a timeout, and children are killed (by their own pid) if the runner
 //! gives up.
 
@@ -45,7 +57,7 @@ use callflow_media::Audio;
 use callflow_media::g711::{self, Law};
 use callflow_media::record::RecordOptions;
 use callflow_media::rtp::{Outgoing, StreamParams};
-use callflow_media::worker::{LATE_MS, Media, MediaConfig, PlayItem, TICK_MS};
+use callflow_media::worker::{LATE_MS, Media, MediaConfig, MediaEvent, PlayItem, TICK_MS};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use rtp_rs::RtpReader;
 
@@ -103,7 +115,46 @@ struct Settings {
     clk_tck: f64,
     /// Calls record as well as play (RECORD=0: they only play).
     record: bool,
+    idle: Idle,
 }
+
+/// What the calls do: play and record while the generator talks, or sit idle.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    Active,
+    /// Nothing plays; the peer sends one packet, then nothing; the call sends silence.
+    Silent,
+    /// On hold (`send: false`) and the peer sends nothing: no packet either way.
+    Hold,
+}
+
+impl Idle {
+    /// `IDLE` from the environment (the children inherit the runner's).
+    fn from_env() -> Res<Idle> {
+        match std::env::var("IDLE").as_deref() {
+            Err(_) | Ok("") | Ok("0") => Ok(Idle::Active),
+            Ok("silent") => Ok(Idle::Silent),
+            Ok("hold") => Ok(Idle::Hold),
+            Ok(v) => Err(format!("IDLE: {v:?} is not silent or hold").into()),
+        }
+    }
+
+    fn describe(self, record: bool) -> &'static str {
+        match (self, record) {
+            (Idle::Active, true) => "playing and recording",
+            (Idle::Active, false) => "playing only (RECORD=0)",
+            (Idle::Silent, _) => {
+                "idle (IDLE=silent: nothing plays, the peer sends one packet then nothing, the \
+                 call sends silence)"
+            }
+            (Idle::Hold, _) => "idle on hold (IDLE=hold: no packet either way)",
+        }
+    }
+}
+
+/// Calls opened and closed per batch in the churn measurement.
+const CHURN_BATCH: usize = 100;
+const MAX_CHURN: u64 = 1_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -123,6 +174,7 @@ impl Mode {
 /// What one step (one mode at one N) measured over the window.
 struct Row {
     mode: Mode,
+    idle: Idle,
     n: usize,
     secs: f64,
     load1: f64,
@@ -177,6 +229,8 @@ impl Row {
         let due = self.g("received") + self.g("skipped") + self.g("lost");
         if due > 0.0 {
             100.0 * self.late() / due
+        } else if self.idle == Idle::Hold {
+            0.0
         } else {
             100.0
         }
@@ -202,8 +256,17 @@ impl Row {
     /// The issue's quality bar: < 0.1% of packets late by more than 40 ms, no loss; and a
     /// stream for every call.
     fn holds(&self) -> bool {
+        if self.idle == Idle::Hold {
+            // Nothing is due either way: the bar is that nothing came.
+            return self.lost() == 0.0 && self.g("received") == 0.0;
+        }
         let expected = self.n as f64 * 50.0 * self.secs;
         self.late_pct() < 0.1 && self.lost() == 0.0 && self.g("received") > 0.9 * expected
+    }
+
+    /// The worker threads' (or raw threads') CPU per call, in µs per second.
+    fn worker_us_per_call_s(&self) -> f64 {
+        self.sut_worker_cpu * 1e6 / self.n as f64
     }
 
     fn json(&self) -> String {
@@ -216,6 +279,7 @@ impl Row {
             ("sut_minor_faults_per_s", self.sut_faults_per_s),
             ("gen_cpu_pct", 100.0 * self.gen_cpu),
             ("us_per_packet", self.us_per_packet()),
+            ("worker_us_per_call_s", self.worker_us_per_call_s()),
             ("rss_before_kib", self.rss_before_kib),
             ("rss_open_kib", self.rss_open_kib),
             ("rss_end_kib", self.rss_end_kib),
@@ -272,8 +336,13 @@ fn run(full: bool) -> Res<()> {
         None => std::env::temp_dir().join(format!("callflow-media-load-{}", std::process::id())),
     };
     fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let churn = match std::env::var("CHURN") {
+        Ok(v) => Some(parse_bounded(&v, "CHURN", 1, MAX_CHURN)?),
+        Err(_) => None,
+    };
     let s = Settings {
         record: recording_on(),
+        idle: Idle::from_env()?,
         ns,
         warmup: Duration::from_secs(warmup),
         duration: Duration::from_secs(duration),
@@ -300,6 +369,9 @@ fn run(full: bool) -> Res<()> {
         .into());
     }
     let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    if let Some(k) = churn {
+        return churn_step(&s, &exe, k);
+    }
     let steps = s.out.join("steps.jsonl");
     let mut steps_file = File::create(&steps).map_err(|e| format!("{}: {e}", steps.display()))?;
     log(&format!(
@@ -399,11 +471,14 @@ fn step(s: &Settings, exe: &Path, mode: Mode, n: usize) -> Res<Row> {
         .collect();
     Ok(Row {
         mode,
+        idle: s.idle,
         n,
         secs,
         load1,
         sut_cpu: cpu(a.sut_ticks, b.sut_ticks),
-        sut_worker_cpu: cpu(worker(&a.sut_threads), worker(&b.sut_threads)),
+        sut_worker_cpu: worker(&b.sut_threads).saturating_sub(worker(&a.sut_threads)) as f64
+            / 1e9
+            / secs,
         sut_faults_per_s: b.sut_minor_faults.saturating_sub(a.sut_minor_faults) as f64 / secs,
         gen_cpu: cpu(a.gen_ticks, b.gen_ticks),
         rss_before_kib: ready.get("rss_before_kib").copied().unwrap_or(0.0),
@@ -411,7 +486,9 @@ fn step(s: &Settings, exe: &Path, mode: Mode, n: usize) -> Res<Row> {
         rss_end_kib,
         hwm_kib,
         recorded_s: match mode {
-            Mode::Media if s.record => b.at.duration_since(opened).as_secs_f64(),
+            Mode::Media if s.record && s.idle == Idle::Active => {
+                b.at.duration_since(opened).as_secs_f64()
+            }
             _ => 0.0,
         },
         from_gen: gen_result,
@@ -420,10 +497,46 @@ fn step(s: &Settings, exe: &Path, mode: Mode, n: usize) -> Res<Row> {
     })
 }
 
+/// The churn measurement: one `sut churn` process, its result printed as a sentence.
+fn churn_step(s: &Settings, exe: &Path, k: u64) -> Res<()> {
+    log(&format!("churn: {k} calls, {} worker thread(s)", s.workers));
+    let mut sut = Proc::spawn(
+        Command::new(exe).args([
+            "sut",
+            "churn",
+            &k.to_string(),
+            &s.workers.to_string(),
+            &s.port_min.to_string(),
+        ]),
+        "the churning SUT",
+        &s.out.join("churn-sut.log"),
+    )?;
+    // about 100 µs per call at worst, and a 10 ms tick per batch
+    let limit = READY_TIMEOUT + Duration::from_micros(k * 100 + k / CHURN_BATCH as u64 * 20_000);
+    let r = parse_flat_json(&sut.line(limit, "its result")?)?;
+    sut.wait(EXIT_TIMEOUT)?;
+    let get = |k: &str| r.get(k).copied().unwrap_or(f64::NAN);
+    let calls = get("calls");
+    let cpu_us = get("cpu_ns") / 1e3 / calls;
+    let worker_us = get("worker_cpu_ns") / 1e3 / calls;
+    let wall_us = get("wall_us") / calls;
+    println!(
+        "callflow media churn: {} CPUs ({}), {} worker thread(s): {calls} calls' media reserved, \
+         opened and dropped, {CHURN_BATCH} at a time, each batch waiting for its Closed events: \
+         {cpu_us:.1} µs of process CPU per call ({worker_us:.1} µs of it on the workers), \
+         {wall_us:.1} µs of wall time per call",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        s.workers,
+    );
+    Ok(())
+}
+
 struct Snapshot {
     at: Instant,
     sut_ticks: u64,
     sut_minor_faults: u64,
+    /// CPU time per thread name, in ns.
     sut_threads: HashMap<String, u64>,
     gen_ticks: u64,
     from_sut: HashMap<String, f64>,
@@ -436,7 +549,7 @@ impl Snapshot {
         let sut_ticks = proc_ticks(sut.pid())?;
         let sut_minor_faults = proc_minor_faults(sut.pid())?;
         let gen_ticks = proc_ticks(gen_pid)?;
-        let sut_threads = thread_ticks(sut.pid());
+        let sut_threads = thread_cpu_ns(sut.pid());
         let rcvbuf_errors = udp_rcvbuf_errors()?;
         sut.send("snap")?;
         let counters = parse_flat_json(&sut.line(LINE_TIMEOUT, "its counters")?)?;
@@ -466,11 +579,7 @@ fn report(s: &Settings, rows: &[Row]) -> String {
             thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_model(),
             s.workers,
-            if s.record {
-                "playing and recording"
-            } else {
-                "playing only (RECORD=0)"
-            },
+            s.idle.describe(s.record),
             s.duration.as_secs(),
             s.warmup.as_secs(),
             s.out.display()
@@ -524,7 +633,7 @@ fn report(s: &Settings, rows: &[Row]) -> String {
     line(
         &mut o,
         "(packets/s: sent to the SUT plus received from it, counted by the generator; CPU in % \
-         of one core (utime+stime); µs/packet: SUT CPU / packets; RSS: VmRSS at the end of the \
+         of one core (utime+stime; the worker threads' from the scheduler's run time, in ns); µs/packet: SUT CPU / packets; RSS: VmRSS at the end of the \
          window; RSS/call: (that - VmRSS before the first socket) / N, the shared prompt \
          excluded; less recording: minus 16,000 bytes per second since the calls opened, the \
          PCM each call's recorder holds in memory; late: frames received > 40 ms after their \
@@ -541,14 +650,18 @@ fn report(s: &Settings, rows: &[Row]) -> String {
             &mut o,
             format!(
                 "N={}: callflow's packets per CPU-second = {:.0}% of the raw loop's ({:.2} vs \
-                 {:.2} µs/packet); worker thread(s) {:.0}% of a core of the SUT's {:.0}%; \
-                 {:.0} page faults/s",
+                 {:.2} µs/packet); worker thread(s) {:.0}% of a core of the SUT's {:.0}%, \
+                 {:.1} µs per call per second (raw threads: {:.0}%, {:.1} µs); {:.0} page \
+                 faults/s",
                 r.n,
                 100.0 * raw.us_per_packet() / r.us_per_packet(),
                 r.us_per_packet(),
                 raw.us_per_packet(),
                 100.0 * r.sut_worker_cpu,
                 100.0 * r.sut_cpu,
+                r.worker_us_per_call_s(),
+                100.0 * raw.sut_worker_cpu,
+                raw.worker_us_per_call_s(),
                 r.sut_faults_per_s,
             ),
         );
@@ -682,8 +795,14 @@ impl Drop for Proc {
 
 fn sut(args: &[String]) -> Res<()> {
     let [mode, n, workers, port_min] = args else {
-        return Err("usage: load sut raw|media N WORKERS PORT_MIN".into());
+        return Err("usage: load sut raw|media|churn N WORKERS PORT_MIN".into());
     };
+    if mode == "churn" {
+        let k: usize = parse_bounded(n, "K", 1, MAX_CHURN as usize)?;
+        let workers: usize = parse_bounded(workers, "WORKERS", 1, MAX_WORKERS)?;
+        let port_min: u16 = parse_bounded(port_min, "PORT_MIN", 1024, 60000)?;
+        return sut_churn(k, workers, port_min);
+    }
     let n: usize = parse_bounded(n, "N", 1, MAX_CALLS)?;
     let workers: usize = parse_bounded(workers, "WORKERS", 1, MAX_WORKERS)?;
     let port_min: u16 = parse_bounded(port_min, "PORT_MIN", 1024, 60000)?;
@@ -781,6 +900,7 @@ fn sut_media(
         port_max,
         workers,
     })?;
+    let idle = Idle::from_env()?;
     let params = StreamParams {
         law: Law::Mu,
         payload_type: 0,
@@ -788,16 +908,18 @@ fn sut_media(
         ptime_ms: 20,
         // Symmetric RTP: each call sends to where the generator's packets come from.
         remote: None,
-        send: true,
+        send: idle != Idle::Hold,
     };
-    let record = recording_on();
+    let record = recording_on() && idle == Idle::Active;
     let mut calls = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
     for _ in 0..n {
         let reservation = media.reserve()?;
         ports.push(reservation.port());
         let (call, events) = media.open(reservation, params);
-        call.play(vec![PlayItem::Audio(prompt.clone())], 0, false);
+        if idle == Idle::Active {
+            call.play(vec![PlayItem::Audio(prompt.clone())], 0, false);
+        }
         if record {
             call.record(
                 RecordOptions {
@@ -826,6 +948,65 @@ fn sut_media(
             v(&c.late_frames)
         )
     }))
+}
+
+/// Opens and closes `k` calls' media, [`CHURN_BATCH`] at a time, and prints the CPU time
+/// (nanoseconds, from the scheduler's per-thread counts) and wall time it took.
+fn sut_churn(k: usize, workers: usize, port_min: u16) -> Res<()> {
+    let port_max = port_min as usize + 2 * (CHURN_BATCH + SUT_SPARE_PORTS);
+    let port_max = u16::try_from(port_max).map_err(|_| "port range beyond 65535")?;
+    let media = Media::start(&MediaConfig {
+        ip: LOOPBACK.into(),
+        port_min,
+        port_max,
+        workers,
+    })?;
+    let params = StreamParams {
+        law: Law::Mu,
+        payload_type: 0,
+        telephone_event: Some(101),
+        ptime_ms: 20,
+        remote: None,
+        send: true,
+    };
+    let pid = std::process::id();
+    let cpu_ns = |workers_only: bool| -> u64 {
+        thread_cpu_ns(pid)
+            .iter()
+            .filter(|(k, _)| !workers_only || k.starts_with("media-"))
+            .map(|(_, v)| *v)
+            .sum::<u64>()
+    };
+    let (t0, ns0, worker0) = (Instant::now(), cpu_ns(false), cpu_ns(true));
+    let mut closing = Vec::with_capacity(CHURN_BATCH);
+    let mut done = 0;
+    while done < k {
+        let batch = CHURN_BATCH.min(k - done);
+        for _ in 0..batch {
+            let (call, events) = media.open(media.reserve()?, params);
+            drop(call);
+            closing.push(events);
+        }
+        for mut events in closing.drain(..) {
+            // `Closed` is the last event; the worker's tick bounds the wait.
+            while let Some(e) = events.blocking_recv() {
+                if let MediaEvent::Closed { .. } = e {
+                    break;
+                }
+            }
+        }
+        done += batch;
+    }
+    let wall_us = t0.elapsed().as_micros();
+    let ns = cpu_ns(false) - ns0;
+    let worker_ns = cpu_ns(true) - worker0;
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{{\"calls\":{k},\"cpu_ns\":{ns},\"worker_cpu_ns\":{worker_ns},\"wall_us\":{wall_us}}}"
+    )?;
+    out.flush()?;
+    Ok(())
 }
 
 #[derive(Default)]
@@ -1068,6 +1249,7 @@ fn generator(args: &[String]) -> Res<()> {
     if ports.len() != n {
         return Err(format!("{} ports given for {n} calls", ports.len()).into());
     }
+    let idle = Idle::from_env()?;
     let mut streams = Vec::with_capacity(n);
     for (i, &port) in ports.iter().enumerate() {
         let socket = UdpSocket::bind(SocketAddr::from((LOOPBACK, 0)))
@@ -1123,7 +1305,13 @@ fn generator(args: &[String]) -> Res<()> {
                     }
                 }
             }
-            if (tick + s.phase).is_multiple_of(2) {
+            let talks = match idle {
+                Idle::Active => true,
+                // one packet, for symmetric RTP to know where to send
+                Idle::Silent => tick < 2,
+                Idle::Hold => false,
+            };
+            if talks && (tick + s.phase).is_multiple_of(2) {
                 let len = s.out.audio(0, &frame, &mut packet);
                 match s.socket.send(&packet[..len]) {
                     Ok(_) => c.sent += u64::from(window),
@@ -1215,22 +1403,26 @@ fn stat_field(stat: &str, n: usize) -> Option<u64> {
     rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
-/// CPU ticks per thread name (threads that exit are missing; ours do not during a step).
-fn thread_ticks(pid: u32) -> HashMap<String, u64> {
+/// CPU time per thread name in nanoseconds (`/proc/…/task/…/schedstat`, its first field: far
+/// finer than clock ticks). Threads that exit are missing; ours do not during a step.
+fn thread_cpu_ns(pid: u32) -> HashMap<String, u64> {
     let mut m = HashMap::new();
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return m;
     };
     for entry in dir.flatten() {
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+        let (Ok(comm), Ok(sched)) = (
+            fs::read_to_string(entry.path().join("comm")),
+            fs::read_to_string(entry.path().join("schedstat")),
+        ) else {
             continue;
         };
-        let name = match (stat.find('('), stat.rfind(')')) {
-            (Some(a), Some(b)) if a < b => stat[a + 1..b].to_string(),
-            _ => continue,
-        };
-        if let Some(t) = stat_ticks(&stat) {
-            *m.entry(name).or_insert(0) += t;
+        if let Some(ns) = sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            *m.entry(comm.trim().to_string()).or_insert(0) += ns;
         }
     }
     m
