@@ -233,6 +233,12 @@ impl Incoming {
         self.latched
     }
 
+    /// Packets wait in the reorder buffer (for a gap to fill, or `HOLD_MS`): releasing them
+    /// needs time to pass.
+    pub fn holds_packets(&self) -> bool {
+        self.held > 0
+    }
+
     /// Every slot of the reorder buffer is taken: call [`Incoming::release`] before accepting
     /// more.
     pub fn is_full(&self) -> bool {

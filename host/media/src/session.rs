@@ -7,12 +7,17 @@
 //!
 //! Inputs: [`MediaSession::handle_packet`], [`MediaSession::handle_tick`] and
 //! [`MediaSession::handle_command`]. Outputs: [`MediaSession::poll_transmit`],
-//! [`MediaSession::poll_event`] and [`MediaSession::poll_conversation`]. A driver's tick,
-//! for each call: every datagram received since the last tick (`handle_packet`), then
-//! `handle_tick(now)`; once every call has had its input, bridged calls exchange audio
-//! ([`MediaSession::pass_audio_to`]); then `poll_transmit(now, buf)` until it returns `None`,
-//! and `poll_event` until it returns `None`. After each command, drain `poll_event` and
-//! `poll_conversation`. Time is the driver's clock in milliseconds, never going back.
+//! [`MediaSession::poll_event`], [`MediaSession::poll_conversation`] and
+//! [`MediaSession::poll_timeout`]. A driver's tick, for each call: every datagram received
+//! since the last tick (`handle_packet`), then `handle_tick(now)`; once every call has had its
+//! input, bridged calls exchange audio ([`MediaSession::pass_audio_to`]); then
+//! `poll_transmit(now, buf)` until it returns `None`, `poll_event` until it returns `None`,
+//! and `poll_timeout` for when the call next needs a tick. After each command, drain
+//! `poll_event` and `poll_conversation`, and give the call a tick. Time is the driver's clock
+//! in milliseconds, never going back.
+//!
+//! A driver may tick a call at every tick of its own, or only at the ticks where a packet or
+//! a command came for it or `poll_timeout` fell due: both see the same packets and events.
 //!
 //! Nothing on the packet path allocates: the reorder buffer is fixed slots, a frame is built
 //! on the stack and its packet in the caller's buffer, and the queues (events, digits, a
@@ -422,6 +427,11 @@ pub struct MediaSession {
     /// Frames sent late or skipped since the last [`MediaSession::take_late_frames`].
     late: u64,
     closed: bool,
+    /// The latest time the driver gave.
+    now_ms: u64,
+    /// At the last `poll_transmit`, no frame was wanted ([`MediaSession::poll_timeout`] said
+    /// None): the frames that fell due since pass unbuilt.
+    dormant: bool,
 }
 
 impl MediaSession {
@@ -447,6 +457,8 @@ impl MediaSession {
             events: VecDeque::new(),
             late: 0,
             closed: false,
+            now_ms: 0,
+            dormant: false,
         }
     }
 
@@ -499,6 +511,7 @@ impl MediaSession {
         if self.closed {
             return;
         }
+        self.now_ms = self.now_ms.max(now);
         match self.inc.accept(now, from, bytes, &self.params) {
             Accepted::Audio => {
                 self.last_audio_ms = now;
@@ -524,6 +537,7 @@ impl MediaSession {
         if self.closed {
             return;
         }
+        self.now_ms = self.now_ms.max(now);
         self.release(now, false);
         self.pad_recording(now);
         if let Some(c) = self.conversation.as_mut()
@@ -550,6 +564,7 @@ impl MediaSession {
         if self.closed {
             return;
         }
+        self.now_ms = self.now_ms.max(now);
         match command {
             Command::Play {
                 items,
@@ -645,10 +660,21 @@ impl MediaSession {
         if self.closed {
             return None;
         }
+        self.now_ms = self.now_ms.max(now);
         let ptime = u64::from(self.params.ptime_ms.max(1));
         loop {
             let mut due = *self.next_frame_ms.get_or_insert(now);
+            if std::mem::take(&mut self.dormant) && due < now {
+                // Frames nobody wanted (nothing to send, nothing playing): skipped as they
+                // would have been built, unsent, by a driver ticking all along; not late.
+                let missed = (now - due).div_ceil(ptime);
+                let samples = self.params.frame_samples().min(MAX_PAYLOAD) as u64;
+                self.out.skip((missed * samples) as u32);
+                due += missed * ptime;
+                self.next_frame_ms = Some(due);
+            }
             if now < due {
+                self.dormant = !self.frames_wanted();
                 return None;
             }
             if now - due > 3 * ptime {
@@ -677,6 +703,39 @@ impl MediaSession {
         self.events.pop_front()
     }
 
+    /// When the call next needs `handle_tick` and `poll_transmit` if no packet or command
+    /// comes first (poll it after `poll_transmit`): its next frame, a collection's timeout, or
+    /// a time already past (the driver's next tick) before its first frame and while
+    /// something runs that watches the clock (a recording, answering-machine detection, a
+    /// conversation recording, packets held for reordering). None: nothing until a packet or a command comes, for nothing is
+    /// sent and nothing runs (on hold, or before the peer's address is known, with nothing
+    /// playing); the frames that fall due meanwhile are skipped then, unsent and not late.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.closed {
+            return None;
+        }
+        let watches_clock = matches!(self.listening, Listening::Recording(Rec::Running(_)))
+            || self.detector.is_some()
+            || self.conversation.is_some()
+            || self.inc.holds_packets()
+            || !self.pending_digits.is_empty();
+        // no frame yet (or a new packet time): the first one sets the frames' times
+        if watches_clock || self.next_frame_ms.is_none() {
+            return Some(self.now_ms);
+        }
+        let frame = self.frames_wanted().then_some(self.next_frame_ms).flatten();
+        let timeout = match &self.listening {
+            Listening::Collecting(c) if !matches!(self.sending, Sending::Prompt(_)) => {
+                c.deadline_ms
+            }
+            _ => None,
+        };
+        match (frame, timeout) {
+            (Some(f), Some(t)) => Some(f.min(t)),
+            (f, t) => f.or(t),
+        }
+    }
+
     /// The conversation recording, once ended (by [`Command::EndConversation`] or the close),
     /// unmixed: mixing a long one on the worker would stall every call of it. Poll after each
     /// command.
@@ -693,13 +752,28 @@ impl MediaSession {
         self.events.push_back(e);
     }
 
+    /// Where our frames go: the peer's latched address or SDP's, unless on hold.
+    fn destination(&self) -> Option<SocketAddr> {
+        let dest = self.inc.latched().or(self.params.remote)?;
+        (self.params.send && !dest.ip().is_unspecified()).then_some(dest)
+    }
+
+    /// Whether frames must be built as they fall due: one goes out, or building it moves
+    /// something on (a prompt or digits, also on hold; the bridge; the conversation recording).
+    fn frames_wanted(&self) -> bool {
+        !matches!(self.sending, Sending::Nothing)
+            || self.bridge.is_some()
+            || self.conversation.is_some()
+            || self.destination().is_some()
+    }
+
     /// Builds one frame's worth: a DTMF event packet, prompt audio, the peer's audio or
     /// silence. Returns the datagram if it is to be sent.
     fn frame_due(&mut self, now: u64, buf: &mut [u8]) -> Option<Transmit> {
         // SDP agrees 20 or 30 ms; a longer packet time is cut to what one packet holds.
         let samples = self.params.frame_samples().min(MAX_PAYLOAD);
-        let dest = self.inc.latched().or(self.params.remote);
-        let sending = self.params.send && dest.is_some_and(|d| !d.ip().is_unspecified());
+        let dest = self.destination();
+        let sending = dest.is_some();
         let mut len = 0;
         // Digits take the place of audio while they last.
         if let Sending::Digits(d) = &mut self.sending {
@@ -752,7 +826,7 @@ impl MediaSession {
             }
         }
         match dest {
-            Some(to) if sending && len > 0 => Some(Transmit { to, len }),
+            Some(to) if len > 0 => Some(Transmit { to, len }),
             _ => None,
         }
     }
@@ -1053,7 +1127,7 @@ mod tests {
     }
 
     /// A packet we sent, read back.
-    #[derive(Debug)]
+    #[derive(Debug, PartialEq)]
     struct Sent {
         at: u64,
         to: SocketAddr,
@@ -1083,6 +1157,13 @@ mod tests {
         peer: Outgoing,
         sent: Vec<Sent>,
         events: Vec<(u64, MediaEvent)>,
+        /// The session gets a tick only when `poll_timeout` says or a packet or command came
+        /// (as the worker drives it), not at every tick.
+        lazy: bool,
+        /// A packet or command came since the last tick.
+        input: bool,
+        /// Ticks the session got.
+        ticked: u64,
     }
 
     impl Sim {
@@ -1093,10 +1174,21 @@ mod tests {
                 peer: Outgoing::new(0xfeed, 1, 0),
                 sent: Vec::new(),
                 events: Vec::new(),
+                lazy: false,
+                input: false,
+                ticked: 0,
+            }
+        }
+
+        fn lazy(params: StreamParams) -> Sim {
+            Sim {
+                lazy: true,
+                ..Sim::new(params)
             }
         }
 
         fn command(&mut self, c: Command) {
+            self.input = true;
             self.s.handle_command(self.now, c);
             self.drain_events();
         }
@@ -1106,6 +1198,7 @@ mod tests {
             let payload = [g711::encode_sample(Law::Mu, value); 160];
             let mut buf = [0u8; MAX_PACKET];
             let n = self.peer.audio(0, &payload, &mut buf);
+            self.input = true;
             self.s.handle_packet(self.now, &buf[..n], peer());
         }
 
@@ -1114,6 +1207,7 @@ mod tests {
             let event = crate::dtmf::digit_event(digit).unwrap();
             let ts = self.peer.timestamp();
             let mut buf = [0u8; MAX_PACKET];
+            self.input = true;
             for (end, duration) in [(false, 160), (true, 800), (true, 800), (true, 800)] {
                 let ev = TelephoneEvent {
                     event,
@@ -1135,6 +1229,13 @@ mod tests {
 
         /// The rest of the tick at `now` (after the peer's packets), then time moves on.
         fn tick(&mut self) {
+            let input = std::mem::take(&mut self.input);
+            let due = self.s.poll_timeout().is_some_and(|t| t <= self.now);
+            if self.lazy && !input && !due {
+                self.now += TICK;
+                return;
+            }
+            self.ticked += 1;
             self.s.handle_tick(self.now);
             let mut buf = [0u8; MAX_PACKET];
             while let Some(t) = self.s.poll_transmit(self.now, &mut buf) {
@@ -1764,5 +1865,162 @@ mod tests {
             sim.log(),
             ["100 PlayDone interrupted", "100 Collected \"\" Stopped"]
         );
+    }
+    /// A call's life with a bit of everything, the same for a session ticked at every tick
+    /// and one ticked only when it asks (or a packet or command comes).
+    fn a_bit_of_everything(sim: &mut Sim) {
+        // silence, then a <Gather>: a digit cuts its prompt, the timeout ends it
+        sim.idle_until(200);
+        sim.command(play(2400, true));
+        sim.command(collect(None, 500));
+        sim.idle_until(400);
+        sim.press('1');
+        sim.idle_until(1200);
+        // a <Record>: the peer speaks, then nothing, until the silence timeout
+        sim.command(Command::Record {
+            opts: record(5_000, 300),
+            beep: None,
+        });
+        sim.talk_until(1500, LOUD);
+        sim.idle_until(2000);
+        // on hold with nothing playing, then back
+        sim.command(Command::Update(StreamParams {
+            send: false,
+            ..params(Some(101))
+        }));
+        sim.idle_until(3010);
+        sim.command(Command::Update(params(Some(101))));
+        sim.idle_until(3200);
+        // digits out, answering-machine detection, a conversation recording
+        sim.command(Command::SendDigits("1w2".into()));
+        sim.idle_until(4500);
+        sim.command(Command::Detect(AmdConfig::default()));
+        sim.command(Command::RecordConversation { max_ms: 60_000 });
+        sim.talk_until(5000, LOUD);
+        sim.idle_until(9000);
+        sim.command(Command::EndConversation);
+        sim.idle_until(9500);
+        sim.command(Command::Close);
+    }
+
+    /// What a session without the peer's address does until the peer's first packet: nothing
+    /// to send, then a prompt and a collection.
+    fn waiting_for_the_peer(sim: &mut Sim) {
+        sim.idle_until(530);
+        sim.speak(0);
+        sim.idle_until(710);
+        sim.command(play(800, false));
+        sim.command(collect(Some(2), 400));
+        sim.idle_until(1000);
+        sim.press('4');
+        sim.idle_until(2000);
+    }
+
+    /// Asserts that two runs sent the same packets and reported the same events, naming the
+    /// first difference briefly.
+    fn assert_same(asked: &Sim, every: &Sim) {
+        let brief = |p: &Sent| (p.at, p.pt, p.marker, p.seq, p.ts, p.payload[0]);
+        let first = asked.sent.iter().zip(&every.sent).position(|(a, e)| a != e);
+        if let Some(i) = first {
+            panic!(
+                "packet {i} differs: {:?} (ticked when asked) vs {:?} (ticked always)",
+                brief(&asked.sent[i]),
+                brief(&every.sent[i])
+            );
+        }
+        assert_eq!(asked.sent.len(), every.sent.len(), "packets sent");
+        assert_eq!(asked.log(), every.log());
+        assert_eq!(asked.s.stats(), every.s.stats());
+    }
+
+    #[test]
+    fn ticking_only_when_asked_changes_nothing_and_an_idle_call_asks_little() {
+        let mut every = Sim::new(params(Some(101)));
+        let mut asked = Sim::lazy(params(Some(101)));
+        a_bit_of_everything(&mut every);
+        a_bit_of_everything(&mut asked);
+        assert_eq!(
+            every.log(),
+            [
+                "400 Digit 1",
+                "400 PlayDone interrupted",
+                "900 Collected \"1\" Timeout",
+                "1800 Recorded Silence 570 ms heard",
+                "4160 DigitsSent",
+                "9500 Detected unknown analysis-time"
+            ]
+        );
+        assert_same(&asked, &every);
+        assert_eq!(asked.s.take_late_frames(), every.s.take_late_frames());
+        assert!(
+            asked.ticked < every.ticked * 3 / 4,
+            "{} of {} ticks",
+            asked.ticked,
+            every.ticked
+        );
+
+        let no_address = StreamParams {
+            remote: None,
+            ..params(Some(101))
+        };
+        let mut every = Sim::new(no_address);
+        let mut asked = Sim::lazy(no_address);
+        waiting_for_the_peer(&mut every);
+        waiting_for_the_peer(&mut asked);
+        assert_same(&asked, &every);
+        assert_eq!(
+            every.sent[0].at, 540,
+            "sent from the peer's first packet on"
+        );
+        assert_eq!(
+            every.log(),
+            [
+                "820 PlayDone",
+                "1000 Digit 4",
+                "1400 Collected \"4\" Timeout"
+            ]
+        );
+        assert_eq!(asked.s.take_late_frames(), 0);
+        // Before the peer's first packet the session asked for no tick but its first.
+        assert!(asked.ticked < every.ticked - 50);
+    }
+
+    #[test]
+    fn poll_timeout_names_the_next_frame_a_deadline_or_nothing() {
+        let mut sim = Sim::new(params(Some(101)));
+        assert_eq!(sim.s.poll_timeout(), Some(0), "the first frame at once");
+        sim.idle_until(50);
+        // silence goes out every 20 ms: frames at 0, 20, 40, the next at 60
+        assert_eq!(sim.s.poll_timeout(), Some(60));
+
+        // on hold with nothing playing: nothing to do until something comes
+        sim.command(Command::Update(StreamParams {
+            send: false,
+            ..params(Some(101))
+        }));
+        sim.idle_until(70);
+        assert_eq!(sim.s.poll_timeout(), None);
+        // a collection's timeout is a time to wake at
+        sim.command(collect(None, 1000));
+        assert_eq!(sim.s.poll_timeout(), Some(1070));
+        // a prompt moves on frame by frame, even on hold (the frame at 60 was built)
+        sim.command(play(800, false));
+        assert_eq!(sim.s.poll_timeout(), Some(80));
+        sim.idle_until(90);
+        assert_eq!(sim.s.poll_timeout(), Some(100));
+        // a recording watches the clock: every tick
+        sim.command(Command::Record {
+            opts: record(60_000, 0),
+            beep: None,
+        });
+        assert_eq!(sim.s.poll_timeout(), Some(90), "now: the next tick");
+        sim.idle_until(110);
+        assert_eq!(
+            sim.s.poll_timeout(),
+            Some(100),
+            "a time past: the next tick"
+        );
+        sim.command(Command::Close);
+        assert_eq!(sim.s.poll_timeout(), None);
     }
 }
