@@ -1,14 +1,21 @@
 //! The media workers: plain threads, each owning the sockets of the calls given to it and
-//! walking all of them from one 10 ms tick. On each tick the worker drains every call's
-//! socket without blocking into the call's [`MediaSession`], lets bridged calls pass audio to
-//! each other, and sends the frames each session has due. What runs on a call, and when, is
-//! the session's business (`session.rs`, pure); sockets, threads, the tick, the port pool and
-//! the channels are this file's, and no other module touches them. No call has a timer or a
-//! task of its own, and nothing on the packet path allocates or takes a lock.
+//! driving them from one 10 ms tick. On each tick the worker runs the calls that need it: those
+//! whose socket became readable (one `epoll` per worker, through `mio`, asked without waiting),
+//! those a command came for, and those whose session asked for this tick
+//! ([`MediaSession::poll_timeout`]: its next frame, a deadline, or every tick while it
+//! records). It drains their sockets into their sessions, lets bridged calls pass audio to
+//! each other, and sends the frames due. A call with nothing to send and nothing running (on
+//! hold, or before the peer's address is known) costs no work at all; one that sends silence
+//! costs a send per frame. What runs on a call, and when, is the session's business
+//! (`session.rs`, pure); sockets, threads, the tick, the port pool and the channels are this
+//! file's, and no other module touches them. No call has a timer or a task of its own, and
+//! nothing on the packet path allocates or takes a lock.
 //!
 //! The engine talks to a call through [`CallMedia`] (commands) and an event channel
 //! ([`MediaEvent`]). Ports come from a configured range, even numbers only (RTCP would be
-//! the odd one above), and go back to the pool when the call's media closes.
+//! the odd one above). A port's socket is bound the first time the port is used and kept:
+//! when the call's media closes it goes back to the pool, and it is drained of stale
+//! datagrams when it is reserved again.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -19,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mio::{Events, Interest, Poll, Token};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
@@ -36,10 +44,17 @@ pub const TICK_MS: u64 = 10;
 /// audio held while it runs (both sides).
 pub const MAX_CONVERSATION_MS: u64 = 3_600_000;
 
-/// Datagrams read from one call's socket per tick at most (50 packets/s is one per 20 ms).
+/// Datagrams read from one call's socket per tick at most (50 packets/s is one per 20 ms); a
+/// socket that holds more is read again at the next tick.
 const READS_PER_TICK: usize = 32;
 /// The worker's receive and send buffer: any datagram we take or send fits.
 const BUF_LEN: usize = 2048;
+/// Readiness events taken from the worker's `epoll` per call of `poll` (more are taken by
+/// further calls in the same tick).
+const EVENTS: usize = 1024;
+/// Stale datagrams drained from a pooled socket when it is reserved again at most; a socket
+/// still not empty then (someone floods the port) is closed and the port bound afresh.
+const MAX_STALE: usize = 1024;
 
 /// Where media lives.
 #[derive(Debug, Clone)]
@@ -85,8 +100,11 @@ enum Msg {
     Shutdown,
 }
 
+/// The ports not in use, the longest free first (a port is reused as late as possible), each
+/// with the socket bound to it once it has been used: at most one socket per port of the
+/// configured range.
 struct PortPool {
-    free: VecDeque<u16>,
+    free: VecDeque<(u16, Option<UdpSocket>)>,
 }
 
 struct Shared {
@@ -98,11 +116,45 @@ struct Shared {
 }
 
 impl Shared {
-    fn give_back(&self, port: u16) {
+    fn give_back(&self, port: u16, socket: Option<UdpSocket>) {
         if let Ok(mut p) = self.ports.lock() {
-            p.free.push_back(port);
+            p.free.push_back((port, socket));
         }
     }
+
+    fn take_port(&self) -> Option<(u16, Option<UdpSocket>)> {
+        self.ports.lock().ok()?.free.pop_front()
+    }
+
+    /// The port's socket, ready for a new call: the pooled one drained of what came since its
+    /// last call, or a new one.
+    fn ready_socket(&self, port: u16, pooled: Option<UdpSocket>) -> io::Result<UdpSocket> {
+        // a flooded one is closed, and the port bound afresh
+        if let Some(socket) = pooled
+            && drain(&socket)
+        {
+            return Ok(socket);
+        }
+        let socket = UdpSocket::bind(SocketAddr::new(self.ip, port))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    }
+}
+
+/// Reads and drops what waits on a pooled socket (the last call's peer may have gone on
+/// sending); true once it is empty, false if it is not after [`MAX_STALE`] datagrams.
+fn drain(socket: &UdpSocket) -> bool {
+    // a datagram longer than the buffer is cut, and the rest dropped with it
+    let mut buf = [0u8; 16];
+    for _ in 0..MAX_STALE {
+        match socket.recv_from(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            // ICMP errors from the last call's sends and the like
+            Err(_) => {}
+        }
+    }
+    false
 }
 
 /// The media layer: the workers and the port pool.
@@ -146,8 +198,8 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.socket.take().is_some() {
-            self.shared.give_back(self.port);
+        if let Some(socket) = self.socket.take() {
+            self.shared.give_back(self.port, Some(socket));
         }
     }
 }
@@ -181,7 +233,10 @@ impl Media {
     /// Starts the workers.
     pub fn start(config: &MediaConfig) -> Result<Media, MediaError> {
         let first = config.port_min + config.port_min % 2;
-        let free: VecDeque<u16> = (first..=config.port_max).step_by(2).collect();
+        let free: VecDeque<(u16, Option<UdpSocket>)> = (first..=config.port_max)
+            .step_by(2)
+            .map(|p| (p, None))
+            .collect();
         if free.is_empty() {
             return Err(MediaError::EmptyRange(config.port_min, config.port_max));
         }
@@ -202,9 +257,10 @@ impl Media {
         for i in 0..n {
             let (tx, rx) = mpsc::channel();
             let shared = shared.clone();
+            let poll = Poll::new().map_err(MediaError::Spawn)?;
             let t = thread::Builder::new()
                 .name(format!("media-{i}"))
-                .spawn(move || Worker::new(shared, epoch).run(rx))
+                .spawn(move || Worker::new(shared, epoch, poll).run(rx))
                 .map_err(MediaError::Spawn)?;
             workers.push(tx);
             threads.push(t);
@@ -232,22 +288,16 @@ impl Media {
         self.shared.ports.lock().map_or(0, |p| p.free.len())
     }
 
-    /// Binds a free port for a call about to describe its media.
+    /// Takes a free port for a call about to describe its media, with its socket (bound
+    /// now, or kept from the port's last call and drained).
     pub fn reserve(&self) -> Result<Reservation, MediaError> {
         let (lo, hi) = self.shared.range;
-        let mut pool = self
-            .shared
-            .ports
-            .lock()
-            .map_err(|_| MediaError::NoPort(lo, hi))?;
         // A port another program holds is skipped (and kept for later), at most once round.
-        for _ in 0..pool.free.len() {
-            let Some(port) = pool.free.pop_front() else {
+        for _ in 0..self.free_ports() {
+            let Some((port, pooled)) = self.shared.take_port() else {
                 break;
             };
-            match UdpSocket::bind(SocketAddr::new(self.shared.ip, port))
-                .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            {
+            match self.shared.ready_socket(port, pooled) {
                 Ok(socket) => {
                     return Ok(Reservation {
                         socket: Some(socket),
@@ -255,7 +305,7 @@ impl Media {
                         shared: self.shared.clone(),
                     });
                 }
-                Err(_) => pool.free.push_back(port),
+                Err(_) => self.shared.give_back(port, None),
             }
         }
         Err(MediaError::NoPort(lo, hi))
@@ -289,7 +339,7 @@ impl Media {
         if let Some(socket) = reservation.socket.take() {
             let call = Box::new(Call {
                 id,
-                socket,
+                socket: mio::net::UdpSocket::from_std(socket),
                 port,
                 events,
                 session: MediaSession::new(
@@ -299,15 +349,19 @@ impl Media {
                 bridged: None,
                 conversation_done: None,
                 sent: 0,
+                readable: false,
+                watched: false,
+                queued_at: 0,
             });
             self.shared.open.fetch_add(1, Ordering::Relaxed);
             if let Err(mpsc::SendError(Msg::Open(call))) = tx.send(Msg::Open(call)) {
                 // The worker is gone (shutdown): the call's media is closed at once.
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);
-                let _ = call.events.send(MediaEvent::Closed {
+                let Call { socket, events, .. } = *call;
+                let _ = events.send(MediaEvent::Closed {
                     stats: RtpStats::default(),
                 });
-                self.shared.give_back(port);
+                self.shared.give_back(port, Some(socket.into()));
             }
         }
         (
@@ -461,7 +515,7 @@ impl CallMedia {
 /// One call on a worker: its socket and port, where its events go, and its session.
 struct Call {
     id: u64,
-    socket: UdpSocket,
+    socket: mio::net::UdpSocket,
     port: u16,
     events: UnboundedSender<MediaEvent>,
     session: MediaSession,
@@ -471,21 +525,37 @@ struct Call {
     conversation_done: Option<oneshot::Sender<Box<Conversation>>>,
     /// Datagrams the socket took.
     sent: u64,
+    /// The socket may hold datagrams: read it at this tick.
+    readable: bool,
+    /// The socket is registered with the worker's `epoll` (if registering failed, it is read
+    /// at every tick instead).
+    watched: bool,
+    /// The last tick the call was queued to run in (it runs once per tick at most).
+    queued_at: u64,
 }
 
 impl Call {
     /// Reads what has arrived (at most [`READS_PER_TICK`] datagrams) into the session, then
-    /// ends its input for this tick.
-    fn take_in(&mut self, now: u64, buf: &mut [u8; BUF_LEN]) {
-        for _ in 0..READS_PER_TICK {
-            match self.socket.recv_from(buf) {
-                Ok((n, from)) => self.session.handle_packet(now, &buf[..n], from),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors from earlier sends (port unreachable) and the like.
-                Err(_) => continue,
+    /// ends its input for this tick. True if the socket may hold more.
+    fn take_in(&mut self, now: u64, buf: &mut [u8; BUF_LEN]) -> bool {
+        let mut more = false;
+        if std::mem::take(&mut self.readable) {
+            // `epoll` says so once per arrival (edge-triggered): read until it is empty
+            more = true;
+            for _ in 0..READS_PER_TICK {
+                match self.socket.recv_from(buf) {
+                    Ok((n, from)) => self.session.handle_packet(now, &buf[..n], from),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        more = false;
+                        break;
+                    }
+                    // ICMP errors from earlier sends (port unreachable) and the like.
+                    Err(_) => continue,
+                }
             }
         }
         self.session.handle_tick(now);
+        more || !self.watched
     }
 
     /// Sends the frames due, then hands the events on.
@@ -518,12 +588,31 @@ impl Call {
     }
 }
 
+/// When a call whose session said nothing (`poll_timeout` None) needs a tick: never, until a
+/// packet or a command comes.
+const NEVER: u64 = u64::MAX;
+
 struct Worker {
     shared: Arc<Shared>,
     epoch: Instant,
-    calls: Vec<Box<Call>>,
-    /// Where each call is in `calls`.
+    /// Readiness of the calls' sockets; a call's token is its slot.
+    poll: Poll,
+    events: Events,
+    /// The calls by slot; None: a free slot (in `free_slots`).
+    slots: Vec<Option<Box<Call>>>,
+    free_slots: Vec<usize>,
+    /// When each slot's call next needs a tick, in ms ([`NEVER`] for free slots): one word
+    /// per call, scanned at every tick.
+    due: Vec<u64>,
+    /// Where each call is in `slots`, by id.
     index: HashMap<u64, usize>,
+    /// The slots to run at this tick, each once.
+    queue: Vec<usize>,
+    /// Slots whose sockets are to be read at the next tick (more waited than a tick reads,
+    /// or the socket is not watched).
+    unread: Vec<usize>,
+    /// Ticks so far.
+    tick: u64,
     buf: Box<[u8; BUF_LEN]>,
     totals: RtpStats,
     flushed: RtpStats,
@@ -531,13 +620,38 @@ struct Worker {
     last_flush_ms: u64,
 }
 
+/// Queues the call in `slot` to run at `tick` (once), its socket to be read if `read`.
+fn enqueue(
+    slots: &mut [Option<Box<Call>>],
+    queue: &mut Vec<usize>,
+    tick: u64,
+    slot: usize,
+    read: bool,
+) {
+    let Some(Some(call)) = slots.get_mut(slot) else {
+        return;
+    };
+    call.readable |= read;
+    if call.queued_at != tick {
+        call.queued_at = tick;
+        queue.push(slot);
+    }
+}
+
 impl Worker {
-    fn new(shared: Arc<Shared>, epoch: Instant) -> Worker {
+    fn new(shared: Arc<Shared>, epoch: Instant, poll: Poll) -> Worker {
         Worker {
             shared,
             epoch,
-            calls: Vec::new(),
+            poll,
+            events: Events::with_capacity(EVENTS),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            due: Vec::new(),
             index: HashMap::new(),
+            queue: Vec::new(),
+            unread: Vec::new(),
+            tick: 0,
             buf: Box::new([0; BUF_LEN]),
             totals: RtpStats::default(),
             flushed: RtpStats::default(),
@@ -553,6 +667,7 @@ impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut next = Instant::now();
         loop {
+            self.tick += 1;
             let now = self.now_ms();
             loop {
                 match rx.try_recv() {
@@ -565,15 +680,8 @@ impl Worker {
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
-            // Every call's input first, then bridged audio, then sends: a bridged call's
-            // audio reaches its peer in the tick it arrived.
-            for call in &mut self.calls {
-                call.take_in(now, &mut self.buf);
-            }
-            self.move_bridged_audio();
-            for call in &mut self.calls {
-                self.late += call.send_due(now, &mut self.buf);
-            }
+            self.gather(now);
+            self.run_queued(now);
             self.flush_metrics(now, false);
             next += Duration::from_millis(TICK_MS);
             let t = Instant::now();
@@ -586,49 +694,136 @@ impl Worker {
         }
     }
 
+    /// Queues the calls to run at this tick: readable sockets, sockets left unread, and
+    /// calls whose time has come (a command or an opening makes it now).
+    fn gather(&mut self, now: u64) {
+        let Worker {
+            poll,
+            events,
+            slots,
+            queue,
+            unread,
+            due,
+            tick,
+            ..
+        } = self;
+        // Each ready socket is reported once; a full batch may leave some for another call.
+        // Bounded: a batch holds at least one new socket, and there are so many.
+        for _ in 0..=slots.len() / EVENTS {
+            if poll.poll(events, Some(Duration::ZERO)).is_err() {
+                // interrupted: the rest at the next tick
+                break;
+            }
+            let mut taken = 0;
+            for e in events.iter() {
+                taken += 1;
+                enqueue(slots, queue, *tick, e.token().0, true);
+            }
+            if taken < EVENTS {
+                break;
+            }
+        }
+        for slot in unread.drain(..) {
+            enqueue(slots, queue, *tick, slot, true);
+        }
+        for (slot, &at) in due.iter().enumerate() {
+            if at <= now {
+                enqueue(slots, queue, *tick, slot, false);
+            }
+        }
+    }
+
+    /// Runs the queued calls: every call's input first, then bridged audio, then sends (a
+    /// bridged call's audio reaches its peer in the tick it arrived); then each says when it
+    /// next needs a tick.
+    fn run_queued(&mut self, now: u64) {
+        for &slot in &self.queue {
+            if let Some(call) = self.slots[slot].as_mut()
+                && call.take_in(now, &mut self.buf)
+            {
+                self.unread.push(slot);
+            }
+        }
+        self.move_bridged_audio();
+        for &slot in &self.queue {
+            if let Some(call) = self.slots[slot].as_mut() {
+                self.late += call.send_due(now, &mut self.buf);
+                // a time already past: the next tick
+                self.due[slot] = call
+                    .session
+                    .poll_timeout()
+                    .map_or(NEVER, |t| t.max(now + 1));
+            }
+        }
+        self.queue.clear();
+    }
+
     fn position(&self, id: u64) -> Option<usize> {
         self.index.get(&id).copied()
     }
 
+    fn call_mut(&mut self, id: u64) -> Option<(usize, &mut Call)> {
+        let slot = self.position(id)?;
+        Some((slot, self.slots[slot].as_deref_mut()?))
+    }
+
     fn message(&mut self, now: u64, m: Msg) {
         match m {
-            Msg::Open(call) => {
-                self.index.insert(call.id, self.calls.len());
-                self.calls.push(call);
+            Msg::Open(mut call) => {
+                let slot = match self.free_slots.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.slots.push(None);
+                        self.due.push(NEVER);
+                        self.slots.len() - 1
+                    }
+                };
+                call.watched = self
+                    .poll
+                    .registry()
+                    .register(&mut call.socket, Token(slot), Interest::READABLE)
+                    .is_ok();
+                // what came before it was watched
+                call.readable = true;
+                self.index.insert(call.id, slot);
+                self.slots[slot] = Some(call);
+                self.due[slot] = now;
             }
             Msg::Call { id, command } => {
-                let Some(i) = self.position(id) else { return };
-                self.calls[i].session.handle_command(now, command);
-                if self.calls[i].session.is_closed() {
-                    let call = self.calls.swap_remove(i);
-                    self.index.remove(&call.id);
-                    if let Some(moved) = self.calls.get(i) {
-                        self.index.insert(moved.id, i);
-                    }
-                    self.close(call);
+                let Some((slot, call)) = self.call_mut(id) else {
+                    return;
+                };
+                call.session.handle_command(now, command);
+                if call.session.is_closed() {
+                    self.close(slot);
                 } else {
-                    self.calls[i].hand_on();
+                    call.hand_on();
+                    self.due[slot] = now;
                 }
             }
             Msg::RecordConversation { id, max_ms, done } => {
-                let Some(i) = self.position(id) else { return };
-                let call = &mut self.calls[i];
+                let Some((slot, call)) = self.call_mut(id) else {
+                    return;
+                };
                 // one at a time: a second start leaves the running one alone (and its
                 // channel closes empty)
                 if !call.session.records_conversation() {
                     call.conversation_done = Some(done);
                     call.session
                         .handle_command(now, Command::RecordConversation { max_ms });
+                    self.due[slot] = now;
                 }
             }
             Msg::Bridge { id, peer } => {
                 if let (Some(a), Some(b)) = (self.position(id), self.position(peer))
                     && a != b
                 {
-                    for (i, other) in [(a, peer), (b, id)] {
-                        let call = &mut self.calls[i];
-                        call.bridged = Some(other);
-                        call.session.bridge();
+                    for (slot, other) in [(a, peer), (b, id)] {
+                        if let Some(call) = self.slots[slot].as_mut() {
+                            call.bridged = Some(other);
+                            call.session.bridge();
+                            self.due[slot] = now;
+                        }
                     }
                 }
             }
@@ -636,46 +831,62 @@ impl Worker {
         }
     }
 
-    /// Hands each bridged call's new incoming audio to its peer.
+    /// Hands the new incoming audio of each queued bridged call to its peer (a call hears
+    /// audio only in a tick it runs in).
     fn move_bridged_audio(&mut self) {
-        for i in 0..self.calls.len() {
-            let Some(peer) = self.calls[i].bridged else {
+        for i in 0..self.queue.len() {
+            let a = self.queue[i];
+            let Some(peer) = self.slots[a].as_ref().and_then(|c| c.bridged) else {
                 continue;
             };
-            let Some(j) = self.position(peer) else {
-                self.calls[i].bridged = None;
-                self.calls[i].session.unbridge();
-                continue;
-            };
-            if let Ok([from, to]) = self.calls.get_disjoint_mut([i, j]) {
-                from.session.pass_audio_to(&mut to.session);
+            match self.position(peer) {
+                Some(b) => {
+                    if let Ok([Some(from), Some(to)]) = self.slots.get_disjoint_mut([a, b]) {
+                        from.session.pass_audio_to(&mut to.session);
+                    }
+                }
+                None => {
+                    if let Some(call) = self.slots[a].as_mut() {
+                        call.bridged = None;
+                        call.session.unbridge();
+                    }
+                }
             }
         }
     }
 
     fn close_all(&mut self, now: u64) {
-        self.index.clear();
-        for mut call in std::mem::take(&mut self.calls) {
-            call.session.handle_command(now, Command::Close);
-            self.close(call);
+        for slot in 0..self.slots.len() {
+            if let Some(call) = self.slots[slot].as_mut() {
+                call.session.handle_command(now, Command::Close);
+                self.close(slot);
+            }
         }
     }
 
-    /// Ends a closed call's media: what ran reports, the socket closes and its port goes back,
-    /// and then the call hears `Closed` (so whoever waits for it finds the port free).
-    fn close(&mut self, mut call: Box<Call>) {
+    /// Ends a closed call's media: what ran reports, its socket goes back to the pool with its
+    /// port, and then the call hears `Closed` (so whoever waits for it finds the port free).
+    fn close(&mut self, slot: usize) {
+        let Some(mut call) = self.slots[slot].take() else {
+            return;
+        };
+        self.free_slots.push(slot);
+        self.due[slot] = NEVER;
+        self.index.remove(&call.id);
         call.hand_on();
         let stats = call.stats();
         self.totals.add(&stats);
+        if call.watched {
+            let _ = self.poll.registry().deregister(&mut call.socket);
+        }
         let Call {
             socket,
             port,
             events,
             ..
         } = *call;
-        drop(socket);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
-        self.shared.give_back(port);
+        self.shared.give_back(port, Some(socket.into()));
         let _ = events.send(MediaEvent::Closed { stats });
     }
 
@@ -686,7 +897,7 @@ impl Worker {
         }
         self.last_flush_ms = now;
         let mut cur = self.totals;
-        for c in &self.calls {
+        for c in self.slots.iter().flatten() {
             cur.add(&c.stats());
         }
         let f = self.flushed;
@@ -701,5 +912,59 @@ impl Worker {
             .set(self.shared.open.load(Ordering::Relaxed) as f64);
         self.late = 0;
         self.flushed = cur;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::g711::Law;
+    use std::os::fd::AsRawFd;
+
+    /// The socket behind a reservation, as the kernel names it (`socket:[inode]`).
+    fn socket_id(r: &Reservation) -> std::path::PathBuf {
+        let fd = r.socket.as_ref().map(|s| s.as_raw_fd()).unwrap();
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap()
+    }
+
+    #[test]
+    fn a_freed_port_keeps_its_socket_for_the_next_call() {
+        let pid = std::process::id() as u16;
+        let media = (0..50)
+            .find_map(|i| {
+                let port = 40_000 + (pid.wrapping_add(i * 7) % 1000) * 2;
+                Media::start(&MediaConfig {
+                    ip: [127, 0, 0, 1].into(),
+                    port_min: port,
+                    port_max: port,
+                    workers: 1,
+                })
+                .ok()
+                .filter(|m| m.reserve().is_ok())
+            })
+            .expect("a free port");
+        let r = media.reserve().unwrap();
+        let first = socket_id(&r);
+        assert!(first.to_string_lossy().starts_with("socket:"), "{first:?}");
+        drop(r);
+        let r = media.reserve().unwrap();
+        assert_eq!(socket_id(&r), first, "kept after a reservation unused");
+        let params = StreamParams {
+            law: Law::Mu,
+            payload_type: 0,
+            telephone_event: None,
+            ptime_ms: 20,
+            remote: None,
+            send: true,
+        };
+        let (call, mut events) = media.open(r, params);
+        drop(call);
+        while !matches!(
+            events.blocking_recv(),
+            Some(MediaEvent::Closed { .. }) | None
+        ) {}
+        let r = media.reserve().unwrap();
+        assert_eq!(socket_id(&r), first, "kept after a call");
+        assert!(media.reserve().is_err(), "one port, one socket");
     }
 }

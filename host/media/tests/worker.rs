@@ -1,6 +1,6 @@
 //! The media workers over real loopback sockets, with a test socket as the peer: barge-in and
 //! digit collection, finish keys and timeouts, RFC 4733 digits out, in-band digits in, hold,
-//! and everything released at close.
+//! everything released at close, and a reused port deaf to its last call's peer.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -68,12 +68,17 @@ impl Peer {
 }
 
 fn media() -> Arc<Media> {
+    media_with_ports(9)
+}
+
+/// Media on `span + 1` ports from a random even base (`span` 0: one port).
+fn media_with_ports(span: u16) -> Arc<Media> {
     for _ in 0..50 {
         let base = 30_000 + (std::process::id() as u16 % 500) * 20 + fastrand_u16() % 8 * 2;
         if let Ok(m) = Media::start(&MediaConfig {
             ip: [127, 0, 0, 1].into(),
             port_min: base,
-            port_max: base + 9,
+            port_max: base + span,
             workers: 1,
         }) {
             return Arc::new(m);
@@ -362,4 +367,59 @@ async fn stop_reports_what_it_ended_then_stopped() {
     // Nothing of what was stopped reports afterwards (the queued digits are dropped too).
     let late = tokio::time::timeout(Duration::from_millis(800), events.recv()).await;
     assert!(late.is_err(), "after Stopped: {late:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_port_does_not_hear_its_last_calls_peer() {
+    // One port: the second call gets the first one's, socket and all.
+    let media = media_with_ports(0);
+    let (m, mut events, mut old_peer) = open(&media, Some(101));
+    let port = m.port();
+    drop(m);
+    while !matches!(next(&mut events).await, MediaEvent::Closed { .. }) {}
+    assert_eq!(media.free_ports(), 1);
+    // The old peer goes on sending after the call is over.
+    for i in 0..5 {
+        old_peer.send(0, i * 160, &[0xff; 160]);
+    }
+    let r = media.reserve().unwrap();
+    assert_eq!(r.port(), port);
+    // A new peer, and symmetric RTP: the call sends where the first packet comes from.
+    let params = StreamParams {
+        law: Law::Mu,
+        payload_type: 0,
+        telephone_event: Some(101),
+        ptime_ms: 20,
+        remote: None,
+        send: true,
+    };
+    let (m, mut events) = media.open(r, params);
+    let mut new_peer = Peer {
+        socket: UdpSocket::bind("127.0.0.1:0").unwrap(),
+        to: SocketAddr::from(([127, 0, 0, 1], port)),
+        seq: 1,
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    new_peer.send(0, 0, &[0xff; 160]);
+    let new_peer = Arc::new(new_peer);
+    let p = new_peer.clone();
+    let heard = tokio::task::spawn_blocking(move || p.receive(200))
+        .await
+        .unwrap();
+    assert!(
+        heard.len() >= 7,
+        "the new peer hears silence: {}",
+        heard.len()
+    );
+    let old = tokio::task::spawn_blocking(move || old_peer.receive(100))
+        .await
+        .unwrap();
+    assert!(old.is_empty(), "{} packets to the old peer", old.len());
+    drop(m);
+    loop {
+        if let MediaEvent::Closed { stats } = next(&mut events).await {
+            assert_eq!((stats.received, stats.foreign), (1, 0), "{stats:?}");
+            break;
+        }
+    }
 }
