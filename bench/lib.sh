@@ -65,6 +65,7 @@ start_callflow() {
         "$CALLFLOW_BIN" serve --http "127.0.0.1:$HTTP_PORT" --sip "127.0.0.1:$sip_port" \
         --data "$data" --config "$config" >"$OUT/$name.log" 2>&1 &
     CALLFLOW_PID=$!
+    echo "$CALLFLOW_PID" >"$OUT/$name.pid"
     wait_http "http://127.0.0.1:$HTTP_PORT/health" "$CALLFLOW_PID" "$name" "$OUT/$name.log"
 }
 

@@ -149,7 +149,8 @@ impl Engine {
         } else {
             0
         };
-        let stored = if wanted || events::has_plugin(call) {
+        let enqueues = wanted || events::has_plugin(call);
+        let stored = if enqueues {
             self.store
                 .transition_call(&call.account_sid, &call.sid, &t, |stored| {
                     status_callback(stored, sequence, t.at)
@@ -176,8 +177,11 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        // a callback may have been enqueued; waking an idle outbox costs nothing
-        self.outbox.wake();
+        // a callback or an event may have been enqueued: the outbox need not wait for its poll
+        // (a wake-up costs it a claim and a look at the queue, so only then)
+        if enqueues {
+            self.outbox.wake();
+        }
         if updated.participant_sid.is_some() && updated.status().is_final() {
             // the attempt's participant now awaits its retry policy
             self.callouts_changed();

@@ -183,12 +183,7 @@ pub(crate) async fn run_call_event(
             })
             .collect(),
     };
-    if let Err(e) = store
-        .append_call_event(&call.sid, now_ms(), &CallLogEntry::EventsPlugin(run))
-        .await
-    {
-        tracing::warn!(call = %call.sid, error = %e, "call event not logged");
-    }
+    store.log_call_event(&call.sid, now_ms(), &CallLogEntry::EventsPlugin(run));
     if outcome.requests.len() > MAX_REQUESTS_PER_EVENT {
         return Err(format!(
             "the plugin asked for {} requests (at most {MAX_REQUESTS_PER_EVENT} per event)",

@@ -225,14 +225,7 @@ impl PluginHost {
         if let Some(call) = call {
             for line in out.take_logs() {
                 let entry = CallLogEntry::log(log_as, level(line.level), line.message);
-                if let Err(e) = self
-                    .inner
-                    .store
-                    .append_call_event(call, now_ms(), &entry)
-                    .await
-                {
-                    tracing::warn!(call, error = %e, "plugin log line not logged");
-                }
+                self.inner.store.log_call_event(call, now_ms(), &entry);
             }
         }
         Ok(out)

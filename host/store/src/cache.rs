@@ -1,7 +1,9 @@
 //! A small write-through cache of accounts and calls, the two records every API request and every
 //! status poll reads. Every write of those records goes through the store, which refreshes the
 //! cached copy with the row the write returned, so a read never sees an older row than the last
-//! write of this process.
+//! write of this process. Records read on every call and written rarely (numbers by phone, an
+//! account's plugin bindings) are kept in [`ReadMostly`] caches, filled by reads and emptied by
+//! any write.
 //!
 //! Architecture invariant: this assumes the process is the database's only writer, which holds
 //! for SQLite. A multi-node backend must invalidate it on other nodes' writes or switch it off.
@@ -10,22 +12,80 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::{Account, Call, IncomingNumber};
+use crate::{Account, Binding, Call, IncomingNumber};
 
 /// Calls kept; the oldest inserted go first (a status poll keeps touching a live call's row by
 /// way of its writes, so insertion order is close enough to recency).
 const CALLS: usize = 10_000;
 const ACCOUNTS: usize = 10_000;
 const NUMBERS: usize = 10_000;
+const BINDINGS: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct Cache {
     calls: Mutex<Bounded<Arc<Call>>>,
     accounts: Mutex<Bounded<Arc<Account>>>,
-    /// Numbers by phone number, for routing inbound calls. Filled by reads only; every write
-    /// of a number bumps `numbers_written`, and a read that raced a write does not fill it.
-    numbers: Mutex<Bounded<Arc<IncomingNumber>>>,
-    numbers_written: AtomicU64,
+    /// Numbers by phone number, for routing inbound calls.
+    pub numbers: ReadMostly<IncomingNumber>,
+    /// Every plugin binding of an account, by account, for pinning each new call.
+    pub bindings: ReadMostly<Vec<Binding>>,
+}
+
+/// Records read on every call and written rarely. Filled by reads only: a read takes the
+/// [`ReadMostly::version`] before it queries, and [`ReadMostly::offer`]s its row with it; every
+/// write calls [`ReadMostly::changed`] (before and after), which empties the cache and bumps
+/// the version, so a read that raced a write does not fill it with an older row.
+#[derive(Debug)]
+pub struct ReadMostly<T> {
+    rows: Mutex<Bounded<Arc<T>>>,
+    written: AtomicU64,
+    cap: usize,
+}
+
+impl<T> ReadMostly<T> {
+    fn with_cap(cap: usize) -> Self {
+        ReadMostly {
+            rows: Mutex::new(Bounded::default()),
+            written: AtomicU64::new(0),
+            cap,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<T>> {
+        lock(&self.rows).get(key)
+    }
+
+    /// Taken before a read: pass it to [`ReadMostly::offer`].
+    pub fn version(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// After a read begun at `version`: cache the row unless something was written since.
+    pub fn offer(&self, key: &str, row: Arc<T>, version: u64) {
+        let mut rows = lock(&self.rows);
+        if self.written.load(Ordering::Acquire) == version {
+            rows.put(key, row, self.cap);
+        }
+    }
+
+    /// Before and after any write (create, update, delete): drops the cached rows.
+    pub fn changed(&self) {
+        let mut rows = lock(&self.rows);
+        self.written.fetch_add(1, Ordering::AcqRel);
+        *rows = Bounded::default();
+    }
+}
+
+impl Default for ReadMostly<IncomingNumber> {
+    fn default() -> Self {
+        Self::with_cap(NUMBERS)
+    }
+}
+
+impl Default for ReadMostly<Vec<Binding>> {
+    fn default() -> Self {
+        Self::with_cap(BINDINGS)
+    }
 }
 
 #[derive(Debug)]
@@ -112,30 +172,6 @@ impl Cache {
 
     pub fn forget_account(&self, sid: &str) {
         lock(&self.accounts).forget(sid);
-    }
-
-    pub fn number(&self, phone: &str) -> Option<Arc<IncomingNumber>> {
-        lock(&self.numbers).get(phone)
-    }
-
-    /// Taken before a read of a number: pass it to [`Cache::offer_number`].
-    pub fn numbers_version(&self) -> u64 {
-        self.numbers_written.load(Ordering::Acquire)
-    }
-
-    /// After a read begun at `version`: cache the row unless a number was written since.
-    pub fn offer_number(&self, number: &IncomingNumber, version: u64) {
-        let mut numbers = lock(&self.numbers);
-        if self.numbers_written.load(Ordering::Acquire) == version {
-            numbers.put(&number.phone_number, Arc::new(number.clone()), NUMBERS);
-        }
-    }
-
-    /// Before and after any write of a number (create, update, delete): drops the cached rows.
-    pub fn numbers_changed(&self) {
-        let mut numbers = lock(&self.numbers);
-        self.numbers_written.fetch_add(1, Ordering::AcqRel);
-        *numbers = Bounded::default();
     }
 }
 

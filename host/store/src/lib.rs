@@ -12,6 +12,7 @@ mod callouts;
 mod calls;
 mod deliveries;
 mod instructions;
+pub mod journal;
 mod model;
 mod numbers;
 mod plugins;
@@ -149,6 +150,8 @@ pub struct Store {
     pool: SqlitePool,
     writer: SqlitePool,
     cache: std::sync::Arc<cache::Cache>,
+    /// Calls' log entries, written by group commit (`journal.rs`).
+    journal: std::sync::Arc<journal::Journal>,
 }
 
 impl Store {
@@ -179,6 +182,7 @@ impl Store {
                 .await?;
             sqlx::migrate!("./migrations").run(&pool).await?;
             return Ok(Store {
+                journal: std::sync::Arc::new(journal::Journal::start(pool.clone())),
                 writer: pool.clone(),
                 pool,
                 cache: Default::default(),
@@ -200,6 +204,7 @@ impl Store {
             .await?;
         Ok(Store {
             pool,
+            journal: std::sync::Arc::new(journal::Journal::start(writer.clone())),
             writer,
             cache: Default::default(),
         })
@@ -217,7 +222,9 @@ impl Store {
         Ok(())
     }
 
+    /// Writes out the call journal, then closes the connections.
     pub async fn close(&self) {
+        self.journal.flush().await;
         self.writer.close().await;
         self.pool.close().await;
     }

@@ -102,17 +102,19 @@ impl Store {
     /// The number record for `phone_number` in whichever account has it (numbers are unique
     /// across accounts): where an inbound call goes.
     pub async fn number_owner(&self, phone_number: &str) -> Result<Option<IncomingNumber>> {
-        if let Some(n) = self.cache.number(phone_number) {
+        if let Some(n) = self.cache.numbers.get(phone_number) {
             return Ok(Some((*n).clone()));
         }
-        let version = self.cache.numbers_version();
+        let version = self.cache.numbers.version();
         let sql = format!("SELECT {COLUMNS} FROM incoming_phone_numbers WHERE phone_number = $1");
         let number: Option<IncomingNumber> = sqlx::query_as(&sql)
             .bind(phone_number)
             .fetch_optional(&self.pool)
             .await?;
         if let Some(n) = &number {
-            self.cache.offer_number(n, version);
+            self.cache
+                .numbers
+                .offer(&n.phone_number, std::sync::Arc::new(n.clone()), version);
         }
         Ok(number)
     }
@@ -194,7 +196,7 @@ impl Store {
                 .bind(sid)
                 .fetch_optional(&self.writer)
                 .await;
-        self.cache.numbers_changed();
+        self.cache.numbers.changed();
         updated?.ok_or(StoreError::NotFound)
     }
 
@@ -205,7 +207,7 @@ impl Store {
                 .bind(sid)
                 .execute(&self.writer)
                 .await;
-        self.cache.numbers_changed();
+        self.cache.numbers.changed();
         if done?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

@@ -193,6 +193,18 @@ impl Store {
         b: &NewBinding,
         now: i64,
     ) -> Result<(Binding, bool)> {
+        self.cache.bindings.changed();
+        let put = self.write_binding(account, b, now).await;
+        self.cache.bindings.changed();
+        put
+    }
+
+    async fn write_binding(
+        &self,
+        account: &str,
+        b: &NewBinding,
+        now: i64,
+    ) -> Result<(Binding, bool)> {
         let (scope, scope_sid) = b.scope.parts();
         let sql = format!(
             "SELECT {BINDING_COLUMNS} FROM plugin_bindings
@@ -283,19 +295,23 @@ impl Store {
     }
 
     pub async fn delete_binding(&self, account: &str, sid: &str) -> Result<()> {
+        self.cache.bindings.changed();
         let done = sqlx::query("DELETE FROM plugin_bindings WHERE account_sid = $1 AND sid = $2")
             .bind(account)
             .bind(sid)
             .execute(&self.writer)
-            .await?;
+            .await;
+        self.cache.bindings.changed();
+        let done = done?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
     }
 
-    /// The binding that serves `world` for a call: the most specific of callout, number and
-    /// account scope.
+    /// The binding of `world` a new call of `account` runs with: the callout's, else the
+    /// number's, else the account's. Read from the account's bindings, which are cached (every
+    /// write of a binding or plugin empties the cache).
     pub async fn resolve_binding(
         &self,
         account: &str,
@@ -303,19 +319,37 @@ impl Store {
         number_sid: Option<&str>,
         callout_sid: Option<&str>,
     ) -> Result<Option<Binding>> {
-        let sql = format!(
-            "SELECT {BINDING_COLUMNS} FROM plugin_bindings
-             WHERE account_sid = $1 AND world = $2
-               AND ((scope = 'callout' AND scope_sid = $3) OR (scope = 'number' AND scope_sid = $4) OR scope = 'account')
-             ORDER BY CASE scope WHEN 'callout' THEN 0 WHEN 'number' THEN 1 ELSE 2 END LIMIT 1"
-        );
-        Ok(sqlx::query_as(&sql)
+        let all = self.account_bindings(account).await?;
+        let rank = |b: &Binding| match b.scope.as_str() {
+            "callout" if Some(b.scope_sid.as_str()) == callout_sid => Some(0),
+            "number" if Some(b.scope_sid.as_str()) == number_sid => Some(1),
+            "account" => Some(2),
+            _ => None,
+        };
+        Ok(all
+            .iter()
+            .filter(|b| b.world == world)
+            .filter_map(|b| rank(b).map(|r| (r, b)))
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, b)| b.clone()))
+    }
+
+    /// Every binding of `account`, through the cache.
+    async fn account_bindings(&self, account: &str) -> Result<std::sync::Arc<Vec<Binding>>> {
+        if let Some(all) = self.cache.bindings.get(account) {
+            return Ok(all);
+        }
+        let version = self.cache.bindings.version();
+        let sql = format!("SELECT {BINDING_COLUMNS} FROM plugin_bindings WHERE account_sid = $1");
+        let all: Vec<Binding> = sqlx::query_as(&sql)
             .bind(account)
-            .bind(world)
-            .bind(callout_sid.unwrap_or("\u{0}"))
-            .bind(number_sid.unwrap_or("\u{0}"))
-            .fetch_optional(&self.pool)
-            .await?)
+            .fetch_all(&self.pool)
+            .await?;
+        let all = std::sync::Arc::new(all);
+        self.cache
+            .bindings
+            .offer(account, std::sync::Arc::clone(&all), version);
+        Ok(all)
     }
 }
 
@@ -444,5 +478,25 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // resolved from the cache, which every write of a binding empties
+        store
+            .put_binding(
+                &a.sid,
+                &binding("ZPnew", BindingScope::Number("PN1".into())),
+                5,
+            )
+            .await
+            .unwrap();
+        assert_eq!(pick(Some("PN1"), None).await, "ZPnew");
+        let co = store
+            .list_bindings(&a.sid, None, PageRequest::first(10))
+            .await
+            .unwrap();
+        let callout_binding = co.items.iter().find(|b| b.plugin == "ZPco").unwrap();
+        store
+            .delete_binding(&a.sid, &callout_binding.sid)
+            .await
+            .unwrap();
+        assert_eq!(pick(Some("PN1"), Some("CO1")).await, "ZPnew");
     }
 }

@@ -259,15 +259,12 @@ impl Session {
         &self.runner.inner
     }
 
+    /// Logs `entry` on the call through the store's journal (committed with others within a
+    /// few milliseconds, before the call's log is read or its status changes).
     async fn log(&self, entry: CallLogEntry) {
-        let r = self
-            .inner()
+        self.inner()
             .store
-            .append_call_event(&self.call.sid, now_ms(), &entry)
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(call = %self.call.sid, error = %e, "call event not logged");
-        }
+            .log_call_event(&self.call.sid, now_ms(), &entry);
     }
 
     /// `MachineDetection`: listens to the callee's first seconds before the flow starts and

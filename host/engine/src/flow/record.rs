@@ -48,11 +48,7 @@ impl FlowRunner {
                 source: Some(source.to_owned()),
             }),
         };
-        let _ = self
-            .inner
-            .store
-            .append_call_event(&call.sid, now_ms(), &entry)
-            .await;
+        self.inner.store.log_call_event(&call.sid, now_ms(), &entry);
         let (sid, url) = stored.ok()?;
         Some(callflow_runtime::flow::DialRecording {
             sid,
