@@ -150,12 +150,13 @@ impl Engine {
             0
         };
         let enqueues = wanted || events::has_plugin(call);
+        let at = t.at;
         let stored = if enqueues {
             self.store
-                .transition_call(&call.account_sid, &call.sid, &t, |stored| {
-                    status_callback(stored, sequence, t.at)
+                .transition_call(&call.account_sid, &call.sid, &t, move |stored| {
+                    status_callback(stored, sequence, at)
                         .into_iter()
-                        .chain(events::call_event(stored, t.at))
+                        .chain(events::call_event(stored, at))
                         .collect()
                 })
                 .await

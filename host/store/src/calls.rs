@@ -2,7 +2,7 @@
 
 use sqlx::SqliteConnection;
 
-use crate::deliveries::{NewDelivery, insert_delivery};
+use crate::deliveries::NewDelivery;
 use crate::sid::{Sid, SidKind};
 use crate::{
     Call, CallEvent, CallInstructions, CallLogEntry, CallStatus, Direction, HttpMethod,
@@ -76,10 +76,9 @@ pub struct Transition {
 impl Store {
     /// Stores a new call and logs its creation.
     pub async fn create_call(&self, account: &str, c: &NewCall, now: i64) -> Result<Call> {
-        let mut conn = self.writer.acquire().await?;
-        let call = insert_call(&mut conn, account, c, None, now).await?;
-        self.cache.put_call(&call);
-        Ok(call)
+        self.journal
+            .create(account, c, now, Box::new(|_| Vec::new()))
+            .await
     }
 
     /// [`Store::create_call`] that also stores the webhooks `webhooks` derives from the new
@@ -89,16 +88,11 @@ impl Store {
         account: &str,
         c: &NewCall,
         now: i64,
-        webhooks: impl FnOnce(&Call) -> Vec<NewDelivery>,
+        webhooks: impl FnOnce(&Call) -> Vec<NewDelivery> + Send + 'static,
     ) -> Result<Call> {
-        let mut tx = self.writer.begin().await?;
-        let call = insert_call(&mut tx, account, c, None, now).await?;
-        for w in webhooks(&call) {
-            insert_delivery(&mut tx, &w, now).await?;
-        }
-        tx.commit().await?;
-        self.cache.put_call(&call);
-        Ok(call)
+        self.journal
+            .create(account, c, now, Box::new(webhooks))
+            .await
     }
 
     pub async fn call(&self, account: &str, sid: &str) -> Result<Option<Call>> {
@@ -267,71 +261,31 @@ impl Store {
 
     /// Moves a call to a new status and, in the same transaction, logs it and enqueues the
     /// webhooks `webhooks` derives from the updated row (so callbacks describe exactly what was
-    /// stored: end time, duration, SIP code). An illegal move (see `CallStatus::can_become`) is a conflict and
-    /// changes nothing.
+    /// stored: end time, duration, SIP code). An illegal move (see `CallStatus::can_become`) is a
+    /// conflict and changes nothing. Written by the call journal, with other calls' changes.
     pub async fn transition_call(
         &self,
         account: &str,
         sid: &str,
         t: &Transition,
-        webhooks: impl FnOnce(&Call) -> Vec<NewDelivery>,
+        webhooks: impl FnOnce(&Call) -> Vec<NewDelivery> + Send + 'static,
     ) -> Result<Call> {
-        // the change is logged (by trigger): what the journal holds for the call goes first
-        self.journal.flush_call(sid).await;
-        let mut tx = self.writer.begin().await?;
-        let updated = self.apply_transition(&mut tx, account, sid, t).await?;
-        for w in webhooks(&updated) {
-            insert_delivery(&mut tx, &w, t.at).await?;
-        }
-        self.cache.put_call(&updated);
-        if let Err(e) = tx.commit().await {
-            self.cache.forget_call(&updated.sid);
-            return Err(e.into());
-        }
-        Ok(updated)
+        self.journal
+            .transition(account, sid, t, Box::new(webhooks))
+            .await
     }
 
-    /// [`Store::transition_call`] for a change that sends no webhook: one statement (the
-    /// `calls_log_status` trigger logs it), no transaction.
+    /// [`Store::transition_call`] for a change that sends no webhook (the `calls_log_status`
+    /// trigger logs it).
     pub async fn transition_call_quietly(
         &self,
         account: &str,
         sid: &str,
         t: &Transition,
     ) -> Result<Call> {
-        self.journal.flush_call(sid).await;
-        let mut conn = self.writer.acquire().await?;
-        let updated = self.apply_transition(&mut conn, account, sid, t).await?;
-        self.cache.put_call(&updated);
-        Ok(updated)
-    }
-
-    /// Moves the call, starting from the cached row when there is one: the cache holds this
-    /// process's last write of it (we are the only writer), which saves a read; the UPDATE
-    /// checks the status it was based on and, should the cache be wrong, the stored row is
-    /// read and used instead.
-    async fn apply_transition(
-        &self,
-        conn: &mut SqliteConnection,
-        account: &str,
-        sid: &str,
-        t: &Transition,
-    ) -> Result<Call> {
-        let cached = self
-            .cache
-            .call(sid)
-            .filter(|c| c.account_sid == account)
-            .map(|c| (*c).clone());
-        if let Some(call) = cached {
-            if let Some(updated) = update_status(&mut *conn, &call, t).await? {
-                return Ok(updated);
-            }
-            self.cache.forget_call(sid);
-        }
-        let call = fetch_call(&mut *conn, account, sid).await?;
-        update_status(conn, &call, t)
-            .await?
-            .ok_or_else(|| StoreError::Conflict("the call changed while being updated".into()))
+        self.journal
+            .transition(account, sid, t, Box::new(|_| Vec::new()))
+            .await
     }
 
     /// Appends an entry to a call's event log and returns once it is committed.
@@ -366,7 +320,7 @@ impl Store {
 
 /// Moves `call` (as last read) to `t.to` if it is still in the status it was read with:
 /// `Ok(None)` when the stored status differs, a conflict when the move is illegal.
-async fn update_status(
+pub(crate) async fn update_status(
     conn: &mut SqliteConnection,
     call: &Call,
     t: &Transition,
@@ -476,7 +430,11 @@ pub(crate) async fn insert_call(
         .await?)
 }
 
-async fn fetch_call(conn: &mut SqliteConnection, account: &str, sid: &str) -> Result<Call> {
+pub(crate) async fn fetch_call(
+    conn: &mut SqliteConnection,
+    account: &str,
+    sid: &str,
+) -> Result<Call> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = $1 AND sid = $2");
     sqlx::query_as(&sql)
         .bind(account)
@@ -523,7 +481,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn to(status: CallStatus, at: i64) -> Transition {
+    pub fn to(status: CallStatus, at: i64) -> Transition {
         Transition {
             to: status,
             at,
@@ -698,16 +656,20 @@ pub(crate) mod tests {
             params: vec![("CallStatus".into(), "canceled".into())],
             ..NewDelivery::default()
         };
+        let first = hook.clone();
         store
             .transition_call(&a.sid, &call.sid, &to(CallStatus::Canceled, 2_000), |_| {
-                vec![hook.clone()]
+                vec![first]
             })
             .await
             .unwrap();
         let err = store
-            .transition_call(&a.sid, &call.sid, &to(CallStatus::Completed, 3_000), |_| {
-                vec![hook]
-            })
+            .transition_call(
+                &a.sid,
+                &call.sid,
+                &to(CallStatus::Completed, 3_000),
+                move |_| vec![hook],
+            )
             .await;
         assert!(matches!(err, Err(StoreError::Conflict(_))));
         assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 1);

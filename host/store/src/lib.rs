@@ -181,11 +181,15 @@ impl Store {
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("./migrations").run(&pool).await?;
+            let cache = std::sync::Arc::new(cache::Cache::default());
             return Ok(Store {
-                journal: std::sync::Arc::new(journal::Journal::start(pool.clone())),
+                journal: std::sync::Arc::new(journal::Journal::start(
+                    pool.clone(),
+                    std::sync::Arc::clone(&cache),
+                )),
                 writer: pool.clone(),
                 pool,
-                cache: Default::default(),
+                cache,
             });
         }
         // Switch a new file to WAL on one connection before any pool opens more: two connections
@@ -202,11 +206,15 @@ impl Store {
             .max_connections(8)
             .connect_with(options)
             .await?;
+        let cache = std::sync::Arc::new(cache::Cache::default());
         Ok(Store {
             pool,
-            journal: std::sync::Arc::new(journal::Journal::start(writer.clone())),
+            journal: std::sync::Arc::new(journal::Journal::start(
+                writer.clone(),
+                std::sync::Arc::clone(&cache),
+            )),
             writer,
-            cache: Default::default(),
+            cache,
         })
     }
 
