@@ -45,7 +45,8 @@ PID=$(cat "$OUT/sip/callflow.pid" 2>/dev/null || true)
 log "perf record on pid $PID for ${PROFILE_S}s"
 timeout $((PROFILE_S + 60)) perf record -F 999 -g --call-graph dwarf,32768 -p "$PID" \
     -o "$OUT/perf.data" -- sleep "$PROFILE_S" >"$OUT/perf-record.log" 2>&1 || die "perf record failed"
-timeout 1800 wait $SIP || true
+# sip.sh bounds its own run; wait for it to report
+wait $SIP || true
 trap - EXIT
 [ -s "$OUT/sip/rows.txt" ] || die "bench/sip.sh measured nothing (see $OUT/sip.log)"
 # rows: target rate calls ok failed retrans p99 ticks ms hwm sipp drops rc
