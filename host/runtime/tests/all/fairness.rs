@@ -13,23 +13,27 @@ fn account(n: u8) -> String {
     format!("AC{:032x}", n)
 }
 
-/// `plugin` run for `account` with `{"abuse": abuse}` and `deadline_ms`.
-async fn invoke(
+/// `plugin` run for `account` with `{"abuse": abuse}` and `deadline_ms`; the invocation is
+/// submitted when the future is first polled.
+fn invoke(
     rt: &Arc<Runtime>,
     plugin: &Arc<Plugin>,
     account: &str,
     abuse: &str,
     deadline_ms: u64,
-) -> Result<(), InvokeError> {
+) -> impl std::future::Future<Output = Result<(), InvokeError>> + Send + use<> {
     let mut c = ctx(&format!(r#"{{"abuse":"{abuse}"}}"#));
     c.account_sid = account.into();
     let limits = Limits {
         deadline: Duration::from_millis(deadline_ms),
         ..Limits::default()
     };
-    rt.call_flow(Arc::clone(plugin), c, Vec::new(), FlowEvent::Start, limits)
-        .await
-        .map(|_| ())
+    let (rt, plugin) = (Arc::clone(rt), Arc::clone(plugin));
+    async move {
+        rt.call_flow(plugin, c, Vec::new(), FlowEvent::Start, limits)
+            .await
+            .map(|_| ())
+    }
 }
 
 /// A runtime with the abuse guest and `hello` compiled, so invocations queue the moment they
@@ -90,16 +94,20 @@ async fn a_full_account_queue_is_refused_at_once_and_others_still_run() {
         },
         ..RuntimeConfig::default()
     });
-    let mut loops = Vec::new();
-    for _ in 0..5 {
-        let (rt, abuse) = (Arc::clone(&rt), Arc::clone(&abuse));
-        loops.push(tokio::spawn(async move {
-            invoke(&rt, &abuse, &account(1), "loop", 500).await
-        }));
+    // the first loop is given time to start on the account's one upload thread; the four
+    // after it are queued without yielding in between (an invocation is submitted when its
+    // future is first polled), so nothing runs or finishes between them and the sixth
+    let mut first = Box::pin(invoke(&rt, &abuse, &account(1), "loop", 1_500));
+    submit(first.as_mut()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut queued: Vec<_> = (0..4)
+        .map(|_| Box::pin(invoke(&rt, &abuse, &account(1), "loop", 50)))
+        .collect();
+    for q in &mut queued {
+        submit(q.as_mut()).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // one runs (for 500 ms) and four wait: a sixth is refused
-    let refused = invoke(&rt, &abuse, &account(1), "loop", 500)
+    // one runs and four wait: a sixth is refused
+    let refused = invoke(&rt, &abuse, &account(1), "loop", 50)
         .await
         .unwrap_err();
     assert!(
@@ -109,7 +117,17 @@ async fn a_full_account_queue_is_refused_at_once_and_others_still_run() {
     invoke(&rt, &abuse, &account(2), "none", 2_000)
         .await
         .unwrap();
-    for l in loops {
-        assert!(matches!(l.await.unwrap(), Err(InvokeError::Timeout { .. })));
+    assert_eq!(first.await, Err(InvokeError::Timeout { limit_ms: 1_500 }));
+    for q in queued {
+        assert_eq!(q.await, Err(InvokeError::Timeout { limit_ms: 50 }));
     }
+}
+
+/// Polls `f` once, which submits an invocation, and leaves it pending.
+async fn submit<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) {
+    std::future::poll_fn(|cx| {
+        assert!(f.as_mut().poll(cx).is_pending(), "answered at once");
+        std::task::Poll::Ready(())
+    })
+    .await
 }
