@@ -76,9 +76,7 @@ pub struct Transition {
 impl Store {
     /// Stores a new call and logs its creation.
     pub async fn create_call(&self, account: &str, c: &NewCall, now: i64) -> Result<Call> {
-        self.journal
-            .create(account, c, now, Box::new(|_| Vec::new()))
-            .await
+        self.journal.create(account, c, now, None).await
     }
 
     /// [`Store::create_call`] that also stores the webhooks `webhooks` derives from the new
@@ -91,7 +89,7 @@ impl Store {
         webhooks: impl FnOnce(&Call) -> Vec<NewDelivery> + Send + 'static,
     ) -> Result<Call> {
         self.journal
-            .create(account, c, now, Box::new(webhooks))
+            .create(account, c, now, Some(Box::new(webhooks)))
             .await
     }
 
@@ -271,7 +269,7 @@ impl Store {
         webhooks: impl FnOnce(&Call) -> Vec<NewDelivery> + Send + 'static,
     ) -> Result<Call> {
         self.journal
-            .transition(account, sid, t, Box::new(webhooks))
+            .transition(account, sid, t, Some(Box::new(webhooks)))
             .await
     }
 
@@ -283,9 +281,7 @@ impl Store {
         sid: &str,
         t: &Transition,
     ) -> Result<Call> {
-        self.journal
-            .transition(account, sid, t, Box::new(|_| Vec::new()))
-            .await
+        self.journal.transition(account, sid, t, None).await
     }
 
     /// Appends an entry to a call's event log and returns once it is committed.

@@ -30,8 +30,9 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(2);
 /// PostgreSQL's limits on parameters); also what one batch gathers before it is written.
 pub const BATCH_ROWS: usize = 512;
 
-/// The webhooks and events a change enqueues, derived from the row it produced.
-pub(crate) type Webhooks = Box<dyn FnOnce(&Call) -> Vec<NewDelivery> + Send>;
+/// The webhooks and events a change enqueues, derived from the row it produced; `None` for a
+/// change that enqueues nothing (one statement, which needs no transaction of its own).
+pub(crate) type Webhooks = Option<Box<dyn FnOnce(&Call) -> Vec<NewDelivery> + Send>>;
 
 enum Op {
     Row(Row),
@@ -57,6 +58,14 @@ impl Op {
     /// Someone waits for this one: write at once.
     fn awaited(&self) -> bool {
         !matches!(self, Op::Row(_))
+    }
+
+    /// A change that is one statement (it enqueues nothing).
+    fn single_statement(&self) -> bool {
+        matches!(
+            self,
+            Op::Create { webhooks: None, .. } | Op::Transition { webhooks: None, .. }
+        )
     }
 }
 
@@ -323,8 +332,32 @@ fn answer_err(op: Op, message: &str) {
 async fn apply_all(
     conn: &mut SqliteConnection,
     cache: &Cache,
-    ops: Vec<Op>,
+    mut ops: Vec<Op>,
 ) -> std::result::Result<Vec<Done>, (StoreError, Vec<Op>)> {
+    // a lone change of one statement is atomic by itself: no BEGIN and COMMIT round trips
+    if ops.len() == 1 && ops[0].single_statement() {
+        let result = match ops.pop() {
+            Some(Op::Create {
+                account,
+                call,
+                now,
+                webhooks,
+                reply,
+            }) => (reply, create(conn, &account, &call, now, webhooks).await),
+            Some(Op::Transition {
+                account,
+                sid,
+                t,
+                webhooks,
+                reply,
+            }) => (
+                reply,
+                transition(conn, cache, &account, &sid, &t, webhooks).await,
+            ),
+            _ => return Ok(Vec::new()),
+        };
+        return Ok(vec![Done::Changed(result.0, result.1)]);
+    }
     if let Err(e) = sqlx::query("BEGIN").execute(&mut *conn).await {
         return Err((e.into(), ops));
     }
@@ -460,7 +493,7 @@ async fn create(
     webhooks: Webhooks,
 ) -> Result<Call> {
     let created = insert_call(&mut *conn, account, call, None, now).await?;
-    for w in webhooks(&created) {
+    for w in webhooks.map(|w| w(&created)).unwrap_or_default() {
         insert_delivery(&mut *conn, &w, now).await?;
     }
     Ok(created)
@@ -495,7 +528,7 @@ async fn transition(
             })?
         }
     };
-    for w in webhooks(&updated) {
+    for w in webhooks.map(|w| w(&updated)).unwrap_or_default() {
         insert_delivery(&mut *conn, &w, t.at).await?;
     }
     Ok(updated)

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use callflow_runtime::World;
 use callflow_sip::ua::{CallKey, Incoming, UaEvent};
 use callflow_store::{CallInstructions, CallStatus, Direction, NewCall};
 use tokio::sync::mpsc;
@@ -94,14 +95,19 @@ impl Telephony {
                 },
                 plugins,
             };
-            // created ringing: its first event goes to call-events plugins with it
-            self.store()
-                .create_call_with(&number.account_sid, &new, now_ms(), |c| {
-                    crate::events::call_event(c, c.date_created)
-                        .into_iter()
-                        .collect()
-                })
-                .await
+            // created ringing: its first event goes to a call-events plugin with it
+            let store = self.store();
+            if new.plugins.get(World::CallEvents.as_str()).is_some() {
+                store
+                    .create_call_with(&number.account_sid, &new, now_ms(), |c| {
+                        crate::events::call_event(c, c.date_created)
+                            .into_iter()
+                            .collect()
+                    })
+                    .await
+            } else {
+                store.create_call(&number.account_sid, &new, now_ms()).await
+            }
         }
         .await;
         let call = match created {
