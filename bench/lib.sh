@@ -54,14 +54,15 @@ wait_http() { # url pid name log
 # start_callflow SIP_PORT CONFIG [NAME=VALUE...]: `callflow serve` ($CALLFLOW_BIN) with the root
 # credentials ACCOUNT_SID/AUTH_TOKEN, HTTP on 127.0.0.1:$HTTP_PORT, SIP on 127.0.0.1:SIP_PORT, data
 # in $TMP/$BENCH_NAME-data, log in $OUT/$BENCH_NAME.log (BENCH_NAME defaults to callflow), the
-# extra environment given; sets CALLFLOW_PID and returns once /health answers.
+# extra environment given (its log filter: BENCH_RUST_LOG, default warn; e.g. "warn,sqlx::query=debug"
+# lists every statement); sets CALLFLOW_PID and returns once /health answers.
 start_callflow() {
     local sip_port=$1 config=$2 name=${BENCH_NAME:-callflow}
     shift 2
     local data="$TMP/data"
     [ "$name" = callflow ] || data="$TMP/$name-data"
     log "starting $name ($CALLFLOW_BIN): http 127.0.0.1:$HTTP_PORT, sip udp 127.0.0.1:$sip_port (data in $data)"
-    env RUST_LOG=warn CALLFLOW_ROOT_ACCOUNT_SID="$ACCOUNT_SID" CALLFLOW_ROOT_AUTH_TOKEN="$AUTH_TOKEN" "$@" \
+    env RUST_LOG="${BENCH_RUST_LOG:-warn}" CALLFLOW_ROOT_ACCOUNT_SID="$ACCOUNT_SID" CALLFLOW_ROOT_AUTH_TOKEN="$AUTH_TOKEN" "$@" \
         "$CALLFLOW_BIN" serve --http "127.0.0.1:$HTTP_PORT" --sip "127.0.0.1:$sip_port" \
         --data "$data" --config "$config" >"$OUT/$name.log" 2>&1 &
     CALLFLOW_PID=$!

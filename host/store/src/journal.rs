@@ -1,16 +1,19 @@
 //! The call journal: calls' creations, status changes (with the webhooks and events they
 //! enqueue) and event-log entries, written by group commit. One task takes what is queued and
-//! writes it in one transaction on the writer connection: many calls' changes in one commit,
-//! and a call's log entries as one multi-row `INSERT`. A change someone waits for is written at
-//! once, with whatever else is queued by then; log entries alone wait up to [`BATCH_DELAY`] (or
-//! [`BATCH_ROWS`] rows) for company.
+//! writes it on the writer connection: many calls' changes together, log entries as one
+//! multi-row `INSERT`. A change someone waits for is written at once, with the other changes
+//! queued by then and the waiting log entries of its call; other log entries wait up to
+//! [`BATCH_DELAY`] (or for [`BATCH_ROWS`] rows) to share one `INSERT`. A batch holding a change
+//! that enqueues webhooks is one transaction (the change and its webhooks are atomic); any
+//! other batch is written statement by statement, each atomic by itself, without BEGIN and
+//! COMMIT round trips.
 //!
 //! The guarantees are the store's as before: a creation or status change is answered only once
 //! it is committed (and put in the cache), so nothing anyone is told is lost; the outbox sees
 //! only committed rows. Log entries are appended without waiting; they are committed before a
-//! read of their call's log (which flushes it), before their call's next change (which is
-//! written after them), and when the store closes, so they keep their order and a crash loses
-//! at most the last few milliseconds of entries nobody has read.
+//! read of their call's log, before their call's next change (which is written after them), and
+//! when the store closes, so they keep their order and a crash loses at most the last
+//! [`BATCH_DELAY`] of entries nobody has read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,7 +28,7 @@ use crate::deliveries::insert_delivery;
 use crate::{Call, CallLogEntry, NewCall, NewDelivery, Result, StoreError};
 
 /// How long log entries may wait for others to share their commit.
-pub const BATCH_DELAY: Duration = Duration::from_millis(2);
+pub const BATCH_DELAY: Duration = Duration::from_millis(5);
 /// Log entries one `INSERT` writes at most (4 parameters each, far below SQLite's and
 /// PostgreSQL's limits on parameters); also what one batch gathers before it is written.
 pub const BATCH_ROWS: usize = 512;
@@ -55,12 +58,7 @@ enum Op {
 }
 
 impl Op {
-    /// Someone waits for this one: write at once.
-    fn awaited(&self) -> bool {
-        !matches!(self, Op::Row(_))
-    }
-
-    /// A change that is one statement (it enqueues nothing).
+    /// A change that is atomic by itself (it enqueues nothing).
     fn single_statement(&self) -> bool {
         matches!(
             self,
@@ -182,63 +180,93 @@ impl Journal {
     }
 }
 
-/// The writer: takes what is queued (log entries alone wait up to [`BATCH_DELAY`] for more)
-/// and writes it in one transaction.
+/// The writer. A change someone waits for is written at once, with the other changes queued by
+/// then and the log entries of the calls it changes (a status change logs a row, which must
+/// follow them); other log entries wait in `rows` until the oldest has waited
+/// [`BATCH_DELAY`], until there are [`BATCH_ROWS`] of them, or until someone asks for a flush.
 async fn run(
     writer: SqlitePool,
     cache: Arc<Cache>,
     mut ops: mpsc::UnboundedReceiver<Op>,
     pending: Arc<Mutex<HashMap<String, usize>>>,
 ) {
-    let mut batch: Vec<Op> = Vec::new();
-    while let Some(first) = ops.recv().await {
-        let mut open = true;
-        let mut urgent = first.awaited();
-        batch.push(first);
-        if !urgent {
-            let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-            while !urgent && batch.len() < BATCH_ROWS {
-                match tokio::time::timeout_at(deadline, ops.recv()).await {
-                    Ok(Some(op)) => {
-                        urgent = op.awaited();
-                        batch.push(op);
+    let mut rows: Vec<Op> = Vec::new();
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut open = true;
+    while open || !rows.is_empty() {
+        let first = match due {
+            _ if !open => None,
+            None => ops.recv().await,
+            Some(due) => tokio::time::timeout_at(due, ops.recv())
+                .await
+                .unwrap_or(None),
+        };
+        if first.is_none() && due.is_none_or(|d| tokio::time::Instant::now() < d) {
+            // the channel closed: write out what is left, then stop
+            open = false;
+        }
+        let mut changes: Vec<Op> = Vec::new();
+        let mut flush = !open;
+        let mut next = first;
+        loop {
+            match next {
+                Some(op @ Op::Row(_)) => {
+                    if rows.is_empty() {
+                        due = Some(tokio::time::Instant::now() + BATCH_DELAY);
                     }
-                    Ok(None) => {
-                        open = false;
-                        break;
-                    }
-                    Err(_) => break,
+                    rows.push(op);
                 }
+                Some(op @ Op::Flush(_)) => {
+                    flush = true;
+                    changes.push(op);
+                }
+                Some(op) => changes.push(op),
+                None => {}
             }
-        }
-        // whatever else is queued by now shares this commit
-        while batch.len() < BATCH_ROWS {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
+            if changes.len() + rows.len() >= BATCH_ROWS {
+                break;
+            }
+            next = match ops.try_recv() {
+                Ok(op) => Some(op),
                 Err(_) => break,
-            }
+            };
         }
-        let ops_now = std::mem::take(&mut batch);
-        let rows: Vec<String> = ops_now
-            .iter()
-            .filter_map(|op| match op {
-                Op::Row(r) => Some(r.call_sid.clone()),
-                _ => None,
-            })
-            .collect();
-        write_batch(&writer, &cache, ops_now).await;
+        let rows_due = flush
+            || rows.len() >= BATCH_ROWS
+            || due.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if changes.is_empty() && !rows_due {
+            continue;
+        }
+        let mut batch = Vec::new();
+        let mut written: Vec<String> = Vec::new();
+        // a status change's own log row follows the entries appended before it: the call's
+        // waiting entries go first, in its transaction
+        let goes_now = |op: &Op| {
+            rows_due
+                || matches!(op, Op::Row(r) if changes.iter().any(
+                    |c| matches!(c, Op::Transition { sid, .. } if *sid == r.call_sid)))
+        };
+        let (now, later): (Vec<Op>, Vec<Op>) = rows.drain(..).partition(goes_now);
+        rows = later;
+        if rows.is_empty() {
+            due = None;
+        }
+        for op in now {
+            if let Op::Row(r) = &op {
+                written.push(r.call_sid.clone());
+            }
+            batch.push(op);
+        }
+        batch.append(&mut changes);
+        write_batch(&writer, &cache, batch).await;
         let mut p = lock(&pending);
-        for sid in rows {
+        for sid in written {
             if let Some(n) = p.get_mut(&sid) {
                 *n -= 1;
                 if *n == 0 {
                     p.remove(&sid);
                 }
             }
-        }
-        drop(p);
-        if !open {
-            return;
         }
     }
 }
@@ -249,8 +277,25 @@ enum Done {
     Flushed(oneshot::Sender<()>),
 }
 
-/// Writes `ops` in one transaction and answers them. Should the transaction fail as a whole,
-/// each change is tried again on its own, so one bad change cannot sink its batch-mates.
+/// Answers what was committed, putting the changed calls in the cache.
+fn answer(cache: &Cache, done: Vec<Done>) {
+    for d in done {
+        match d {
+            Done::Changed(reply, result) => {
+                if let Ok(call) = &result {
+                    cache.put_call(call);
+                }
+                let _ = reply.send(result);
+            }
+            Done::Flushed(f) => {
+                let _ = f.send(());
+            }
+        }
+    }
+}
+
+/// Writes `ops` and answers them. Should the batch fail as a whole, each change not yet
+/// answered is tried again on its own, so one bad change cannot sink its batch-mates.
 async fn write_batch(writer: &SqlitePool, cache: &Cache, ops: Vec<Op>) {
     let mut conn = match writer.acquire().await {
         Ok(c) => c,
@@ -262,49 +307,13 @@ async fn write_batch(writer: &SqlitePool, cache: &Cache, ops: Vec<Op>) {
             return;
         }
     };
-    // the changes that need answering are applied inside; keep them to retry one by one
-    match apply_all(&mut conn, cache, ops).await {
-        Ok(done) => {
-            for d in done {
-                match d {
-                    Done::Changed(reply, result) => {
-                        if let Ok(call) = &result {
-                            cache.put_call(call);
-                        }
-                        let _ = reply.send(result);
-                    }
-                    Done::Flushed(f) => {
-                        let _ = f.send(());
-                    }
-                }
-            }
-        }
-        Err((e, ops)) => {
-            tracing::warn!(error = %e, "call journal: a batch failed; writing its changes one by one");
-            for op in ops {
-                let done = apply_all(&mut conn, cache, vec![op]).await;
-                match done {
-                    Ok(done) => {
-                        for d in done {
-                            match d {
-                                Done::Changed(reply, result) => {
-                                    if let Ok(call) = &result {
-                                        cache.put_call(call);
-                                    }
-                                    let _ = reply.send(result);
-                                }
-                                Done::Flushed(f) => {
-                                    let _ = f.send(());
-                                }
-                            }
-                        }
-                    }
-                    Err((e, ops)) => {
-                        let message = e.to_string();
-                        for op in ops {
-                            answer_err(op, &message);
-                        }
-                    }
+    if let Err((e, kept)) = apply_all(&mut conn, cache, ops).await {
+        tracing::warn!(error = %e, "call journal: a batch failed; writing its changes one by one");
+        for op in kept {
+            if let Err((e, ops)) = apply_all(&mut conn, cache, vec![op]).await {
+                let message = e.to_string();
+                for op in ops {
+                    answer_err(op, &message);
                 }
             }
         }
@@ -326,42 +335,25 @@ fn answer_err(op: Op, message: &str) {
     }
 }
 
-/// Applies `ops` in one transaction. `Err` (with the ops, untouched: the transaction was
-/// rolled back) when the transaction as a whole failed; an error of one change's own (an
-/// illegal move, a call that changed) is that change's answer, not the batch's.
+/// Applies `ops` in order and answers them. A change that enqueues webhooks must be atomic
+/// with them, so a batch holding one is one transaction (many calls' changes, one commit);
+/// otherwise every statement is atomic by itself (a row per change, log entries in one
+/// `INSERT`) and is written without BEGIN and COMMIT round trips. `Err` (with the ops not yet
+/// applied, untouched) when the batch failed as a whole: in a transaction everything was
+/// rolled back and its changes are answered with the failure; outside one what was written
+/// stands and is answered. An error of one change's own (an illegal move, a call that
+/// changed) is that change's answer, not the batch's.
 async fn apply_all(
     conn: &mut SqliteConnection,
     cache: &Cache,
-    mut ops: Vec<Op>,
-) -> std::result::Result<Vec<Done>, (StoreError, Vec<Op>)> {
-    // a lone change of one statement is atomic by itself: no BEGIN and COMMIT round trips
-    if ops.len() == 1 && ops[0].single_statement() {
-        let result = match ops.pop() {
-            Some(Op::Create {
-                account,
-                call,
-                now,
-                webhooks,
-                reply,
-            }) => (reply, create(conn, &account, &call, now, webhooks).await),
-            Some(Op::Transition {
-                account,
-                sid,
-                t,
-                webhooks,
-                reply,
-            }) => (
-                reply,
-                transition(conn, cache, &account, &sid, &t, webhooks).await,
-            ),
-            _ => return Ok(Vec::new()),
-        };
-        return Ok(vec![Done::Changed(result.0, result.1)]);
-    }
-    if let Err(e) = sqlx::query("BEGIN").execute(&mut *conn).await {
+    ops: Vec<Op>,
+) -> std::result::Result<(), (StoreError, Vec<Op>)> {
+    let tx = ops
+        .iter()
+        .any(|o| matches!(o, Op::Create { .. } | Op::Transition { .. }) && !o.single_statement());
+    if tx && let Err(e) = sqlx::query("BEGIN").execute(&mut *conn).await {
         return Err((e.into(), ops));
     }
-    // the replies are held aside until the commit; the rest of each op is consumed
     let mut done = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut failed: Option<StoreError> = None;
@@ -371,7 +363,7 @@ async fn apply_all(
             kept.push(op);
             continue;
         }
-        match op {
+        let op = match op {
             Op::Row(r) => {
                 rows.push(r);
                 if rows.len() == BATCH_ROWS
@@ -379,67 +371,49 @@ async fn apply_all(
                 {
                     failed = Some(e);
                 }
+                continue;
             }
-            Op::Flush(f) => done.push(Done::Flushed(f)),
+            Op::Flush(f) => {
+                done.push(Done::Flushed(f));
+                continue;
+            }
+            change => change,
+        };
+        // the entries logged before a change are written before it
+        if let Err(e) = write_rows(conn, &std::mem::take(&mut rows)).await {
+            failed = Some(e);
+            kept.push(op);
+            continue;
+        }
+        let (reply, result) = match op {
             Op::Create {
                 account,
                 call,
                 now,
                 webhooks,
                 reply,
-            } => {
-                if let Err(e) = write_rows(conn, &std::mem::take(&mut rows)).await {
-                    failed = Some(e);
-                    kept.push(Op::Create {
-                        account,
-                        call,
-                        now,
-                        webhooks,
-                        reply,
-                    });
-                    continue;
-                }
-                let result = create(conn, &account, &call, now, webhooks).await;
-                match result {
-                    Err(e) if is_fatal(&e) => {
-                        failed = Some(e);
-                        // the reply cannot be rebuilt into an op: answer it now
-                        let _ = reply.send(Err(StoreError::Conflict(
-                            "the change was not stored: the batch failed".into(),
-                        )));
-                    }
-                    result => done.push(Done::Changed(reply, result)),
-                }
-            }
+            } => (reply, create(conn, &account, &call, now, webhooks).await),
             Op::Transition {
                 account,
                 sid,
                 t,
                 webhooks,
                 reply,
-            } => {
-                if let Err(e) = write_rows(conn, &std::mem::take(&mut rows)).await {
-                    failed = Some(e);
-                    kept.push(Op::Transition {
-                        account,
-                        sid,
-                        t,
-                        webhooks,
-                        reply,
-                    });
-                    continue;
-                }
-                let result = transition(conn, cache, &account, &sid, &t, webhooks).await;
-                match result {
-                    Err(e) if is_fatal(&e) => {
-                        failed = Some(e);
-                        let _ = reply.send(Err(StoreError::Conflict(
-                            "the change was not stored: the batch failed".into(),
-                        )));
-                    }
-                    result => done.push(Done::Changed(reply, result)),
-                }
+            } => (
+                reply,
+                transition(conn, cache, &account, &sid, &t, webhooks).await,
+            ),
+            Op::Row(_) | Op::Flush(_) => continue,
+        };
+        match result {
+            Err(e) if is_fatal(&e) => {
+                // the reply cannot be rebuilt into an op: answer it now
+                let _ = reply.send(Err(StoreError::Conflict(format!(
+                    "the change was not stored: {e}"
+                ))));
+                failed = Some(e);
             }
+            result => done.push(Done::Changed(reply, result)),
         }
     }
     if failed.is_none()
@@ -448,36 +422,42 @@ async fn apply_all(
         failed = Some(e);
     }
     let committed = match failed {
+        None if !tx => Ok(()),
         None => sqlx::query("COMMIT")
             .execute(&mut *conn)
             .await
+            .map(|_| ())
             .map_err(StoreError::from),
         Some(e) => Err(e),
     };
-    match committed {
-        Ok(_) => Ok(done),
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            // what was applied is undone: its callers hear the failure; the log entries
-            // written are lost with it (logged), the rest is retried by the caller
-            for d in done {
-                match d {
-                    Done::Changed(reply, _) => {
-                        let _ = reply.send(Err(StoreError::Conflict(format!(
-                            "the change was not stored: {e}"
-                        ))));
-                    }
-                    Done::Flushed(f) => {
-                        let _ = f.send(());
-                    }
-                }
+    let Err(e) = committed else {
+        answer(cache, done);
+        return Ok(());
+    };
+    if !rows.is_empty() {
+        tracing::error!(rows = rows.len(), error = %e, "call journal: log entries lost");
+    }
+    if !tx {
+        // what was written stands
+        answer(cache, done);
+        return Err((e, kept));
+    }
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    // what was applied is undone: its callers hear the failure; the log entries written are
+    // lost with it (logged), the rest is retried by the caller
+    for d in done {
+        match d {
+            Done::Changed(reply, _) => {
+                let _ = reply.send(Err(StoreError::Conflict(format!(
+                    "the change was not stored: {e}"
+                ))));
             }
-            if !rows.is_empty() {
-                tracing::error!(rows = rows.len(), error = %e, "call journal: log entries lost");
+            Done::Flushed(f) => {
+                let _ = f.send(());
             }
-            Err((e, kept))
         }
     }
+    Err((e, kept))
 }
 
 /// A database error that leaves the transaction unusable (not a change's own refusal).
