@@ -205,59 +205,53 @@ async fn run(
             // the channel closed: write out what is left, then stop
             open = false;
         }
-        let mut changes: Vec<Op> = Vec::new();
-        let mut flush = !open;
-        let mut next = first;
-        loop {
-            match next {
-                Some(op @ Op::Row(_)) => {
-                    if rows.is_empty() {
-                        due = Some(tokio::time::Instant::now() + BATCH_DELAY);
-                    }
-                    rows.push(op);
-                }
-                Some(op @ Op::Flush(_)) => {
-                    flush = true;
-                    changes.push(op);
-                }
-                Some(op) => changes.push(op),
-                None => {}
-            }
-            if changes.len() + rows.len() >= BATCH_ROWS {
-                break;
-            }
-            next = match ops.try_recv() {
-                Ok(op) => Some(op),
+        // what arrived, in its order
+        let mut arrived: Vec<Op> = first.into_iter().collect();
+        while rows.len() + arrived.len() < BATCH_ROWS {
+            match ops.try_recv() {
+                Ok(op) => arrived.push(op),
                 Err(_) => break,
-            };
+            }
         }
-        let rows_due = flush
-            || rows.len() >= BATCH_ROWS
-            || due.is_some_and(|d| tokio::time::Instant::now() >= d);
-        if changes.is_empty() && !rows_due {
-            continue;
-        }
-        let mut batch = Vec::new();
-        let mut written: Vec<String> = Vec::new();
-        // a status change's own log row follows the entries appended before it: the call's
-        // waiting entries go first, in its transaction
-        let goes_now = |op: &Op| {
-            rows_due
-                || matches!(op, Op::Row(r) if changes.iter().any(
-                    |c| matches!(c, Op::Transition { sid, .. } if *sid == r.call_sid)))
+        let now = tokio::time::Instant::now();
+        let waiting = rows.len() + arrived.iter().filter(|o| matches!(o, Op::Row(_))).count();
+        let rows_due = !open
+            || waiting >= BATCH_ROWS
+            || due.is_some_and(|d| now >= d)
+            || arrived.iter().any(|o| matches!(o, Op::Flush(_)));
+        // a status change logs a row of its own, which must follow the entries its call logged
+        // before it: those go with it, in the order they came
+        let changed: Vec<String> = arrived
+            .iter()
+            .filter_map(|o| match o {
+                Op::Transition { sid, .. } => Some(sid.clone()),
+                _ => None,
+            })
+            .collect();
+        let goes_now = |op: &Op| match op {
+            Op::Row(r) => rows_due || changed.contains(&r.call_sid),
+            _ => true,
         };
-        let (now, later): (Vec<Op>, Vec<Op>) = rows.drain(..).partition(goes_now);
-        rows = later;
+        let (mut batch, mut left): (Vec<Op>, Vec<Op>) = rows.drain(..).partition(goes_now);
+        let (now_too, later): (Vec<Op>, Vec<Op>) = arrived.into_iter().partition(goes_now);
+        batch.extend(now_too);
+        left.extend(later);
+        rows = left;
         if rows.is_empty() {
             due = None;
+        } else if due.is_none() {
+            due = Some(now + BATCH_DELAY);
         }
-        for op in now {
-            if let Op::Row(r) = &op {
-                written.push(r.call_sid.clone());
-            }
-            batch.push(op);
+        if batch.is_empty() {
+            continue;
         }
-        batch.append(&mut changes);
+        let written: Vec<String> = batch
+            .iter()
+            .filter_map(|o| match o {
+                Op::Row(r) => Some(r.call_sid.clone()),
+                _ => None,
+            })
+            .collect();
         write_batch(&writer, &cache, batch).await;
         let mut p = lock(&pending);
         for sid in written {
@@ -638,6 +632,41 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[tokio::test]
+    async fn entries_keep_their_order_around_a_change_queued_with_them() {
+        use crate::CallStatus;
+        use crate::calls::tests::{new_call, to};
+        let store = store().await;
+        let a = crate::test_support::account(&store).await;
+        let call = store
+            .create_call(&a.sid, &new_call("+1555"), 1_000)
+            .await
+            .unwrap();
+        store.log_call_event(&call.sid, 1_500, &CallLogEntry::FlowAnswered);
+        store.log_call_event("CA-other", 1_600, &CallLogEntry::FlowAnswered);
+        // the change is queued (its future polled once), then an entry is logged before the
+        // writer runs: the writer takes both at once and must keep them in that order
+        let ringing = to(CallStatus::Ringing, 2_000);
+        let mut change = std::pin::pin!(store.transition_call_quietly(&a.sid, &call.sid, &ringing));
+        std::future::poll_fn(|cx| {
+            assert!(change.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        store.log_call_event(&call.sid, 2_001, &CallLogEntry::FlowRefused { sip: 603 });
+        change.await.unwrap();
+        assert_eq!(
+            kinds(&store, &call.sid).await,
+            [
+                "created@1000",
+                "flow.answered@1500",
+                "ringing@2000",
+                "flow.refused@2001"
+            ]
+        );
+        assert_eq!(kinds(&store, "CA-other").await, ["flow.answered@1600"]);
     }
 
     #[tokio::test]
