@@ -22,7 +22,8 @@
 # SKIP (s skipped after each start, default 2), LOAD_ROWS (default 200000), BIG (default 1000000),
 # SMALL (default 1000), SMALL_RUNS (small callouts before and after the big one, default 2),
 # OVERHEAD_RATE (default 100), OVERHEAD_S (default 20), MAX_CONCURRENT (each callout's, default
-# 2000), OUT (raw output, default target/bench/callouts-<time>). Needs sipp (Debian sip-tester,
+# 2000), OUT (raw output, default target/bench/callouts-<time>), BIN (a callflow binary to
+# measure instead of building target/release/callflow, e.g. an older commit's). Needs sipp (Debian sip-tester,
 # installed with apt-get when missing), curl, python3 (JSON answers), awk. Every wait is bounded;
 # everything started here is stopped on exit. Exits non-zero if a step failed.
 set -euo pipefail
@@ -68,11 +69,7 @@ command -v sipp >/dev/null 2>&1 || die "sipp not found after installing sip-test
 for t in curl python3 awk; do command -v $t >/dev/null 2>&1 || die "$t is needed"; done
 
 # ---- build ------------------------------------------------------------------------------------
-CALLFLOW_BIN=$ROOT/target/release/callflow
-log "building callflow (release)"
-timeout "$BUILD_TIMEOUT_S" cargo build --release -p callflow-server --locked >&2 \
-    || die "cargo build failed or took more than ${BUILD_TIMEOUT_S} s"
-[ -x "$CALLFLOW_BIN" ] || die "built binary $CALLFLOW_BIN not found"
+build_callflow
 
 # ---- processes --------------------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/callflow-calloutbench.XXXXXX")
@@ -305,7 +302,7 @@ SIPP_IN=$(sipp_field 'IncomingCall(C)')
 
 # ---- report -----------------------------------------------------------------------------------
 {
-    echo "callflow callouts benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo))"
+    echo "callflow callouts benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), ${BIN:-commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')}, $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo))"
     echo "SIPp $(sipp -v 2>&1 | grep -o 'v[0-9][0-9.]*' | head -n1 || true) uas_callout.xml; trunk cps 1000, max_channels 5000; MaxConcurrent $MAX_CONCURRENT; raw output in $OUT"
     echo
     echo "Participant uploads (CSV, one POST each):"
