@@ -901,14 +901,10 @@ fn sut_media(
         workers,
     })?;
     let idle = Idle::from_env()?;
+    // Symmetric RTP: each call sends to where the generator's packets come from.
     let params = StreamParams {
-        law: Law::Mu,
-        payload_type: 0,
-        telephone_event: Some(101),
-        ptime_ms: 20,
-        // Symmetric RTP: each call sends to where the generator's packets come from.
-        remote: None,
         send: idle != Idle::Hold,
+        ..StreamParams::pcmu(None)
     };
     let record = recording_on() && idle == Idle::Active;
     let mut calls = Vec::with_capacity(n);
@@ -961,14 +957,7 @@ fn sut_churn(k: usize, workers: usize, port_min: u16) -> Res<()> {
         port_max,
         workers,
     })?;
-    let params = StreamParams {
-        law: Law::Mu,
-        payload_type: 0,
-        telephone_event: Some(101),
-        ptime_ms: 20,
-        remote: None,
-        send: true,
-    };
+    let params = StreamParams::pcmu(None);
     let pid = std::process::id();
     let cpu_ns = |workers_only: bool| -> u64 {
         thread_cpu_ns(pid)

@@ -36,6 +36,19 @@ pub struct StreamParams {
 }
 
 impl StreamParams {
+    /// The common offer: PCMU at payload type 0, telephone-event at 101, 20 ms frames, sending
+    /// to `remote` (or, with `None`, to where the peer's packets come from).
+    pub fn pcmu(remote: Option<SocketAddr>) -> StreamParams {
+        StreamParams {
+            law: crate::g711::Law::Mu,
+            payload_type: 0,
+            telephone_event: Some(101),
+            ptime_ms: 20,
+            remote,
+            send: true,
+        }
+    }
+
     /// Samples (= G.711 bytes) in one frame.
     pub fn frame_samples(&self) -> usize {
         self.ptime_ms as usize * 8
@@ -361,17 +374,9 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::g711::Law;
 
     fn params() -> StreamParams {
-        StreamParams {
-            law: Law::Mu,
-            payload_type: 0,
-            telephone_event: Some(101),
-            ptime_ms: 20,
-            remote: None,
-            send: true,
-        }
+        StreamParams::pcmu(None)
     }
 
     fn packet(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {

@@ -385,14 +385,7 @@ async fn a_reused_port_does_not_hear_its_last_calls_peer() {
     let r = media.reserve().unwrap();
     assert_eq!(r.port(), port);
     // A new peer, and symmetric RTP: the call sends where the first packet comes from.
-    let params = StreamParams {
-        law: Law::Mu,
-        payload_type: 0,
-        telephone_event: Some(101),
-        ptime_ms: 20,
-        remote: None,
-        send: true,
-    };
+    let params = StreamParams::pcmu(None);
     let (m, mut events) = media.open(r, params);
     let mut new_peer = Peer {
         socket: UdpSocket::bind("127.0.0.1:0").unwrap(),

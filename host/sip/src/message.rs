@@ -364,6 +364,38 @@ fn check_typed(msg: &SipMessage) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// Reason phrases for the codes we send (rsip would print its variant names).
+pub(crate) fn reason(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        603 => "Decline",
+        _ => match code {
+            100..=199 => "Progress",
+            200..=299 => "OK",
+            300..=399 => "Redirect",
+            400..=499 => "Client Error",
+            500..=599 => "Server Error",
+            _ => "Global Failure",
+        },
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-/// Bounds on TCP connections, passed to [`crate::driver::Sip::start_with_limits`].
+/// Bounds on TCP connections, passed to `Sip::start_with_limits` (the driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpLimits {
     /// Connections open at once, ours and peers' together. An inbound connection over it is

@@ -34,7 +34,7 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(5);
 pub const BATCH_ROWS: usize = 512;
 
 /// The webhooks and events a change enqueues, derived from the row it produced; `None` for a
-/// change that enqueues nothing (one statement, which needs no transaction of its own).
+/// change that enqueues nothing (its one statement is atomic without a transaction).
 pub(crate) type Webhooks = Option<Box<dyn FnOnce(&Call) -> Vec<NewDelivery> + Send>>;
 
 enum Op {
@@ -586,7 +586,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn many_calls_changes_share_commits_and_one_refusal_sinks_none_of_them() {
+    async fn many_calls_changes_share_batches_and_one_refusal_sinks_none_of_them() {
         use crate::calls::tests::{new_call, to};
         use crate::{CallStatus, StoreError};
         let store = store().await;

@@ -32,7 +32,7 @@ pub fn response_to(req: &Request, status: u16, to_tag: Option<&str>) -> Response
     }
     headers.push(Header::ContentLength(headers::ContentLength::new("0")));
     Response {
-        status_code: StatusCode::Other(status, crate::ua::msg::reason(status).into()),
+        status_code: StatusCode::Other(status, crate::message::reason(status).into()),
         version: rsip::Version::V2,
         headers,
         body: Vec::new(),

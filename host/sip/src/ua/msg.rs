@@ -145,38 +145,6 @@ pub(super) fn tag(headers: &Headers, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Reason phrases for the codes we send (rsip would print its variant names).
-pub(crate) fn reason(code: u16) -> &'static str {
-    match code {
-        100 => "Trying",
-        180 => "Ringing",
-        183 => "Session Progress",
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        491 => "Request Pending",
-        500 => "Server Internal Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        603 => "Decline",
-        _ => match code {
-            100..=199 => "Progress",
-            200..=299 => "OK",
-            300..=399 => "Redirect",
-            400..=499 => "Client Error",
-            500..=599 => "Server Error",
-            _ => "Global Failure",
-        },
-    }
-}
-
 /// A response to `req`: the request's Via (all, in order), From, To (with `to_tag` added when
 /// To has none), Call-ID and CSeq, then `extra` header lines, then the body.
 pub(super) fn response(
@@ -186,7 +154,7 @@ pub(super) fn response(
     extra: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
 ) -> Option<Response> {
-    let mut s = format!("SIP/2.0 {code} {}\r\n", reason(code));
+    let mut s = format!("SIP/2.0 {code} {}\r\n", crate::message::reason(code));
     for h in req.headers.iter() {
         match h {
             Header::Via(v) => push(&mut s, "Via", v.value()),
@@ -208,7 +176,7 @@ pub(super) fn response(
     match finish(s, extra, body)? {
         SipMessage::Response(mut r) => {
             // rsip parses known codes into variants that print without spaces ("BusyHere").
-            r.status_code = rsip::StatusCode::Other(code, reason(code).into());
+            r.status_code = rsip::StatusCode::Other(code, crate::message::reason(code).into());
             Some(r)
         }
         SipMessage::Request(_) => None,
