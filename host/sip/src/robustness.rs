@@ -99,6 +99,38 @@ fn mutated_invites() {
     assert!(parsed > 1_000, "only {parsed} mutants parsed");
 }
 
+/// A response is read back without `parse`'s rebuild and typed checks
+/// (`parse_built_response`), on the grounds that everything in it is ours or comes from a
+/// request `parse` accepted: so whatever mutant request is answered, the answer must pass the
+/// full `parse` too.
+#[test]
+fn answers_to_mutated_invites_pass_the_full_parse() {
+    let mut rng = Rng(0x5eed_ca11_f10e_0002);
+    let mut answered = 0;
+    for _ in 0..20_000 {
+        let input = mutate(&mut rng, INVITE.as_bytes());
+        let Ok(rsip::SipMessage::Request(req)) = parse(&input) else {
+            continue;
+        };
+        for code in [100, 180, 200, 486] {
+            let contact = [("Contact", "<sip:callflow@127.0.0.1:5060>")];
+            let Some(resp) = crate::ua::msg::response(&req, code, Some("t1x"), &contact, None)
+            else {
+                continue;
+            };
+            let text = resp.to_string();
+            if let Err(e) = parse(text.as_bytes()) {
+                panic!(
+                    "answer {code} to {:?} fails parse ({e}): {text:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+            answered += 1;
+        }
+    }
+    assert!(answered > 4_000, "only {answered} answers built");
+}
+
 #[test]
 fn random_bytes() {
     let mut rng = Rng(0x5eed_0000_0000_0002);

@@ -113,15 +113,7 @@ impl Store {
     /// dispatcher's queue (through the `calls_queue` index, so its cost does not grow with the
     /// backlog).
     pub async fn queued_calls(&self, limit: u32, after: Option<(i64, i64)>) -> Result<Vec<Call>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM calls
-             WHERE status = 'queued' AND direction = 'outbound-api' AND dispatched_at IS NULL
-               AND ($2 IS NULL OR priority < $2 OR (priority = $2 AND seq > $3))
-               AND NOT EXISTS (SELECT 1 FROM callouts co
-                               WHERE co.sid = calls.callout_sid AND co.status = 'paused')
-             ORDER BY priority DESC, seq LIMIT $1"
-        );
-        Ok(sqlx::query_as(&sql)
+        Ok(sqlx::query_as(&queued_calls_sql())
             .bind(i64::from(limit))
             .bind(after.map(|a| a.0))
             .bind(after.map(|a| a.1))
@@ -132,12 +124,9 @@ impl Store {
     /// Calls in `ringing` or `in-progress`, or `queued` but already sent, of every account: at
     /// start these are calls a previous run did not finish.
     pub async fn live_calls(&self) -> Result<Vec<Call>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM calls
-             WHERE status IN ('ringing', 'in-progress') OR (status = 'queued' AND dispatched_at IS NOT NULL)
-             ORDER BY seq"
-        );
-        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(&live_calls_sql())
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Marks a queued call as sent, once: false if it is no longer queued, was sent already
@@ -456,9 +445,66 @@ async fn insert_event(
     Ok(())
 }
 
+/// The dispatcher's queue. `status = 'queued'` is written as the partial index `calls_queue`
+/// says it (SQLite uses a partial index only for a query that states its condition).
+fn queued_calls_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM calls
+         WHERE status = 'queued' AND direction = 'outbound-api' AND dispatched_at IS NULL
+           AND ($2 IS NULL OR priority < $2 OR (priority = $2 AND seq > $3))
+           AND NOT EXISTS (SELECT 1 FROM callouts co
+                           WHERE co.sid = calls.callout_sid AND co.status = 'paused')
+         ORDER BY priority DESC, seq LIMIT $1"
+    )
+}
+
+/// Calls a previous run may have left unfinished, through the partial index `calls_live`
+/// (whose condition the first term repeats word for word).
+fn live_calls_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM calls
+         WHERE status IN ('queued', 'ringing', 'in-progress')
+           AND (status <> 'queued' OR dispatched_at IS NOT NULL)
+         ORDER BY seq"
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The plan SQLite picks for `sql`, one line per step.
+    async fn plan(s: &Store, sql: &str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(&s.pool)
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    #[tokio::test]
+    async fn the_queue_and_the_unfinished_calls_are_read_through_their_partial_indexes() {
+        let s = store().await;
+        let queue = plan(&s, &queued_calls_sql()).await;
+        assert!(
+            queue.starts_with("SCAN calls USING INDEX calls_queue"),
+            "{queue}"
+        );
+        assert!(!queue.contains("TEMP B-TREE"), "{queue}");
+        let live = plan(&s, &live_calls_sql()).await;
+        assert_eq!(live, "SCAN calls USING INDEX calls_live", "{live}");
+        for sql in [
+            "SELECT sid FROM calls WHERE participant_sid = $1",
+            "SELECT sid FROM calls WHERE callout_sid = $1 AND status = 'completed'",
+        ] {
+            let p = plan(&s, sql).await;
+            assert!(
+                p.starts_with("SEARCH calls USING INDEX calls_"),
+                "{sql}: {p}"
+            );
+        }
+    }
     use crate::test_support::{account, store};
 
     pub fn new_call(to: &str) -> NewCall {

@@ -147,7 +147,7 @@ pub(super) fn tag(headers: &Headers, name: &str) -> Option<String> {
 
 /// A response to `req`: the request's Via (all, in order), From, To (with `to_tag` added when
 /// To has none), Call-ID and CSeq, then `extra` header lines, then the body.
-pub(super) fn response(
+pub(crate) fn response(
     req: &Request,
     code: u16,
     to_tag: Option<&str>,
@@ -173,7 +173,8 @@ pub(super) fn response(
             _ => {}
         }
     }
-    match finish(s, extra, body)? {
+    // every header but ours comes from a request that passed `parse` whole
+    match finish(s, extra, body, crate::message::parse_built_response)? {
         SipMessage::Response(mut r) => {
             // rsip parses known codes into variants that print without spaces ("BusyHere").
             r.status_code = rsip::StatusCode::Other(code, crate::message::reason(code).into());
@@ -191,7 +192,7 @@ pub(super) fn request(
     body: Option<(&str, &[u8])>,
 ) -> Option<Request> {
     let s = format!("{method} {uri} SIP/2.0\r\n");
-    match finish(s, headers, body)? {
+    match finish(s, headers, body, crate::parse)? {
         SipMessage::Request(r) => Some(r),
         SipMessage::Response(_) => None,
     }
@@ -204,12 +205,13 @@ fn push(s: &mut String, name: &str, value: &str) {
     s.push_str("\r\n");
 }
 
-/// `None` when the text does not parse back: some part taken from a peer (a Contact, a Route)
-/// was something our parser refuses, and the message is not sent.
+/// `None` when the text does not parse back with `parse`: some part taken from a peer (a
+/// Contact, a Route) was something our parser refuses, and the message is not sent.
 fn finish(
     mut s: String,
     extra: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
+    parse: fn(&[u8]) -> Result<SipMessage, crate::ParseError>,
 ) -> Option<SipMessage> {
     for (n, v) in extra {
         push(&mut s, n, v);
@@ -225,7 +227,7 @@ fn finish(
     s.push_str("\r\n");
     let mut bytes = s.into_bytes();
     bytes.extend_from_slice(body);
-    match crate::parse(&bytes) {
+    match parse(&bytes) {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::debug!(error = %e, "a message built from peer values does not parse; not sent");
