@@ -53,7 +53,7 @@ impl Store {
         sqlx::query_as(&sql)
             .bind(sid)
             .bind(parent)
-            .bind(is_root)
+            .bind(i64::from(is_root))
             .bind(friendly_name)
             .bind(token)
             .bind(now)

@@ -1,6 +1,6 @@
 //! Calls and their append-only event log.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use crate::deliveries::NewDelivery;
 use crate::sid::{Sid, SidKind};
@@ -306,7 +306,7 @@ impl Store {
 /// Moves `call` (as last read) to `t.to` if it is still in the status it was read with:
 /// `Ok(None)` when the stored status differs, a conflict when the move is illegal.
 pub(crate) async fn update_status(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     call: &Call,
     t: &Transition,
 ) -> Result<Option<Call>> {
@@ -359,7 +359,7 @@ pub(crate) struct AttemptLink<'a> {
 
 /// Inserts a call (one statement: the `calls_log_created` trigger logs it, migration 0006).
 pub(crate) async fn insert_call(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     account: &str,
     c: &NewCall,
     link: Option<&AttemptLink<'_>>,
@@ -401,7 +401,7 @@ pub(crate) async fn insert_call(
         .bind(i.timeout)
         .bind(i.time_limit)
         .bind(&i.send_digits)
-        .bind(i.record)
+        .bind(i64::from(i.record))
         .bind(i.machine_detection)
         .bind(&i.request_params)
         .bind(&c.plugins)
@@ -415,11 +415,7 @@ pub(crate) async fn insert_call(
         .await?)
 }
 
-pub(crate) async fn fetch_call(
-    conn: &mut SqliteConnection,
-    account: &str,
-    sid: &str,
-) -> Result<Call> {
+pub(crate) async fn fetch_call(conn: &mut AnyConnection, account: &str, sid: &str) -> Result<Call> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE account_sid = $1 AND sid = $2");
     sqlx::query_as(&sql)
         .bind(account)
@@ -430,7 +426,7 @@ pub(crate) async fn fetch_call(
 }
 
 async fn insert_event(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     call_sid: &str,
     at: i64,
     entry: &CallLogEntry,

@@ -1,7 +1,7 @@
 //! The webhook delivery outbox: callbacks persisted before they are sent, claimed with a lease,
 //! and retried until delivered or given up. Every attempt is recorded.
 
-use sqlx::{FromRow, SqliteConnection};
+use sqlx::{AnyConnection, FromRow};
 
 use crate::{Result, Store, StoreError};
 
@@ -142,7 +142,7 @@ pub struct AttemptOutcome {
 
 /// Stores `d`, due at `now`; `None` when a row with its idempotency key already exists.
 pub(crate) async fn insert_delivery(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     d: &NewDelivery,
     now: i64,
 ) -> Result<Option<i64>> {
@@ -195,7 +195,7 @@ impl Store {
         rows(
             sqlx::query_as(&sql)
                 .bind(now)
-                .bind(limit)
+                .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -219,7 +219,7 @@ impl Store {
             sqlx::query_as(&sql)
                 .bind(now + lease_ms)
                 .bind(now)
-                .bind(limit)
+                .bind(i64::from(limit))
                 .fetch_all(&self.writer)
                 .await?,
         )?;

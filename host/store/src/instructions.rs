@@ -244,6 +244,7 @@ pub struct CallInstructions {
     /// Digits to send once the call is answered.
     pub send_digits: Option<String>,
     /// Record the whole call.
+    #[sqlx(try_from = "crate::text::Flag")]
     pub record: bool,
     pub machine_detection: Option<MachineDetection>,
     /// The create request as received.

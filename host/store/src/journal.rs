@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::Cache;
@@ -98,7 +98,7 @@ fn closed() -> StoreError {
 impl Journal {
     /// Starts the journal's writer task on `writer` (the store's single writer connection),
     /// keeping `cache` in step with what it commits.
-    pub fn start(writer: SqlitePool, cache: Arc<Cache>) -> Journal {
+    pub fn start(writer: AnyPool, cache: Arc<Cache>) -> Journal {
         let (ops, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(run(writer, cache, rx, Arc::clone(&pending)));
@@ -185,7 +185,7 @@ impl Journal {
 /// follow them); other log entries wait in `rows` until the oldest has waited
 /// [`BATCH_DELAY`], until there are [`BATCH_ROWS`] of them, or until someone asks for a flush.
 async fn run(
-    writer: SqlitePool,
+    writer: AnyPool,
     cache: Arc<Cache>,
     mut ops: mpsc::UnboundedReceiver<Op>,
     pending: Arc<Mutex<HashMap<String, usize>>>,
@@ -290,7 +290,7 @@ fn answer(cache: &Cache, done: Vec<Done>) {
 
 /// Writes `ops` and answers them. Should the batch fail as a whole, each change not yet
 /// answered is tried again on its own, so one bad change cannot sink its batch-mates.
-async fn write_batch(writer: &SqlitePool, cache: &Cache, ops: Vec<Op>) {
+async fn write_batch(writer: &AnyPool, cache: &Cache, ops: Vec<Op>) {
     let mut conn = match writer.acquire().await {
         Ok(c) => c,
         Err(e) => {
@@ -338,7 +338,7 @@ fn answer_err(op: Op, message: &str) {
 /// stands and is answered. An error of one change's own (an illegal move, a call that
 /// changed) is that change's answer, not the batch's.
 async fn apply_all(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     cache: &Cache,
     ops: Vec<Op>,
 ) -> std::result::Result<(), (StoreError, Vec<Op>)> {
@@ -460,7 +460,7 @@ fn is_fatal(e: &StoreError) -> bool {
 }
 
 async fn create(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     account: &str,
     call: &NewCall,
     now: i64,
@@ -478,7 +478,7 @@ async fn create(
 /// UPDATE checks the status it was based on and, should the cache be behind (a change earlier
 /// in this batch), the stored row is read and used instead.
 async fn transition(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     cache: &Cache,
     account: &str,
     sid: &str,
@@ -509,7 +509,7 @@ async fn transition(
 }
 
 /// One `INSERT` of `rows`, in the order they were appended.
-async fn write_rows(conn: &mut SqliteConnection, rows: &[Row]) -> Result<()> {
+async fn write_rows(conn: &mut AnyConnection, rows: &[Row]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }

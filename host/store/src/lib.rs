@@ -22,11 +22,10 @@ pub mod text;
 mod trunks;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool};
 
 pub use call_log::{
     Amd, CallLogEntry, CallLogError, DeliveredEvent, Dialled, EventsRun, FlowFailure, FlowStarted,
@@ -147,8 +146,8 @@ impl<T> Page<T> {
 /// through a small write-through cache (see `cache.rs`).
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
-    writer: SqlitePool,
+    pool: AnyPool,
+    writer: AnyPool,
     cache: std::sync::Arc<cache::Cache>,
     /// Calls' log entries, written by group commit (`journal.rs`).
     journal: std::sync::Arc<journal::Journal>,
@@ -159,30 +158,32 @@ impl Store {
     ///
     /// Accepts `sqlite://path`, `sqlite:path` or `sqlite::memory:`.
     pub async fn open(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            // Checkpoints are the checkpointer's (below), off the writer; this is a backstop
-            // should it fall behind.
-            .pragma("wal_autocheckpoint", "20000");
+        sqlx::any::install_default_drivers();
+        let memory = url.contains(":memory:");
+        let url = if memory {
+            url.to_owned()
+        } else {
+            // create the file when missing
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        };
         let pool_options = || {
-            SqlitePoolOptions::new()
+            AnyPoolOptions::new()
                 // A local file cannot drop a connection: pinging it before every use (sqlx's
                 // default) cost a round trip to the connection's thread per query.
                 .test_before_acquire(false)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(&mut *conn, SQLITE_PRAGMAS).await?;
+                        Ok(())
+                    })
+                })
         };
-        if url.contains(":memory:") {
+        if memory {
             // an in-memory database exists once per connection, so it gets exactly one
-            let pool = pool_options()
-                .max_connections(1)
-                .connect_with(options)
-                .await?;
+            let pool = pool_options().max_connections(1).connect(&url).await?;
             sqlx::migrate!("./migrations").run(&pool).await?;
             let cache = std::sync::Arc::new(cache::Cache::default());
             return Ok(Store {
@@ -197,18 +198,12 @@ impl Store {
         }
         // Switch a new file to WAL on one connection before any pool opens more: two connections
         // doing it at once can fail with "database is locked".
-        let mut first =
-            <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+        let mut first = <AnyConnection as sqlx::Connection>::connect(&url).await?;
+        sqlx::Executor::execute(&mut first, SQLITE_PRAGMAS).await?;
         sqlx::migrate!("./migrations").run(&mut first).await?;
         sqlx::Connection::close(first).await?;
-        let writer = pool_options()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        let pool = pool_options()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
+        let writer = pool_options().max_connections(1).connect(&url).await?;
+        let pool = pool_options().max_connections(8).connect(&url).await?;
         tokio::spawn(checkpointer(pool.clone()));
         let cache = std::sync::Arc::new(cache::Cache::default());
         Ok(Store {
@@ -242,6 +237,13 @@ impl Store {
     }
 }
 
+/// Every SQLite connection's settings: WAL with syncs at checkpoints only (a commit survives a
+/// crash of the process; a power loss may take the last ones), foreign keys enforced, writers
+/// waiting up to 10 s for one another, and SQLite's own checkpoint only as a backstop should the
+/// checkpointer (below) fall behind.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+    PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA wal_autocheckpoint = 20000;";
+
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -250,7 +252,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// its threshold, on the writer, where its page copies and fsyncs held up every change queued
 /// behind it (the p99 of answering a call); a passive checkpoint here runs beside the writer
 /// and readers, and copies each hot page once per round however often it was committed.
-async fn checkpointer(pool: SqlitePool) {
+async fn checkpointer(pool: AnyPool) {
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
         if pool.is_closed() {

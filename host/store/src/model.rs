@@ -10,6 +10,7 @@ pub struct Account {
     pub sid: String,
     /// `None` for the root account.
     pub parent_sid: Option<String>,
+    #[sqlx(try_from = "crate::text::Flag")]
     pub is_root: bool,
     pub friendly_name: String,
     pub auth_token: String,

@@ -1,6 +1,6 @@
 //! Recording resources. The media files live in the data directory; rows name them.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use crate::deliveries::insert_delivery;
 use crate::sid::{Sid, SidKind};
@@ -139,7 +139,7 @@ impl Store {
 
 /// Inserts a recording row.
 async fn insert_recording(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     account: &str,
     sid: &str,
     r: &NewRecording,

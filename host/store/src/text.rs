@@ -88,3 +88,36 @@ macro_rules! stored_as_text {
 }
 
 pub(crate) use stored_as_text;
+
+/// A yes or no kept in an INTEGER column as 1 or 0, on every backend (read into a `bool` field
+/// with `#[sqlx(try_from = "Flag")]`, written as `i64::from(b)`).
+pub(crate) struct Flag(bool);
+
+impl From<Flag> for bool {
+    fn from(f: Flag) -> bool {
+        f.0
+    }
+}
+
+impl<DB: sqlx::Database> sqlx::Type<DB> for Flag
+where
+    i64: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <i64 as sqlx::Type<DB>>::type_info()
+    }
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <i64 as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Flag
+where
+    i64: sqlx::Decode<'r, DB>,
+{
+    fn decode(
+        value: <DB as sqlx::Database>::ValueRef<'r>,
+    ) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Flag(<i64 as sqlx::Decode<'r, DB>>::decode(value)? != 0))
+    }
+}
