@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import subprocess
 import time
+import uuid
 from collections import Counter
 from datetime import datetime
 
@@ -49,8 +52,20 @@ def telco(tmp_path):
         s.stop()
 
 
-def start(callflow_factory, sipp: SippServer, cps: float = 200.0, channels: int = 100):
-    server = callflow_factory(start=False)
+def postgres_database() -> str:
+    """A fresh database on the PostgreSQL server `CALLFLOW_TEST_POSTGRES` names (tests/run
+    starts one with tests/postgres.sh); skipped, and said so, without one."""
+    server = os.environ.get("CALLFLOW_TEST_POSTGRES")
+    if not server:
+        pytest.skip("CALLFLOW_TEST_POSTGRES is not set (tests/run sets it)")
+    name = f"callflow_e2e_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", server, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
+                   check=True, timeout=30)
+    return f"{server.rsplit('/', 1)[0]}/{name}"
+
+
+def start(callflow_factory, sipp: SippServer, cps: float = 200.0, channels: int = 100, env=None):
+    server = callflow_factory(start=False, env=env)
     server.config_toml = trunk_toml(sipp.port).replace("cps = 50.0", f"cps = {cps}").replace(
         "max_channels = 20", f"max_channels = {channels}"
     )
@@ -171,10 +186,12 @@ def test_callout_makes_exactly_the_attempts_the_policy_allows(callflow_factory, 
     assert result.counts() == (total, 0), result.describe()
 
 
-def test_a_callout_survives_kill_9_without_extra_or_forgotten_attempts(callflow_factory, telco):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_callout_survives_kill_9_without_extra_or_forgotten_attempts(callflow_factory, telco, backend):
+    env = {"CALLFLOW_DATABASE_URL": postgres_database()} if backend == "postgres" else None
     people = numbers("+1555300", 120)
     sipp = telco(calls=1000)
-    server = start(callflow_factory, sipp)
+    server = start(callflow_factory, sipp, env=env)
     c = create_callout(
         server,
         Timeout="2",

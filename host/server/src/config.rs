@@ -379,8 +379,12 @@ impl Config {
         }
         if let Some(url) = &self.database_url
             && !url.starts_with("sqlite:")
+            && !callflow_store::is_postgres(url)
         {
-            bail!("database_url {url:?}: only sqlite: URLs are supported in this version");
+            bail!(
+                "database_url {:?}: sqlite: or postgres:// URLs only",
+                redact_url_password(url)
+            );
         }
         // the error never quotes the token
         if let Some(token) = &self.metrics.token
@@ -399,10 +403,13 @@ impl Config {
             metrics: MetricsSettings {
                 token: self.metrics.token.as_ref().map(|_| Secret(REDACTED.into())),
             },
+            database_url: self.database_url.as_deref().map(redact_url_password),
             ..self.clone()
         }
     }
 
+    /// The database to open: `database_url` when set (`sqlite:` or `postgres://`), else
+    /// `callflow.db` in the data directory.
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()
@@ -413,6 +420,20 @@ impl Config {
         self.public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.http_addr))
+    }
+}
+
+/// `url` with the password of its user part (`scheme://user:password@host`) replaced by `***`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -445,6 +466,28 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_url_is_accepted_and_its_password_never_printed() {
+        let o = Overrides {
+            database_url: Some("postgres://cf:s3cret-pw@db.example:5432/callflow".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(
+            c.database_url(),
+            "postgres://cf:s3cret-pw@db.example:5432/callflow"
+        );
+        let shown = format!("{:?}", c.redacted());
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(shown.contains("postgres://cf:"), "{shown}");
+        let o = Overrides {
+            database_url: Some("mysql://cf:s3cret-pw@db.example/callflow".into()),
+            ..Default::default()
+        };
+        let e = format!("{:#}", Config::load(&o).unwrap_err());
+        assert!(e.contains("postgres://") && !e.contains("s3cret-pw"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
@@ -463,11 +506,11 @@ mod tests {
             })
             .is_err()
         );
-        let pg = Overrides {
-            database_url: Some("postgres://x".into()),
+        let other = Overrides {
+            database_url: Some("mysql://x".into()),
             ..Default::default()
         };
-        assert!(Config::load(&pg).is_err());
+        assert!(Config::load(&other).is_err());
     }
 
     const TWO_TRUNKS: &str = r#"

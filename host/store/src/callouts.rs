@@ -730,7 +730,7 @@ impl Store {
 
     pub async fn callout_summary(&self, callout: &str) -> Result<CalloutSummary> {
         let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
-            "SELECT state, outcome, COUNT(*), COALESCE(SUM(attempts), 0) FROM participants
+            "SELECT state, outcome, COUNT(*), CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM participants
              WHERE callout_sid = $1 GROUP BY state, outcome",
         )
         .bind(callout)
@@ -781,8 +781,8 @@ impl Store {
 
     pub async fn callout_analysis(&self, callout: &str) -> Result<CalloutAnalysis> {
         let (finished, answered, answered_attempts): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN outcome = 'completed' THEN 1 ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN outcome = 'completed' THEN attempts ELSE 0 END), 0)
+            "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN outcome = 'completed' THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN outcome = 'completed' THEN attempts ELSE 0 END), 0) AS BIGINT)
              FROM participants WHERE callout_sid = $1 AND state = 'done'",
         )
         .bind(callout)

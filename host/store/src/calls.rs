@@ -481,7 +481,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn the_queue_and_the_unfinished_calls_are_read_through_their_partial_indexes() {
-        let s = store().await;
+        let s = crate::test_support::sqlite_store().await;
         let queue = plan(&s, &queued_calls_sql()).await;
         assert!(
             queue.starts_with("SCAN calls USING INDEX calls_queue"),

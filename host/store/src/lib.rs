@@ -156,9 +156,13 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `url` and runs migrations.
     ///
-    /// Accepts `sqlite://path`, `sqlite:path` or `sqlite::memory:`.
+    /// Accepts `sqlite://path`, `sqlite:path`, `sqlite::memory:` or `postgres://…`
+    /// (`postgresql://…`).
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
+        if is_postgres(url) {
+            return Self::open_postgres(url).await;
+        }
         let memory = url.contains(":memory:");
         let url = if memory {
             url.to_owned()
@@ -184,7 +188,7 @@ impl Store {
         if memory {
             // an in-memory database exists once per connection, so it gets exactly one
             let pool = pool_options().max_connections(1).connect(&url).await?;
-            sqlx::migrate!("./migrations").run(&pool).await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             let cache = std::sync::Arc::new(cache::Cache::default());
             return Ok(Store {
                 journal: std::sync::Arc::new(journal::Journal::start(
@@ -200,11 +204,37 @@ impl Store {
         // doing it at once can fail with "database is locked".
         let mut first = <AnyConnection as sqlx::Connection>::connect(&url).await?;
         sqlx::Executor::execute(&mut first, SQLITE_PRAGMAS).await?;
-        sqlx::migrate!("./migrations").run(&mut first).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut first)
+            .await?;
         sqlx::Connection::close(first).await?;
         let writer = pool_options().max_connections(1).connect(&url).await?;
         let pool = pool_options().max_connections(8).connect(&url).await?;
         tokio::spawn(checkpointer(pool.clone()));
+        let cache = std::sync::Arc::new(cache::Cache::default());
+        Ok(Store {
+            pool,
+            journal: std::sync::Arc::new(journal::Journal::start(
+                writer.clone(),
+                std::sync::Arc::clone(&cache),
+            )),
+            writer,
+            cache,
+        })
+    }
+
+    /// A PostgreSQL database: migrations from `migrations/postgres`, a pool for reads and one
+    /// writer connection for the journal and other writes (as on SQLite, so this node's caches
+    /// see every write it makes; several nodes on one database need more, issue 17).
+    async fn open_postgres(url: &str) -> Result<Self> {
+        let pool_options = || {
+            AnyPoolOptions::new()
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+        };
+        let writer = pool_options().max_connections(1).connect(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&writer).await?;
+        let pool = pool_options().max_connections(8).connect(url).await?;
         let cache = std::sync::Arc::new(cache::Cache::default());
         Ok(Store {
             pool,
@@ -235,6 +265,11 @@ impl Store {
         self.writer.close().await;
         self.pool.close().await;
     }
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Every SQLite connection's settings: WAL with syncs at checkpoints only (a commit survives a
@@ -284,12 +319,147 @@ fn conflict_or(e: sqlx::Error, what: &str) -> StoreError {
 pub(crate) mod test_support {
     use super::*;
 
+    /// A new, empty store: in memory, or a fresh database on the PostgreSQL server
+    /// `CALLFLOW_TEST_POSTGRES` names when it is set (`tests/run` runs the store's tests once
+    /// without and once with it; `tests/postgres.sh` starts a throwaway server).
     pub async fn store() -> Store {
+        match std::env::var("CALLFLOW_TEST_POSTGRES") {
+            Ok(server) if !server.is_empty() => postgres_store(&server).await,
+            _ => sqlite_store().await,
+        }
+    }
+
+    /// A new, empty SQLite store in memory (for what only SQLite has: query plans, WAL).
+    pub async fn sqlite_store() -> Store {
         Store::open("sqlite::memory:").await.unwrap()
+    }
+
+    async fn postgres_store(server: &str) -> Store {
+        sqlx::any::install_default_drivers();
+        let name = format!("callflow_test_{}", crate::sid::generate_token());
+        let mut admin = <AnyConnection as sqlx::Connection>::connect(server)
+            .await
+            .unwrap();
+        sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        sqlx::Connection::close(admin).await.unwrap();
+        let (base, _) = server
+            .rsplit_once('/')
+            .expect("a server URL ends with /database");
+        Store::open(&format!("{base}/{name}")).await.unwrap()
     }
 
     pub async fn account(store: &Store) -> Account {
         store.create_account(None, "test", 1_000).await.unwrap()
+    }
+}
+
+/// SQLite's and PostgreSQL's migrations must build the same schema: the same tables with the same
+/// columns (and which may be NULL), the same indexes and triggers. Runs when
+/// `CALLFLOW_TEST_POSTGRES` names a server (`tests/run` always gives one).
+#[cfg(test)]
+mod schema_parity {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    type Schema = (
+        BTreeSet<(String, String, bool)>,
+        BTreeSet<String>,
+        BTreeSet<String>,
+    );
+
+    async fn sqlite_schema(s: &Store) -> Schema {
+        let columns: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT m.name, p.name, p.\"notnull\", p.pk FROM sqlite_master m, pragma_table_info(m.name) p
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'",
+        )
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        let names = |kind: &'static str| async move {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT name FROM sqlite_master WHERE type = $1 AND name NOT LIKE 'sqlite_%'",
+            )
+            .bind(kind)
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+            rows.into_iter().map(|r| r.0).collect::<BTreeSet<_>>()
+        };
+        (
+            columns
+                .into_iter()
+                // a rowid key is never NULL, though SQLite does not flag it
+                .map(|(t, c, notnull, pk)| (t, c, notnull == 0 && pk == 0))
+                .collect(),
+            names("index").await,
+            names("trigger").await,
+        )
+    }
+
+    async fn postgres_schema(s: &Store) -> Schema {
+        let columns: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text, is_nullable::text FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+        )
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        // primary keys and UNIQUE constraints are named by PostgreSQL (SQLite's autoindexes)
+        let indexes: Vec<(String,)> = sqlx::query_as(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public'
+               AND indexname NOT LIKE '%\\_pkey' AND indexname NOT LIKE '%\\_key'",
+        )
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        let triggers: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT trigger_name::text FROM information_schema.triggers
+             WHERE trigger_schema = 'public'",
+        )
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        (
+            columns
+                .into_iter()
+                .map(|(t, c, nullable)| (t, c, nullable == "YES"))
+                .collect(),
+            indexes.into_iter().map(|r| r.0).collect(),
+            triggers.into_iter().map(|r| r.0).collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn both_backends_build_the_same_schema() {
+        if std::env::var("CALLFLOW_TEST_POSTGRES").is_err() {
+            eprintln!("CALLFLOW_TEST_POSTGRES is not set: nothing compared (tests/run sets it)");
+            return;
+        }
+        let sqlite = sqlite_schema(&test_support::sqlite_store().await).await;
+        let postgres = postgres_schema(&test_support::store().await).await;
+        for (what, a, b) in [
+            (
+                "columns",
+                format!("{:#?}", sqlite.0),
+                format!("{:#?}", postgres.0),
+            ),
+            (
+                "indexes",
+                format!("{:#?}", sqlite.1),
+                format!("{:#?}", postgres.1),
+            ),
+            (
+                "triggers",
+                format!("{:#?}", sqlite.2),
+                format!("{:#?}", postgres.2),
+            ),
+        ] {
+            assert_eq!(a, b, "{what} differ (left SQLite, right PostgreSQL)");
+        }
+        assert!(sqlite.0.len() > 150, "{} columns read", sqlite.0.len());
     }
 }
 
