@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from harness import DEFAULT_FROM, WebhookReceiver, free_port, wait_until
-from sipp import SippServer, run_sipp, sipp_path
+from sipp import SippServer, _SippRun, run_sipp, sipp_path
 
 # The caller in tests/sipp/uac_*.xml (their From user).
 SIPP_CALLER = "+15551110000"
@@ -417,6 +417,78 @@ def test_outbound_ringing_call_canceled_through_the_api(
     final = final_callback(receiver, call.sid)
     statuses = [f.get("CallStatus") for f in callbacks_for(receiver, call.sid)]
     assert final is not None and final["CallStatus"] == "canceled", statuses
+
+
+def test_a_restart_after_kill_9_sends_bye_to_the_answered_caller(start_callflow, twiml, sipp_dir):
+    """Killed mid-call, callflow's next run ends the call at the far end: the caller, who would
+    otherwise sit in silence, gets a BYE (from the dialog the call logged when answered), and
+    the call is completed."""
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)
+    twiml.body = b'<Response><Pause length="60"/></Response>'
+    caller = _SippRun(
+        "uac_answered_wait_bye",
+        callflow.sip_addr,
+        local_ip="127.0.0.1",
+        port=None,
+        calls=1,
+        rate=None,
+        service=DEFAULT_FROM,
+        timeout_s=150,
+        workdir=sipp_dir("uac_answered_wait_bye"),
+    )
+    caller.start()
+    try:
+        def answered():
+            calls = [c for c in client.calls.list(limit=5) if c.direction == "inbound"]
+            return calls[0] if calls and calls[0].status == "in-progress" else None
+
+        call = wait_until(answered, WAIT_S, interval=0.1)
+        assert call is not None, f"the call was not answered\n{callflow.log_tail()}"
+
+        def dialog_kept():
+            r = callflow.request("GET", f"/v1/Accounts/{callflow.account_sid}/Calls/{call.sid}/Events")
+            return any(e["kind"] == "sip.dialog" for e in r.json()["events"])
+
+        assert wait_until(dialog_kept, WAIT_S, interval=0.1), "the answered dialog was not logged"
+        callflow.kill()
+        callflow.start()
+        assert caller.wait(60), "SIPp saw no BYE within 60 s of the restart"
+        result = caller.result()
+    finally:
+        caller.kill(graceful=False)
+        caller.close()
+    assert_one_good_call(result, "SIPp (the caller)")
+    ended = fetch_until(client, call.sid, FINAL_STATUSES)
+    assert ended.status == "completed", ended.status
+
+
+def test_a_restart_after_kill_9_cancels_the_ringing_outbound_call(
+    start_callflow, far_end, twiml, receiver
+):
+    """Killed while an outbound call rings, callflow's next run CANCELs the INVITE the dead run
+    sent (and ACKs its 487): the callee stops ringing now, not at its own timeout."""
+    sipp = far_end("uas_no_answer")
+    callflow = start_callflow(sipp.port)
+    client = callflow.client()
+    provision_number(client, twiml)
+    call = place_call(client, receiver, twiml, timeout=55)
+    ringing = fetch_until(client, call.sid, {"ringing"} | FINAL_STATUSES)
+    assert ringing.status == "ringing", f"status {ringing.status}\n{sipp.stop().describe()}"
+
+    def dialog_kept():
+        r = callflow.request("GET", f"/v1/Accounts/{callflow.account_sid}/Calls/{call.sid}/Events")
+        return any(e["kind"] == "sip.dialog" for e in r.json()["events"])
+
+    assert wait_until(dialog_kept, WAIT_S, interval=0.1), "the INVITE's dialog was not logged"
+    callflow.kill()
+    callflow.start()
+    # uas_no_answer passes only with the CANCEL, its 200, the 487 and our ACK
+    sipp_result = sipp.wait(40)
+    assert_one_good_call(sipp_result, "SIPp (far end)")
+    ended = fetch_until(client, call.sid, FINAL_STATUSES)
+    assert ended.status == "failed", ended.status
 
 
 def test_outbound_call_to_an_unreachable_tcp_trunk_fails_at_once(start_callflow, twiml, receiver):

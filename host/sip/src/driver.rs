@@ -27,7 +27,7 @@ use crate::sdp::LocalMedia;
 use crate::tcp::Connections;
 pub use crate::tcp::TcpLimits;
 use crate::transaction::TxKey;
-use crate::ua::{CallKey, Outgoing, UaConfig, UaError, UaEvent, UaStats, UserAgent};
+use crate::ua::{CallKey, Dialog, Outgoing, UaConfig, UaError, UaEvent, UaStats, UserAgent};
 use crate::{Frame, MAX_MESSAGE_BYTES};
 
 /// A largest-datagram receive buffer (anything bigger is not SIP over UDP).
@@ -39,6 +39,7 @@ enum Command {
     Answer(CallKey, LocalMedia, oneshot::Sender<Result<(), UaError>>),
     Reject(CallKey, u16, oneshot::Sender<Result<(), UaError>>),
     Hangup(CallKey, oneshot::Sender<Result<(), UaError>>),
+    EndLeft(Box<Dialog>, oneshot::Sender<Result<CallKey, UaError>>),
     Draining(bool),
     Stats(oneshot::Sender<UaStats>),
 }
@@ -139,6 +140,11 @@ impl Sip {
 
     pub async fn hangup(&self, call: CallKey) -> Result<(), UaError> {
         self.ask(|r| Command::Hangup(call, r)).await?
+    }
+
+    /// Ends a call an earlier run left (see [`UserAgent::end_left`]).
+    pub async fn end_left(&self, dialog: Dialog) -> Result<CallKey, UaError> {
+        self.ask(|r| Command::EndLeft(Box::new(dialog), r)).await?
     }
 
     pub fn set_draining(&self, draining: bool) {
@@ -275,6 +281,9 @@ impl Driver {
             }
             Command::Hangup(call, r) => {
                 let _ = r.send(self.ua.hangup(now, call));
+            }
+            Command::EndLeft(dialog, r) => {
+                let _ = r.send(self.ua.end_left(now, *dialog));
             }
             Command::Draining(d) => self.ua.set_draining(d),
             Command::Stats(r) => {

@@ -62,6 +62,9 @@ pub enum CallLogEntry {
     EventsPlugin(EventsRun),
     /// `retry.decision`: what the retry policy decided after this attempt.
     RetryDecision(Settlement),
+    /// `sip.dialog`: the call's SIP dialog as the SIP stack reported it (its INVITE sent, then
+    /// answered), as that stack's JSON; the latest lets a later run end the call at the far end.
+    SipDialog(Value),
 }
 
 /// Why a stored log row does not read as an entry.
@@ -93,6 +96,7 @@ const RECORDING_DISCARDED: &str = "recording.discarded";
 const RECORDING_NOTIFY: &str = "recording.notify";
 const EVENTS_PLUGIN: &str = "events.plugin";
 const RETRY_DECISION: &str = "retry.decision";
+const SIP_DIALOG: &str = "sip.dialog";
 
 impl CallLogEntry {
     /// The row's `kind`.
@@ -118,6 +122,7 @@ impl CallLogEntry {
             RecordingNotify(_) => RECORDING_NOTIFY,
             EventsPlugin(_) => EVENTS_PLUGIN,
             RetryDecision(_) => RETRY_DECISION,
+            SipDialog(_) => SIP_DIALOG,
         }
     }
 
@@ -144,6 +149,7 @@ impl CallLogEntry {
             RecordingNotify(n) => value(n),
             EventsPlugin(e) => value(e),
             RetryDecision(s) => value(s),
+            SipDialog(d) => d.clone(),
         }
     }
 
@@ -174,6 +180,7 @@ impl CallLogEntry {
             RECORDING_NOTIFY => E::RecordingNotify(read(kind, detail)?),
             EVENTS_PLUGIN => E::EventsPlugin(read(kind, detail)?),
             RETRY_DECISION => E::RetryDecision(read(kind, detail)?),
+            SIP_DIALOG => E::SipDialog(detail),
             other => {
                 if let Ok(status) = other.parse::<CallStatus>() {
                     E::Status {

@@ -768,15 +768,19 @@ impl Store {
 
     /// Whether a callout has participants and every one of them is done.
     pub async fn callout_finished(&self, callout: &str) -> Result<bool> {
-        let (any, open): (bool, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM participants WHERE callout_sid = $1),
-                    EXISTS (SELECT 1 FROM participants
-                            WHERE callout_sid = $1 AND state IN ('pending', 'calling', 'settling'))",
+        // integers, not booleans: SQLite's EXISTS is an integer, PostgreSQL's a boolean
+        let (any, open): (i64, i64) = sqlx::query_as(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM participants WHERE callout_sid = $1)
+                         THEN 1 ELSE 0 END,
+                    CASE WHEN EXISTS (SELECT 1 FROM participants
+                                      WHERE callout_sid = $1
+                                        AND state IN ('pending', 'calling', 'settling'))
+                         THEN 1 ELSE 0 END",
         )
         .bind(callout)
         .fetch_one(&self.pool)
         .await?;
-        Ok(any && !open)
+        Ok(any == 1 && open == 0)
     }
 
     pub async fn callout_analysis(&self, callout: &str) -> Result<CalloutAnalysis> {
@@ -955,8 +959,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.stopped_with_pending().await.unwrap(), vec![c.sid.clone()]);
+        assert!(!s.callout_finished(&c.sid).await.unwrap(), "one is pending");
         assert_eq!(s.cancel_pending(&c.sid, 6).await.unwrap(), 1);
         assert!(s.stopped_with_pending().await.unwrap().is_empty());
+        assert!(
+            s.callout_finished(&c.sid).await.unwrap(),
+            "every participant is done"
+        );
         assert!(
             s.set_callout_status(&a.sid, &c.sid, CalloutStatus::Running, 6)
                 .await
@@ -1126,6 +1135,12 @@ mod tests {
             reason: "answered".into(),
         };
         assert!(s.settle_participant(&p.sid, &done, 90_001).await.unwrap());
+        // one participant done, one still calling
+        assert!(!s.callout_finished(&c.sid).await.unwrap());
+        assert!(
+            !s.callout_finished("COnone").await.unwrap(),
+            "no participants"
+        );
         let sum = s.callout_summary(&c.sid).await.unwrap();
         assert_eq!(
             (sum.total, sum.completed, sum.in_progress, sum.attempts),

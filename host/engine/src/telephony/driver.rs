@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use callflow_media::worker::{CallMedia, MediaEvent};
 use callflow_sip::ua::UaEvent;
+use callflow_store::CallLogEntry;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{FLOW_GRACE, FlowStart, LegLink, LegSetup, Telephony, ToFlow};
@@ -150,6 +151,14 @@ impl Telephony {
                     UaEvent::Progress { status, .. } => leg.handle_progress(now, status),
                     UaEvent::Media { media: agreed, .. } => leg.handle_media(now, &agreed),
                     UaEvent::Answered { .. } => leg.handle_answered(now),
+                    UaEvent::Dialog { dialog, .. } => match serde_json::to_value(&*dialog) {
+                        Ok(d) => self.inner.engine.store.log_call_event(
+                            &sid,
+                            crate::clock::now_ms(),
+                            &CallLogEntry::SipDialog(d),
+                        ),
+                        Err(e) => tracing::warn!(call = %sid, error = %e, "a dialog not kept"),
+                    },
                     UaEvent::Ended {
                         end, code, by_peer, ..
                     } => leg.handle_ended(now, end, code, by_peer),

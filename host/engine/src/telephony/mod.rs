@@ -29,9 +29,10 @@ use callflow_media::worker::{CallMedia, Media, MediaError, MediaEvent, Reservati
 use callflow_sip::driver::Sip;
 use callflow_sip::sdp::LocalMedia;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
-use callflow_sip::ua::{CallKey, UaEvent};
+use callflow_sip::ua::{CallKey, Dialog, UaEvent};
 use callflow_store::{
-    Call, CallInstructions, CallStatus, Direction, NewCall, Pins, StatusCause, Store, Transition,
+    Call, CallInstructions, CallLogEntry, CallStatus, Direction, NewCall, Pins, StatusCause, Store,
+    Transition,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -198,6 +199,7 @@ fn key_of(e: &UaEvent) -> CallKey {
         UaEvent::Progress { call, .. }
         | UaEvent::Media { call, .. }
         | UaEvent::Answered { call }
+        | UaEvent::Dialog { call, .. }
         | UaEvent::Ended { call, .. } => *call,
     }
 }
@@ -270,9 +272,13 @@ impl Telephony {
         Dialer { tel: self.clone() }
     }
 
+    /// Ends the calls a previous run left ringing or in progress: at the far end first (a BYE
+    /// for an answered call, a CANCEL for an outbound call still ringing, from the dialog the
+    /// call logged), then in the store (answered ones `completed`, the rest `failed`).
     async fn end_orphans(&self) -> Result<(), EngineError> {
         let now = now_ms();
         for call in self.store().live_calls().await? {
+            self.end_left_dialog(&call.sid).await;
             let to = if call.status() == CallStatus::InProgress {
                 CallStatus::Completed
             } else {
@@ -290,6 +296,56 @@ impl Telephony {
             }
         }
         Ok(())
+    }
+
+    /// Sends the BYE or CANCEL that ends a left call at the far end, from the latest dialog its
+    /// log holds (none for a call that never reached the wire); its SIP events are absorbed.
+    async fn end_left_dialog(&self, sid: &str) {
+        let events = match self.store().call_events(sid).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(call = %sid, error = %e, "could not read a left call's log");
+                return;
+            }
+        };
+        let Some(dialog) = events.iter().rev().find_map(|e| match e.entry() {
+            Ok(CallLogEntry::SipDialog(d)) => Some(d),
+            _ => None,
+        }) else {
+            return;
+        };
+        let dialog: Dialog = match serde_json::from_value(dialog) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(call = %sid, error = %e, "a left call's dialog does not read");
+                return;
+            }
+        };
+        let what = if dialog.invite.is_some() {
+            "CANCEL"
+        } else {
+            "BYE"
+        };
+        match self.inner.sip.end_left(dialog).await {
+            Ok(key) => {
+                // nobody drives this call: its events (the end) are dropped when they come
+                let (to_leg, mut inbox) = mpsc::unbounded_channel();
+                self.register_route(key, &to_leg);
+                let tel = self.clone();
+                tokio::spawn(async move {
+                    while let Some(input) = inbox.recv().await {
+                        if let LegInput::Sip(UaEvent::Ended { .. }) = input {
+                            break;
+                        }
+                    }
+                    tel.unregister_route(key);
+                });
+                tracing::info!(call = %sid, "a call the previous run left is ended at the far end ({what})");
+            }
+            Err(e) => {
+                tracing::warn!(call = %sid, error = %e, "could not end a left call at the far end")
+            }
+        }
     }
 
     /// Publishes the SIP stack's live counts every second (`/metrics`): what the benchmark

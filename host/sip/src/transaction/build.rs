@@ -42,7 +42,7 @@ pub fn response_to(req: &Request, status: u16, to_tag: Option<&str>) -> Response
 /// The ACK for a non-2xx final response to `invite` (§17.1.1.3): same Request-URI, Call-ID,
 /// From and CSeq number, To from the response (it carries the tag), only the top Via of the
 /// INVITE (same branch: the ACK belongs to the INVITE's transaction), its Route headers.
-pub(super) fn ack_for(invite: &Request, resp: &Response) -> Request {
+pub(crate) fn ack_for(invite: &Request, resp: &Response) -> Request {
     let mut headers = Headers::default();
     if let Some(via) = invite.headers.iter().find(|h| matches!(h, Header::Via(_))) {
         headers.push(via.clone());

@@ -4,6 +4,7 @@
 //! and the next deadline out.
 
 mod build;
+pub(crate) use build::ack_for;
 #[cfg(test)]
 mod tests;
 

@@ -18,6 +18,7 @@
 //! the dialog's messages came from; no forking (the first 2xx makes the dialog, a 2xx from
 //! another fork is ACKed and sent a BYE); no PRACK, no UPDATE, no session timers.
 
+mod dialog;
 pub(crate) mod msg;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ use crate::sdp::{self, Codec, Direction, LocalMedia, Negotiated, SessionDescript
 use crate::status::CallEnd;
 use crate::transaction::{self, Transactions, Transmit, TxEvent, TxKey};
 
+pub use dialog::Dialog;
 pub use msg::uri_user;
 
 /// What the user agent needs to know about itself.
@@ -149,6 +151,10 @@ pub enum UaEvent {
     Media { call: CallKey, media: Negotiated },
     /// An outbound call was answered (2xx, ACK sent), or the caller ACKed our 200.
     Answered { call: CallKey },
+    /// The call's dialog as it now stands: sent with our INVITE (a CANCEL can end it) and
+    /// again once the call is answered (a BYE can). Kept, it lets a later run end the call
+    /// ([`UserAgent::end_left`]).
+    Dialog { call: CallKey, dialog: Box<Dialog> },
     /// The call is over; exactly one per call. `code` is the final SIP status that decided it
     /// (the rejection, or 487 for a cancelled INVITE), `by_peer` whether the other side ended
     /// it (BYE or CANCEL from them).
@@ -505,6 +511,10 @@ impl UserAgent {
         call.invite = Some(req);
         call.invite_tx = Some(tx);
         call.live_txs = 1;
+        self.events.push_back(UaEvent::Dialog {
+            call: key,
+            dialog: Box::new(call.dialog()),
+        });
         self.owners.insert(tx, (key, Purpose::Invite));
         self.dialogs
             .insert((call.call_id.clone(), call.local_tag.clone()), key);
@@ -549,6 +559,12 @@ impl UserAgent {
             call: key,
             media: negotiated,
         });
+        if let Some(call) = self.calls.get(&key) {
+            self.events.push_back(UaEvent::Dialog {
+                call: key,
+                dialog: Box::new(call.dialog()),
+            });
+        }
         self.pump(now);
         Ok(())
     }
@@ -1475,6 +1491,10 @@ impl UserAgent {
             .ok()
             .and_then(|s| sdp::negotiate(&s, &codecs).ok());
         call.phase = Phase::Confirmed;
+        self.events.push_back(UaEvent::Dialog {
+            call: key,
+            dialog: Box::new(call.dialog()),
+        });
         match negotiated {
             Some(n) => {
                 call.negotiated = Some(n.clone());
@@ -1495,8 +1515,27 @@ impl UserAgent {
     }
 
     fn on_stray(&mut self, _now: Instant, resp: Response, _from: SocketAddr) {
+        let code = resp.status_code.code();
+        if code >= 300 {
+            // The final response to an INVITE an earlier run sent and we cancelled
+            // (`end_left`): its transaction is not ours, but the ACK stops its retransmission.
+            if let (Some(tag), Some(call_id)) = (
+                msg::tag(&resp.headers, "from"),
+                msg::header(&resp.headers, "call-id"),
+            ) && let Some(&key) = self.dialogs.get(&(call_id.to_owned(), tag))
+                && let Some(call) = self.calls.get(&key)
+                && call.invite_tx.is_none()
+                && let Some(invite) = &call.invite
+                && msg::cseq(&resp.headers).is_some_and(|c| c.1 == "INVITE")
+            {
+                let ack = crate::transaction::ack_for(invite, &resp);
+                self.tx
+                    .send_raw(ack.to_string().into_bytes(), call.peer, call.transport);
+            }
+            return;
+        }
         // A 2xx retransmission after the INVITE transaction ended: re-send our ACK.
-        if !(200..300).contains(&resp.status_code.code()) {
+        if !(200..300).contains(&code) {
             return;
         }
         let (Some(tag), Some(call_id)) = (

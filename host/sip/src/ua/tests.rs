@@ -947,3 +947,118 @@ fn a_2xx_from_a_second_fork_is_acked_and_ended_with_bye() {
     assert!(bye.starts_with("BYE sip:one@10.0.0.2:5070"), "{bye}");
     assert!(header_of(&bye, "To").ends_with(";tag=one"), "{bye}");
 }
+
+/// The latest dialog `node` reported for its call.
+fn last_dialog(sim: &Sim, node: usize) -> Dialog {
+    sim.events[node]
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            UaEvent::Dialog { dialog, .. } => Some((**dialog).clone()),
+            _ => None,
+        })
+        .expect("a dialog was reported")
+}
+
+/// `node` crashes and starts again: a new user agent on the same address, knowing nothing.
+fn restart(sim: &mut Sim, node: usize) {
+    sim.uas[node] = UserAgent::new(UaConfig {
+        advertised: sim.addrs[node],
+        seed: 100 + node as u64,
+        ..UaConfig::default()
+    });
+    sim.events[node].clear();
+}
+
+#[test]
+fn an_answered_call_left_by_a_crash_gets_a_bye_from_the_next_run() {
+    for caller_crashes in [true, false] {
+        let mut sim = Sim::new();
+        sim.call(Duration::from_secs(60));
+        sim.run(Duration::from_millis(50));
+        let inc = sim.incoming();
+        sim.uas[B].answer(sim.now, inc.call, media(5000)).unwrap();
+        sim.run(Duration::from_millis(100));
+        assert_eq!((sim.answered(A), sim.answered(B)), (1, 1));
+        let (crashed, survivor) = if caller_crashes { (A, B) } else { (B, A) };
+        let dialog = last_dialog(&sim, crashed);
+        assert!(
+            dialog.invite.is_none() && dialog.remote_tag.is_some(),
+            "{dialog:?}"
+        );
+        // the dialog survives its trip through storage
+        let stored = serde_json::to_string(&dialog).unwrap();
+        let dialog: Dialog = serde_json::from_str(&stored).unwrap();
+        restart(&mut sim, crashed);
+        sim.uas[crashed].end_left(sim.now, dialog).unwrap();
+        sim.run(Duration::from_millis(100));
+        assert_eq!(sim.ended(survivor), vec![(CallEnd::Answered, None, true)]);
+        assert_eq!(sim.ended(crashed), vec![(CallEnd::Answered, None, false)]);
+        let t = sim.trace.join("\n");
+        let bye = format!("{}>{} BYE", ['a', 'b'][crashed], ['a', 'b'][survivor]);
+        assert!(t.contains(&bye), "{t}");
+        sim.run(Duration::from_secs(40));
+        assert!(
+            sim.idle(),
+            "{:?} {:?}",
+            sim.uas[0].stats(),
+            sim.uas[1].stats()
+        );
+    }
+}
+
+#[test]
+fn a_ringing_call_left_by_a_crash_is_cancelled_by_the_next_run_and_its_487_acked() {
+    let mut sim = Sim::new();
+    sim.call(Duration::from_secs(60));
+    sim.run(Duration::from_millis(50));
+    let inc = sim.incoming();
+    sim.uas[B].ring(sim.now, inc.call).unwrap();
+    sim.run(Duration::from_millis(50));
+    let dialog = last_dialog(&sim, A);
+    assert!(
+        dialog.invite.is_some() && dialog.remote_tag.is_none(),
+        "{dialog:?}"
+    );
+    restart(&mut sim, A);
+    sim.uas[A].end_left(sim.now, dialog).unwrap();
+    sim.run(Duration::from_millis(200));
+    assert_eq!(sim.ended(B), vec![(CallEnd::Canceled, Some(487), true)]);
+    assert_eq!(sim.ended(A), vec![(CallEnd::Canceled, None, false)]);
+    let t = sim.trace.join("\n");
+    assert!(t.contains("a>b CANCEL"), "{t}");
+    assert!(t.contains("b>a SIP/2.0 487 Request Terminated"), "{t}");
+    assert!(t.contains("a>b ACK"), "the 487 is ACKed: {t}");
+    sim.run(Duration::from_secs(40));
+    let t = sim.trace.join("\n");
+    assert_eq!(
+        t.matches("b>a SIP/2.0 487").count(),
+        1,
+        "no 487 retransmitted: {t}"
+    );
+    assert!(
+        sim.idle(),
+        "{:?} {:?}",
+        sim.uas[0].stats(),
+        sim.uas[1].stats()
+    );
+}
+
+#[test]
+fn a_left_dialog_that_cannot_be_ended_is_refused() {
+    let mut sim = Sim::new();
+    sim.call(Duration::from_secs(60));
+    sim.run(Duration::from_millis(50));
+    let good = last_dialog(&sim, A);
+    let mut neither = good.clone();
+    neither.invite = None;
+    let mut bad_invite = good.clone();
+    bad_invite.invite = Some("INVITE garbage".into());
+    let mut bad_transport = good.clone();
+    bad_transport.transport = "SMOKE".into();
+    restart(&mut sim, A);
+    for d in [neither, bad_invite, bad_transport] {
+        assert!(sim.uas[A].end_left(sim.now, d).is_err());
+    }
+    assert_eq!(sim.uas[A].stats().live_calls, 0);
+}

@@ -180,11 +180,11 @@ async fn call_over_tcp(
         common.replace("BRANCH", "ack1")
     );
     s.write_all(ack.as_bytes()).await.unwrap();
-    // Media comes before Answered; a few events at most.
+    // Media and the dialog come before Answered; a few events at most.
     for _ in 0..4 {
         match tokio::time::timeout(PATIENCE, events.recv()).await {
             Ok(Some(UaEvent::Answered { call: c })) if c == call => return s,
-            Ok(Some(UaEvent::Media { .. })) => {}
+            Ok(Some(UaEvent::Media { .. } | UaEvent::Dialog { .. })) => {}
             other => panic!("expected Answered, got {other:?}"),
         }
     }
