@@ -19,12 +19,14 @@
 # answering <Pause length="60"/>), OUT (folder for raw output, default target/bench/sip-<time>),
 # BIN (a callflow binary to measure instead of building target/release/callflow), BASELINE_BIN
 # (another callflow binary, e.g. an older commit's, measured in the same run as target
-# "baseline", right after callflow at each rate).
+# "baseline", right after callflow at each rate), DATABASE_URL (the database of target callflow,
+# e.g. postgres://user@127.0.0.1:5432/empty_db; default: SQLite in its data folder).
 # Needs sipp (Debian sip-tester) and kamailio, installed with apt-get when missing; curl; python3
 # for the default TwiML server. Exits non-zero if a target did not answer or any call failed.
 set -euo pipefail
 export LC_ALL=C
 
+DATABASE_URL=${DATABASE_URL:-}
 RATES=${RATES:-"100 200 400"}
 DURATION=${DURATION:-20}
 MAX_CALLS=${MAX_CALLS:-20000}
@@ -185,7 +187,8 @@ cps = 1000.0
 max_channels = 0
 EOF
     cp "$TMP/callflow.toml" "$OUT/callflow.toml"
-    start_callflow "$CALLFLOW_PORT" "$TMP/callflow.toml" CALLFLOW_WEBHOOK_ALLOW_PRIVATE=true
+    start_callflow "$CALLFLOW_PORT" "$TMP/callflow.toml" CALLFLOW_WEBHOOK_ALLOW_PRIVATE=true \
+        ${DATABASE_URL:+CALLFLOW_DATABASE_URL=$DATABASE_URL}
     create_number "$NUMBER" "$VOICE_URL"
     # A clear verdict when callflow does not take calls: the Kamailio half is still measured.
     deadline=$((SECONDS + STARTUP_TIMEOUT_S))
