@@ -65,6 +65,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::not_found("resource"),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "the database is unreachable");
+                ApiError::unavailable("The database is unreachable; try again shortly")
+            }
             e => {
                 tracing::error!(error = %e, "store error");
                 ApiError::internal()

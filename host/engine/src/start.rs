@@ -63,6 +63,8 @@ pub struct Running {
 
 /// How long shutdown waits for live calls to end, and for webhook deliveries in flight.
 const DRAIN_CALLS: Duration = Duration::from_secs(5);
+/// How often the database is pinged for SIP's sake.
+const DATABASE_PING: Duration = Duration::from_secs(1);
 const DRAIN_DELIVERIES: Duration = Duration::from_secs(10);
 
 impl Engine {
@@ -106,6 +108,11 @@ impl Engine {
                     flow_answers: true,
                 };
                 let handle = s.sip.clone();
+                tasks.push(tokio::spawn(watch_database(
+                    engine.store.clone(),
+                    s.sip.clone(),
+                    stopped.clone(),
+                )));
                 let (_telephony, telephony_tasks) = Telephony::start(
                     s.sip,
                     s.events,
@@ -161,6 +168,41 @@ impl Running {
             tracing::warn!(
                 "webhook deliveries still in flight after 10 s; they will be retried on next start"
             );
+        }
+    }
+}
+
+/// Pings the database every [`DATABASE_PING`]: while it cannot be reached, SIP answers OPTIONS
+/// and new INVITEs with 503 (a SIP edge's health check takes this node out; a caller gets a
+/// clear refusal, not a call nobody can record), and takes calls again once it answers.
+async fn watch_database(store: Store, sip: Sip, mut stopped: watch::Receiver<bool>) {
+    let mut down = false;
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = tokio::time::sleep(DATABASE_PING) => {}
+        }
+        let ok = match tokio::time::timeout(DATABASE_PING * 5, store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if !down {
+                    tracing::error!(error = %e, "the database is unreachable: SIP refuses new calls with 503");
+                }
+                false
+            }
+            Err(_) => {
+                if !down {
+                    tracing::error!("the database does not answer: SIP refuses new calls with 503");
+                }
+                false
+            }
+        };
+        if ok == down {
+            down = !ok;
+            sip.set_unavailable(down);
+            if ok {
+                tracing::info!("the database is back: SIP takes calls again");
+            }
         }
     }
 }

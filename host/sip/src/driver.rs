@@ -41,6 +41,7 @@ enum Command {
     Hangup(CallKey, oneshot::Sender<Result<(), UaError>>),
     EndLeft(Box<Dialog>, oneshot::Sender<Result<CallKey, UaError>>),
     Draining(bool),
+    Unavailable(bool),
     Stats(oneshot::Sender<UaStats>),
 }
 
@@ -149,6 +150,11 @@ impl Sip {
 
     pub fn set_draining(&self, draining: bool) {
         let _ = self.commands.send(Command::Draining(draining));
+    }
+
+    /// See [`UserAgent::set_unavailable`].
+    pub fn set_unavailable(&self, unavailable: bool) {
+        let _ = self.commands.send(Command::Unavailable(unavailable));
     }
 
     pub async fn stats(&self) -> Result<UaStats, UaError> {
@@ -286,6 +292,7 @@ impl Driver {
                 let _ = r.send(self.ua.end_left(now, *dialog));
             }
             Command::Draining(d) => self.ua.set_draining(d),
+            Command::Unavailable(u) => self.ua.set_unavailable(u),
             Command::Stats(r) => {
                 let _ = r.send(self.ua.stats());
             }

@@ -65,6 +65,29 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// The database could not be reached (its connection failed or was lost, the pool gave up
+    /// waiting, the server is shutting down or not accepting connections): the request may
+    /// succeed later, unlike a refusal or a bug.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE class 08 (connection exception), 57P01-57P03 (shutdown, cannot connect)
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// One page request, newest first: at most `size` rows older than `before`, or the `size` rows
@@ -230,7 +253,9 @@ impl Store {
         let pool_options = || {
             AnyPoolOptions::new()
                 .min_connections(1)
-                .acquire_timeout(Duration::from_secs(10))
+                // a server that is gone is reported (API 503) within seconds, not after the
+                // 30 s sqlx would keep trying to connect
+                .acquire_timeout(Duration::from_secs(3))
         };
         let writer = pool_options().max_connections(1).connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;

@@ -117,3 +117,15 @@ async fn health_metrics_and_openapi_answer() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_503_with_retry_after_not_a_500() {
+    let api = TestApi::new().await;
+    let path = format!("/2010-04-01/Accounts/{}/Calls.json", api.root.sid);
+    assert_eq!(api.get(&path, &api.root).await.status, 200);
+    // the database goes away (its pool closes: every query fails as it would on a lost server)
+    api.store.close().await;
+    let r = api.get(&path, &api.root).await;
+    r.assert_error(503, 20503);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+}

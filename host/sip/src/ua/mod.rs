@@ -320,6 +320,9 @@ pub struct UserAgent {
     events: VecDeque<UaEvent>,
     timers: BinaryHeap<Reverse<(Instant, CallKey)>>,
     draining: bool,
+    /// What the engine needs to take calls (its database) is unreachable: refuse like draining,
+    /// until it is back.
+    unavailable: bool,
     allow_source: Box<dyn Fn(IpAddr) -> bool + Send>,
 }
 
@@ -348,6 +351,7 @@ impl UserAgent {
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
             draining: false,
+            unavailable: false,
             allow_source: Box::new(|_| true),
         }
     }
@@ -361,6 +365,13 @@ impl UserAgent {
     /// calls go on.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
+    }
+
+    /// While unavailable (the engine lost its database), OPTIONS are answered `503` and new
+    /// INVITEs refused with `503`, as while draining; unlike draining, it is undone when the
+    /// database is back.
+    pub fn set_unavailable(&mut self, unavailable: bool) {
+        self.unavailable = unavailable;
     }
 
     pub fn stats(&self) -> UaStats {
@@ -1096,7 +1107,7 @@ impl UserAgent {
                     200
                 } else if !(self.allow_source)(from.ip()) {
                     403
-                } else if self.draining {
+                } else if self.draining || self.unavailable {
                     503
                 } else {
                     200
@@ -1123,7 +1134,7 @@ impl UserAgent {
         if !(self.allow_source)(from.ip()) {
             return self.simple_response(now, tx, &req, 403);
         }
-        if self.draining || self.live >= self.config.max_calls {
+        if self.draining || self.unavailable || self.live >= self.config.max_calls {
             return self.simple_response(now, tx, &req, 503);
         }
         let (Some(from_v), Some(to_v), Some(call_id)) = (

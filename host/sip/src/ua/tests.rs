@@ -429,6 +429,38 @@ fn options_policy_and_draining() {
     );
 }
 
+#[test]
+fn an_unavailable_database_refuses_new_calls_until_it_is_back() {
+    let mut sim = Sim::new();
+    let options = |cseq: u32| {
+        format!(
+            "OPTIONS sip:10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKu{cseq}\r\n\
+             From: <sip:p@10.0.0.1>;tag=x\r\nTo: <sip:10.0.0.2>\r\nCall-ID: u{cseq}\r\n\
+             CSeq: {cseq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    sim.uas[B].set_unavailable(true);
+    let now = sim.now;
+    sim.uas[B].handle_datagram(now, options(1).as_bytes(), sim.addrs[A]);
+    sim.call(Duration::from_secs(60));
+    sim.run(Duration::from_millis(100));
+    assert_eq!(
+        sim.ended(A),
+        vec![(CallEnd::Rejected(503), Some(503), false)]
+    );
+    assert!(sim.events[B].is_empty(), "no call reached B's engine");
+    sim.uas[B].set_unavailable(false);
+    let now = sim.now;
+    sim.uas[B].handle_datagram(now, options(2).as_bytes(), sim.addrs[A]);
+    sim.call(Duration::from_secs(60));
+    sim.run(Duration::from_millis(100));
+    sim.incoming();
+    let t = sim.trace.join("\n");
+    // the OPTIONS and the INVITE while unavailable; the OPTIONS once back
+    assert_eq!(t.matches("b>a SIP/2.0 503").count(), 2, "{t}");
+    assert_eq!(t.matches("b>a SIP/2.0 200 OK").count(), 1, "{t}");
+}
+
 /// Plays the far end by hand: reads what A sends, answers with text.
 struct Raw {
     ua: UserAgent,
