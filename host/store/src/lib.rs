@@ -212,16 +212,7 @@ impl Store {
             // an in-memory database exists once per connection, so it gets exactly one
             let pool = pool_options().max_connections(1).connect(&url).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            let cache = std::sync::Arc::new(cache::Cache::default());
-            return Ok(Store {
-                journal: std::sync::Arc::new(journal::Journal::start(
-                    pool.clone(),
-                    std::sync::Arc::clone(&cache),
-                )),
-                writer: pool.clone(),
-                pool,
-                cache,
-            });
+            return Ok(Store::assemble(pool.clone(), pool));
         }
         // Switch a new file to WAL on one connection before any pool opens more: two connections
         // doing it at once can fail with "database is locked".
@@ -234,16 +225,7 @@ impl Store {
         let writer = pool_options().max_connections(1).connect(&url).await?;
         let pool = pool_options().max_connections(8).connect(&url).await?;
         tokio::spawn(checkpointer(pool.clone()));
-        let cache = std::sync::Arc::new(cache::Cache::default());
-        Ok(Store {
-            pool,
-            journal: std::sync::Arc::new(journal::Journal::start(
-                writer.clone(),
-                std::sync::Arc::clone(&cache),
-            )),
-            writer,
-            cache,
-        })
+        Ok(Store::assemble(pool, writer))
     }
 
     /// A PostgreSQL database: migrations from `migrations/postgres`, a pool for reads and one
@@ -260,16 +242,22 @@ impl Store {
         let writer = pool_options().max_connections(1).connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;
         let pool = pool_options().max_connections(8).connect(url).await?;
+        Ok(Store::assemble(pool, writer))
+    }
+
+    /// The store over its reader pool and its writer: the cache in front, the journal on the
+    /// writer.
+    fn assemble(pool: AnyPool, writer: AnyPool) -> Store {
         let cache = std::sync::Arc::new(cache::Cache::default());
-        Ok(Store {
-            pool,
+        Store {
             journal: std::sync::Arc::new(journal::Journal::start(
                 writer.clone(),
                 std::sync::Arc::clone(&cache),
             )),
+            pool,
             writer,
             cache,
-        })
+        }
     }
 
     /// Opens the default SQLite file inside `data_dir`.
