@@ -145,32 +145,9 @@ if want callflow; then
     CALLFLOW_PORT=$(free_port)
     if [ -z "$VOICE_URL" ]; then
         TWIML_PORT=$(free_port)
-        python3 - "$TWIML_PORT" >"$OUT/twiml.log" 2>&1 <<'EOF' &
-import http.server, sys
-
-BODY = b'<?xml version="1.0" encoding="UTF-8"?><Response><Pause length="60"/></Response>'
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # head and body in one write, without Nagle: written apart (send_response/end_headers, then
-    # the body), the body waited for the ACK of the head, which callflow's side delays by 40 ms:
-    # that stall, not callflow, was the p99 INVITE->200 of earlier runs (44-68 ms)
-    disable_nagle_algorithm = True
-
-    def answer(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {len(BODY)}\r\n\r\n"
-        self.wfile.write(head.encode() + BODY)
-
-    do_GET = do_POST = answer
-
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-EOF
+        python3 "$ROOT/bench/twiml_app.py" "$TWIML_PORT" \
+            --document '<?xml version="1.0" encoding="UTF-8"?><Response><Pause length="60"/></Response>' \
+            >"$OUT/twiml.log" 2>&1 &
         TWIML_PID=$!
         VOICE_URL="http://127.0.0.1:$TWIML_PORT/voice"
         wait_http "$VOICE_URL" "$TWIML_PID" "TwiML server" "$OUT/twiml.log"

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""The customer's app for bench/flows.sh: a threaded HTTP server on loopback that answers every
-POST or GET of /voice with one fixed TwiML document, serves /tone.wav (a tone as an 8 kHz 16-bit
+"""The customer's app for bench/flows.sh and bench/sip.sh: a threaded HTTP server on loopback that
+answers every POST or GET of /voice with one fixed TwiML document, serves /tone.wav (a tone as an 8 kHz 16-bit
 mono WAV, with an ETag and a long max-age so callflow fetches it once and plays it from its
 cache), and counts the requests it served by path (GET /stats, as JSON).
 
-    python3 bench/twiml_app.py PORT [--tone-ms 500] [--pause-s 1]
+    python3 bench/twiml_app.py PORT [--tone-ms 500] [--pause-s 1] [--document TWIML]
 
-The document: <Play>http://127.0.0.1:PORT/tone.wav</Play><Pause length="PAUSE"/><Hangup/>.
+The document: <Play>http://127.0.0.1:PORT/tone.wav</Play><Pause length="PAUSE"/><Hangup/>, or
+the one `--document` gives (bench/sip.sh: <Response><Pause length="60"/></Response>).
 The tone starts at full level at its first sample, so that the first non-silent RTP payload a
 caller receives marks the start of the prompt.
 """
@@ -46,12 +47,14 @@ def main() -> None:
     ap.add_argument("port", type=int)
     ap.add_argument("--tone-ms", type=int, default=500)
     ap.add_argument("--pause-s", type=int, default=1)
+    ap.add_argument("--document", help="answer /voice with this TwiML instead")
     args = ap.parse_args()
 
     wav = tone_wav(args.tone_ms)
     etag = '"tone-%d"' % args.tone_ms
     doc = (
-        '<?xml version="1.0" encoding="UTF-8"?><Response>'
+        args.document
+        or '<?xml version="1.0" encoding="UTF-8"?><Response>'
         f"<Play>http://127.0.0.1:{args.port}/tone.wav</Play>"
         f'<Pause length="{args.pause_s}"/><Hangup/></Response>'
     ).encode()

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -539,6 +540,18 @@ class WebhookReceiver:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def create_database(server_url: str, prefix: str) -> str:
+    """A new, empty database on the PostgreSQL server `server_url` (`postgres://…/postgres`),
+    named `prefix` and a random suffix; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    subprocess.run(
+        ["psql", server_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
+        check=True,
+        timeout=30,
+    )
+    return f"{server_url.rsplit('/', 1)[0]}/{name}"
 
 
 def is_sid(value: Optional[str], prefix: str) -> bool:

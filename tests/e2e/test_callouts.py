@@ -13,15 +13,13 @@ import io
 import json
 import os
 import re
-import subprocess
 import time
-import uuid
 from collections import Counter
 from datetime import datetime
 
 import pytest
 
-from harness import DEFAULT_FROM, wait_until
+from harness import DEFAULT_FROM, create_database, wait_until
 from sipp import SippServer, sipp_path
 from test_sip import trunk_toml
 
@@ -58,10 +56,7 @@ def postgres_database() -> str:
     server = os.environ.get("CALLFLOW_TEST_POSTGRES")
     if not server:
         pytest.skip("CALLFLOW_TEST_POSTGRES is not set (tests/run sets it)")
-    name = f"callflow_e2e_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", server, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
-                   check=True, timeout=30)
-    return f"{server.rsplit('/', 1)[0]}/{name}"
+    return create_database(server, "callflow_e2e")
 
 
 def start(callflow_factory, sipp: SippServer, cps: float = 200.0, channels: int = 100, env=None):

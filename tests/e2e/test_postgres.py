@@ -6,7 +6,6 @@ stops it."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import uuid
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import free_port, wait_until
+from harness import create_database, free_port, wait_until
 from test_sip import trunk_toml
 
 POSTGRES_SH = Path(__file__).resolve().parents[1] / "postgres.sh"
@@ -61,10 +60,8 @@ def postgres():
 
 def test_a_lost_database_is_a_503_and_the_node_recovers_when_it_returns(callflow_factory, postgres):
     server_url, folder = postgres
-    assert shutil.which("psql"), "psql comes with PostgreSQL"
-    subprocess.run(["psql", server_url, "-q", "-c", "CREATE DATABASE outage"], check=True, timeout=30)
     server = callflow_factory(
-        env={"CALLFLOW_DATABASE_URL": f"{server_url.rsplit('/', 1)[0]}/outage"}, start=False
+        env={"CALLFLOW_DATABASE_URL": create_database(server_url, "outage")}, start=False
     )
     # a trunk on loopback, so OPTIONS from 127.0.0.1 are a trunk's keep-alives (not refused 403)
     server.config_toml = trunk_toml(free_port(udp_too=True))

@@ -93,13 +93,12 @@ impl UserAgent {
         }
         let key = self.new_call_key();
         let ringing = invite.is_some();
+        let phase = if ringing {
+            Phase::Inviting
+        } else {
+            Phase::Confirmed
+        };
         let call = Call {
-            outbound: true,
-            phase: if ringing {
-                Phase::Inviting
-            } else {
-                Phase::Confirmed
-            },
             call_id: d.call_id,
             local_tag: d.local_tag,
             remote_tag: d.remote_tag,
@@ -107,29 +106,12 @@ impl UserAgent {
             remote_uri: d.remote_uri,
             remote_target: d.remote_target,
             route_set: d.route_set,
-            peer: d.peer,
-            transport,
             local_cseq: d.local_cseq.saturating_add(CSEQ_MARGIN),
-            remote_cseq: None,
             invite,
-            invite_tx: None,
-            ack: None,
-            ok: None,
-            ring_deadline: None,
-            cancel_pending: false,
             // the INVITE was sent by the earlier run: whether it saw a provisional response is
             // not known, and a CANCEL before one is merely early (§9.1), never wrong
             provisional: true,
-            bye_after_ack: false,
-            cancel_deadline: None,
-            cancelled: None,
-            auth: None,
-            auth_tries: 0,
-            media: None,
-            offer: None,
-            negotiated: None,
-            live_txs: 0,
-            deadline_since: None,
+            ..Call::fresh(true, phase, d.peer, transport)
         };
         self.dialogs
             .insert((call.call_id.clone(), call.local_tag.clone()), key);

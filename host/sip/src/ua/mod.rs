@@ -275,6 +275,43 @@ struct OkRetransmit {
 }
 
 impl Call {
+    /// A call with nothing sent, received or decided yet: the fields each way of starting one
+    /// (our INVITE, theirs, a dialog a dead run left) then sets.
+    fn fresh(outbound: bool, phase: Phase, peer: SocketAddr, transport: Transport) -> Call {
+        Call {
+            outbound,
+            phase,
+            call_id: String::new(),
+            local_tag: String::new(),
+            remote_tag: None,
+            local_uri: String::new(),
+            remote_uri: String::new(),
+            remote_target: String::new(),
+            route_set: Vec::new(),
+            peer,
+            transport,
+            local_cseq: 0,
+            remote_cseq: None,
+            invite: None,
+            invite_tx: None,
+            ack: None,
+            ok: None,
+            ring_deadline: None,
+            cancel_pending: false,
+            provisional: false,
+            bye_after_ack: false,
+            cancel_deadline: None,
+            cancelled: None,
+            auth: None,
+            auth_tries: 0,
+            media: None,
+            offer: None,
+            negotiated: None,
+            live_txs: 0,
+            deadline_since: None,
+        }
+    }
+
     fn wake(&self) -> Option<Instant> {
         let ok = self.ok.as_ref().map(|o| o.next.min(o.give_up));
         [ok, self.ring_deadline, self.cancel_deadline]
@@ -483,36 +520,16 @@ impl UserAgent {
         let local_tag = self.token(8);
         let call_id = format!("{}@callflow", self.token(12));
         let mut call = Call {
-            outbound: true,
-            phase: Phase::Inviting,
             call_id,
             local_tag,
-            remote_tag: None,
             local_uri: format!("<{}>", out.from),
             remote_uri: format!("<{}>", out.uri),
             remote_target: out.uri.clone(),
-            route_set: Vec::new(),
-            peer: out.gateway,
-            transport: out.transport,
             local_cseq: 1,
-            remote_cseq: None,
-            invite: None,
-            invite_tx: None,
-            ack: None,
-            ok: None,
             ring_deadline: Some(now + out.ring_timeout),
-            cancel_pending: false,
-            provisional: false,
-            bye_after_ack: false,
-            cancel_deadline: None,
-            cancelled: None,
             auth: out.auth,
-            auth_tries: 0,
             media: Some(out.media),
-            offer: None,
-            negotiated: None,
-            live_txs: 0,
-            deadline_since: None,
+            ..Call::fresh(true, Phase::Inviting, out.gateway, out.transport)
         };
         let body = sdp::offer(&out.media, &self.config.codecs, Direction::SendRecv);
         let req = self
@@ -1177,8 +1194,6 @@ impl UserAgent {
             offer: offer.as_ref().map(|_| ()).map_err(Clone::clone),
         };
         let call = Call {
-            outbound: false,
-            phase: Phase::Offered,
             call_id: call_id.clone(),
             local_tag: local_tag.clone(),
             remote_tag: Some(remote_tag),
@@ -1187,27 +1202,13 @@ impl UserAgent {
             remote_target,
             // §12.1.1: the UAS's route set is the Record-Route values in order.
             route_set: msg::header_list(&req.headers, "record-route"),
-            peer: from,
-            transport,
-            local_cseq: 0,
             remote_cseq: msg::cseq(&req.headers).map(|c| c.0),
             invite: Some(req),
             invite_tx: Some(tx),
-            ack: None,
-            ok: None,
             ring_deadline: Some(now + self.config.answer_timeout),
-            cancel_pending: false,
-            provisional: false,
-            bye_after_ack: false,
-            cancel_deadline: None,
-            cancelled: None,
-            auth: None,
-            auth_tries: 0,
-            media: None,
             offer: offer.ok(),
-            negotiated: None,
             live_txs: 1,
-            deadline_since: None,
+            ..Call::fresh(false, Phase::Offered, from, transport)
         };
         self.owners.insert(tx, (key, Purpose::Server));
         self.dialogs.insert((call_id, local_tag), key);
