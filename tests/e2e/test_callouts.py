@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import time
 from collections import Counter
 from datetime import datetime
@@ -179,6 +180,45 @@ def test_callout_makes_exactly_the_attempts_the_policy_allows(callflow_factory, 
     # The telco saw every attempt, each one through its scenario without a failure.
     result = sipp.wait(30)
     assert result.counts() == (total, 0), result.describe()
+
+
+def test_a_callout_on_a_busy_machine_ends_every_participant_as_its_policy_says(callflow_factory, telco):
+    """Alerts go out when machines are busy (issue 19): with spinning processes taking both
+    cores, every participant still ends as the retry policy says (answered, or busy and
+    no-answer after three attempts), none `errored` because a plugin lost time to the load."""
+    people = numbers("+1555500", 30)
+    expected_attempts = {p: 1 if OUTCOME_BY_DIGIT[p[-1]] == "completed" else 3 for p in people}
+    total = sum(expected_attempts.values())
+    sipp = telco(calls=total)
+    server = start(callflow_factory, sipp)
+    burners = [
+        subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2 * (os.cpu_count() or 2))
+    ]
+    try:
+        c = create_callout(
+            server,
+            Timeout="2",
+            MaxConcurrent="30",
+            CallsPerSecond="30",
+            RetryConfig=json.dumps({"max_attempts": 3, "delay": {"fixed_seconds": 1}}),
+        )
+        add_participants(server, c["sid"], people)
+        set_status(server, c["sid"], "running")
+        final = wait_finished(server, c["sid"], timeout=180)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert final["status"] == "completed"
+    rows = results(server, c["sid"])
+    wrong = [
+        (r["phone_number"], r["outcome"], r["attempts"], r.get("reason"))
+        for r in rows
+        if r["outcome"] != OUTCOME_BY_DIGIT[r["phone_number"][-1]]
+        or int(r["attempts"]) != expected_attempts[r["phone_number"]]
+    ]
+    assert len(rows) == 30 and not wrong, f"{wrong}\n{server.log_tail()}"
+    assert sipp.wait(30).counts() == (total, 0)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

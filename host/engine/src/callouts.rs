@@ -15,8 +15,8 @@ use callflow_callout_rules::hours::{CallingHours, parse_calling_hours, parse_tim
 use callflow_runtime::World;
 use callflow_runtime::retry::{Attempt, Decision, RetryContext};
 use callflow_store::{
-    Call, CallLogEntry, Callout, CalloutStatus, NewAttempt, Participant, Pin, Settlement, Store,
-    StoreError,
+    Call, CallLogEntry, Callout, CalloutStatus, LogLevel, LogSource, NewAttempt, Participant, Pin,
+    Settlement, Store, StoreError,
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::Engine;
 use crate::clock::now_ms;
-use crate::plugins::{PluginHost, pin_for_call, pinned};
+use crate::plugins::{HostError, PluginHost, pin_for_call, pinned};
 use crate::rate::{TokenBucket, smooth_burst};
 
 /// Attempts live at once per callout when it sets no `MaxConcurrent`.
@@ -253,7 +253,7 @@ impl Scheduler {
     pub async fn settle(&self, now: i64) -> Result<bool, StoreError> {
         let store = self.store();
         let mut callouts: HashMap<String, Option<Callout>> = HashMap::new();
-        let batch = store.settling_participants(SETTLE_BATCH).await?;
+        let batch = store.settling_participants(SETTLE_BATCH, now).await?;
         let mut decided = 0;
         for p in &batch {
             if !callouts.contains_key(&p.callout_sid) {
@@ -263,9 +263,15 @@ impl Scheduler {
             let Some(Some(c)) = callouts.get(&p.callout_sid) else {
                 continue;
             };
-            let settlement = self.decide(c, p, now).await?;
-            if store.settle_participant(&p.sid, &settlement, now).await? {
-                decided += 1;
+            match self.decide(c, p, now).await? {
+                Verdict::Settled(settlement) => {
+                    if store.settle_participant(&p.sid, &settlement, now).await? {
+                        decided += 1;
+                    }
+                }
+                Verdict::Later(at) => {
+                    store.postpone_settling(&p.sid, at, now).await?;
+                }
             }
         }
         if decided > 0 {
@@ -276,32 +282,29 @@ impl Scheduler {
     }
 
     /// What to do after a participant's latest attempt: the host's own rules first (a stopped
-    /// callout, the attempt cap), then the bound retry policy.
-    async fn decide(
-        &self,
-        c: &Callout,
-        p: &Participant,
-        now: i64,
-    ) -> Result<Settlement, StoreError> {
+    /// callout, the attempt cap), then the bound retry policy. A policy that could not run for
+    /// a reason of the moment (no plugin thread free in time) is asked again later, with
+    /// backoff, for up to [`UNDECIDED_FOR_AT_MOST_MS`] after the attempt ended.
+    async fn decide(&self, c: &Callout, p: &Participant, now: i64) -> Result<Verdict, StoreError> {
         let calls = self.store().participant_calls(&p.sid).await?;
         let Some(last) = calls.last() else {
-            return Ok(Settlement::Done {
+            return Ok(Verdict::Settled(Settlement::Done {
                 outcome: "errored".into(),
                 reason: "no attempt was recorded".into(),
-            });
+            }));
         };
         let status = last.status().as_str().to_owned();
         if c.status() == CalloutStatus::Stopped {
-            return Ok(Settlement::Done {
+            return Ok(Verdict::Settled(Settlement::Done {
                 outcome: status,
                 reason: "the callout was stopped".into(),
-            });
+            }));
         }
         if calls.len() >= MAX_ATTEMPTS {
-            return Ok(Settlement::Done {
+            return Ok(Verdict::Settled(Settlement::Done {
                 outcome: status,
                 reason: format!("the host's limit of {MAX_ATTEMPTS} attempts"),
-            });
+            }));
         }
         let settlement = match self.ask_policy(c, p, &calls, now).await {
             Ok(Decision::RetryAt(at)) => Settlement::Retry { at: at.max(now) },
@@ -309,11 +312,23 @@ impl Scheduler {
                 outcome: status,
                 reason,
             },
-            Err(why) => {
-                tracing::warn!(participant = %p.sid, error = %why, "retry policy failed");
+            Err(e) => {
+                let ended = last.end_time.unwrap_or(last.date_updated);
+                if let Some(at) = ask_again_at(&e, ended, now) {
+                    tracing::warn!(participant = %p.sid, error = %e, retry_in_ms = at - now,
+                        "retry policy could not run; asking again later");
+                    let note = format!(
+                        "the retry policy could not run ({e}); asked again in {} s",
+                        (at - now + 999) / 1_000
+                    );
+                    let entry = CallLogEntry::log(LogSource::Retry, LogLevel::Warn, note);
+                    self.store().log_call_event(&last.sid, now, &entry);
+                    return Ok(Verdict::Later(at));
+                }
+                tracing::warn!(participant = %p.sid, error = %e, "retry policy failed");
                 Settlement::Done {
                     outcome: "errored".into(),
-                    reason: format!("the retry policy failed: {why}"),
+                    reason: format!("the retry policy failed: {e}"),
                 }
             }
         };
@@ -321,7 +336,7 @@ impl Scheduler {
         self.store()
             .append_call_event(&last.sid, now, &entry)
             .await?;
-        Ok(settlement)
+        Ok(Verdict::Settled(settlement))
     }
 
     /// Runs the participant's retry policy: the retry-policy plugin pinned on the attempt (the
@@ -333,8 +348,10 @@ impl Scheduler {
         p: &Participant,
         calls: &[Call],
         now: i64,
-    ) -> Result<Decision, String> {
-        let last = calls.last().ok_or("no attempt")?;
+    ) -> Result<Decision, HostError> {
+        let last = calls
+            .last()
+            .ok_or_else(|| HostError::Load("no attempt".into()))?;
         let pin = pinned(last, World::RetryPolicy).unwrap_or_else(|| Pin::builtin(DEFAULT_RETRY));
         let config = if c.retry_config.trim().is_empty() || c.retry_config.trim() == "{}" {
             pin.config.clone()
@@ -357,10 +374,31 @@ impl Scheduler {
             .inner
             .plugins
             .decide_retry(&pin, &last.sid, ctx)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(decision.decision)
     }
+}
+
+/// What [`Scheduler::decide`] concluded about a settling participant.
+#[derive(Debug)]
+enum Verdict {
+    Settled(Settlement),
+    /// The policy could not run just now: ask again at this time.
+    Later(i64),
+}
+
+/// How long after an attempt ended its participant may wait for a retry policy that cannot
+/// run for reasons of the moment, before it ends `errored`.
+pub const UNDECIDED_FOR_AT_MOST_MS: i64 = 15 * 60_000;
+
+/// When to ask a retry policy again after `e`, for an attempt that ended at `ended`: `None`
+/// when asking again would not help (the plugin's own failure) or has been tried long enough.
+/// The wait doubles with the time already waited, from 1 s up to a minute.
+fn ask_again_at(e: &HostError, ended: i64, now: i64) -> Option<i64> {
+    if !e.is_transient() || now - ended >= UNDECIDED_FOR_AT_MOST_MS {
+        return None;
+    }
+    Some(now + (now - ended).clamp(1_000, 60_000))
 }
 
 fn attempt_of(c: &Call) -> Attempt {
@@ -516,6 +554,36 @@ mod tests {
         let (ready, later) = split_by_hours(&c, &[person("a", None)], 5);
         assert_eq!(ready.len(), 1);
         assert!(later.is_empty());
+    }
+
+    #[test]
+    fn a_policy_that_could_not_run_is_asked_again_with_backoff_for_a_while() {
+        use callflow_runtime::InvokeError;
+        let busy = HostError::Invoke(InvokeError::Overloaded("the pool is full".into()));
+        let ended = 1_000_000;
+        let waits: Vec<_> = [0, 500, 3_000, 40_000, 120_000, UNDECIDED_FOR_AT_MOST_MS - 1]
+            .into_iter()
+            .map(|waited| ask_again_at(&busy, ended, ended + waited).map(|at| at - ended - waited))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                Some(1_000),
+                Some(1_000),
+                Some(3_000),
+                Some(40_000),
+                Some(60_000),
+                Some(60_000)
+            ]
+        );
+        // long enough: it ends errored
+        assert_eq!(
+            ask_again_at(&busy, ended, ended + UNDECIDED_FOR_AT_MOST_MS),
+            None
+        );
+        // the plugin's own failure would repeat: at once
+        let own = HostError::Invoke(InvokeError::Timeout { limit_ms: 10 });
+        assert_eq!(ask_again_at(&own, ended, ended), None);
     }
 
     #[test]

@@ -12,12 +12,12 @@
 use callflow_runtime::World;
 use callflow_runtime::events::{EventContext, EventKind, HttpRequest, LifecycleEvent};
 use callflow_store::{
-    Call, CallLogEntry, CallStatus, Delivery, EventsRun, NewDelivery, RequestAsked,
+    Call, CallLogEntry, CallStatus, Delivery, EventsRun, NewDelivery, RequestAsked, StoreError,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
-use crate::plugins::{PluginHost, method_name, pinned};
+use crate::plugins::{HostError, PluginHost, method_name, pinned};
 
 /// The outbox kind of a lifecycle event waiting for its plugin.
 pub(crate) const CALL_EVENT: &str = "call-event";
@@ -117,13 +117,54 @@ fn event_row(
     })
 }
 
+/// Why a call event's plugin gave nothing: the plugin's own failure (or a missing call), worth
+/// a few retries at most, or one of the moment (no plugin thread free in time, the database
+/// out of reach), worth retrying as long as a webhook is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventError {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl From<String> for EventError {
+    fn from(message: String) -> Self {
+        EventError {
+            message,
+            transient: false,
+        }
+    }
+}
+
+impl From<&str> for EventError {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl From<StoreError> for EventError {
+    fn from(e: StoreError) -> Self {
+        EventError {
+            transient: e.is_unavailable(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<HostError> for EventError {
+    fn from(e: HostError) -> Self {
+        EventError {
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Runs the call-events plugin pinned on a `call-event` row's call and returns the
 /// `plugin-request` rows it asked for. The plugin's logs go to the call's event log.
-/// An error is the plugin's (or a missing call's) and is worth a few retries at most.
 pub(crate) async fn run_call_event(
     plugins: &PluginHost,
     d: &Delivery,
-) -> Result<Vec<NewDelivery>, String> {
+) -> Result<Vec<NewDelivery>, EventError> {
     let w = &d.webhook;
     let stored: StoredEvent = serde_json::from_slice(w.body.as_deref().unwrap_or_default())
         .map_err(|e| format!("the stored event is unreadable: {e}"))?;
@@ -133,15 +174,13 @@ pub(crate) async fn run_call_event(
     let store = plugins.store();
     let call = store
         .call(&w.account_sid, call_sid)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .ok_or_else(|| format!("call {call_sid} no longer exists"))?;
     let pin = pinned(&call, World::CallEvents).ok_or("the call has no call-events plugin")?;
     let metadata = match (&call.callout_sid, &call.participant_sid) {
         (Some(callout), Some(participant)) => store
             .participant(&w.account_sid, callout, participant)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .map(|p| p.metadata),
         _ => None,
     };
@@ -166,10 +205,7 @@ pub(crate) async fn run_call_event(
             metadata: metadata.unwrap_or_else(|| "{}".into()),
         },
     };
-    let outcome = plugins
-        .on_event(&pin, ctx)
-        .await
-        .map_err(|e| e.to_string())?;
+    let outcome = plugins.on_event(&pin, ctx).await?;
     let run = EventsRun {
         event: stored.kind,
         plugin: pin.plugin,
@@ -188,13 +224,14 @@ pub(crate) async fn run_call_event(
         return Err(format!(
             "the plugin asked for {} requests (at most {MAX_REQUESTS_PER_EVENT} per event)",
             outcome.requests.len()
-        ));
+        )
+        .into());
     }
-    outcome
+    Ok(outcome
         .requests
         .into_iter()
         .map(|r| plugin_request(&call, r))
-        .collect()
+        .collect::<Result<_, _>>()?)
 }
 
 /// A request a plugin asked for, as an outbox row; its URL must be http(s) (the egress policy

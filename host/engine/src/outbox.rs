@@ -12,7 +12,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::now_ms;
-use crate::events::{CALL_EVENT, EVENT_MAX_ATTEMPTS, PLUGIN_REQUEST};
+use crate::events::{CALL_EVENT, EVENT_MAX_ATTEMPTS, EventError, PLUGIN_REQUEST};
 use crate::plugins::PluginHost;
 use crate::webhook::{Method, WebhookClient, WebhookError, WebhookRequest};
 
@@ -45,6 +45,17 @@ impl Backoff {
         let exp = attempts.saturating_sub(1).min(30);
         let delay = self.base_ms.saturating_mul(1 << exp).min(self.max_ms);
         Some(now + delay)
+    }
+
+    /// When to run a call event again after its `attempts`-th run failed with `e`: the
+    /// plugin's own failure is tried [`EVENT_MAX_ATTEMPTS`] times, one of the moment (plugin
+    /// threads busy, the database out of reach) as long as a webhook would be.
+    fn event_retry_at(&self, e: &EventError, attempts: u32, now: i64) -> Option<i64> {
+        if e.transient || attempts < EVENT_MAX_ATTEMPTS {
+            self.retry_at(attempts, now)
+        } else {
+            None
+        }
     }
 }
 
@@ -238,7 +249,9 @@ impl Outbox {
         let started = Instant::now();
         let result = match &self.plugins {
             Some(plugins) => crate::events::run_call_event(plugins, &d).await,
-            None => Err("call-events plugins are not run by this outbox".into()),
+            None => Err(EventError::from(
+                "call-events plugins are not run by this outbox",
+            )),
         };
         let at = now_ms();
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -247,10 +260,10 @@ impl Outbox {
             Ok(requests) => (None, requests),
             Err(e) => (Some(e), Vec::new()),
         };
-        let retry_at = match &error {
-            Some(_) if attempts < EVENT_MAX_ATTEMPTS => self.config.backoff.retry_at(attempts, at),
-            _ => None,
-        };
+        let retry_at = error
+            .as_ref()
+            .and_then(|e| self.config.backoff.event_retry_at(e, attempts, at));
+        let error = error.map(|e| e.message);
         if let Some(err) = &error {
             tracing::warn!(delivery = d.id, call = ?d.webhook.call_sid, attempts, error = %err,
                 retry = retry_at.is_some(), "call-events plugin failed");
@@ -336,5 +349,25 @@ mod tests {
             max_attempts: 100,
         };
         assert!(huge.retry_at(60, 0).is_some());
+    }
+
+    #[test]
+    fn a_call_event_that_failed_for_a_reason_of_the_moment_is_tried_as_long_as_a_webhook() {
+        let b = Backoff::default();
+        let own = EventError::from("the plugin trapped: unreachable");
+        let moment = EventError {
+            message: "plugin capacity is overloaded: too many plugin invocations are waiting"
+                .into(),
+            transient: true,
+        };
+        let tries = |e: &EventError| {
+            (1..)
+                .take_while(|&n| b.event_retry_at(e, n, 0).is_some())
+                .count()
+                + 1
+        };
+        assert_eq!(tries(&own), EVENT_MAX_ATTEMPTS as usize);
+        assert_eq!(tries(&moment), b.max_attempts as usize);
+        assert!(b.max_attempts > EVENT_MAX_ATTEMPTS);
     }
 }

@@ -68,6 +68,13 @@ pub(crate) enum HostError {
     Invoke(#[from] InvokeError),
 }
 
+impl HostError {
+    /// Whether the same invocation may well succeed later (see [`InvokeError::is_transient`]).
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, HostError::Invoke(e) if e.is_transient())
+    }
+}
+
 /// What a world's invocation returns, with its log lines.
 pub(crate) trait Logged {
     fn take_logs(&mut self) -> Vec<LogLine>;

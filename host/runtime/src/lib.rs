@@ -78,7 +78,8 @@ impl World {
 /// Bounds on every invocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock budget per invocation (rounded up to whole 1 ms epoch ticks).
+    /// CPU time an invocation may use on its plugin thread (checked at every 1 ms epoch tick);
+    /// time spent waiting for a core on a busy machine does not count.
     pub deadline: Duration,
     /// Linear memory a plugin may grow to.
     pub memory_bytes: usize,
@@ -193,6 +194,18 @@ pub enum InvokeError {
     Overloaded(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl InvokeError {
+    /// Whether the failure was the moment's, not the plugin's: no thread was free in time, or
+    /// the invocation was cut off by wall-clock time a busy machine took. Trying the same
+    /// invocation again later may well succeed; every other error would repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            InvokeError::Overloaded(_) | InvokeError::Abandoned { .. } | InvokeError::Internal(_)
+        )
+    }
 }
 
 /// A loaded plugin version, ready to instantiate.
@@ -614,11 +627,14 @@ impl Runtime {
         call: impl FnOnce(&mut wasmtime::Store<sandbox::Sandbox>) -> wasmtime::Result<R>,
     ) -> Result<R, InvokeError> {
         let started = Instant::now();
-        let ticks = u64::try_from(limits.deadline.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
         let running = self.ticker.running();
-        let mut store = sandbox::store(&self.engine, now_ms, seed, limits.memory_bytes, ticks);
+        let mut store = sandbox::store(
+            &self.engine,
+            now_ms,
+            seed,
+            limits.memory_bytes,
+            limits.deadline,
+        );
         let result = call(&mut store);
         drop(store);
         drop(running);

@@ -584,14 +584,31 @@ impl Store {
 
     /// Up to `limit` participants whose attempt has ended and who await the retry policy, of
     /// every callout, oldest first.
-    pub async fn settling_participants(&self, limit: u32) -> Result<Vec<Participant>> {
+    pub async fn settling_participants(&self, limit: u32, now: i64) -> Result<Vec<Participant>> {
         let sql = format!(
-            "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE state = 'settling' ORDER BY seq LIMIT $1"
+            "SELECT {PARTICIPANT_COLUMNS} FROM participants
+             WHERE state = 'settling' AND next_at <= $2 ORDER BY seq LIMIT $1"
         );
         Ok(sqlx::query_as(&sql)
             .bind(i64::from(limit))
+            .bind(now)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// Leaves a settling participant undecided until `at` (its retry policy could not run just
+    /// now); `false` if it was no longer settling.
+    pub async fn postpone_settling(&self, sid: &str, at: i64, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE participants SET next_at = $2, date_updated = $3
+             WHERE sid = $1 AND state = 'settling'",
+        )
+        .bind(sid)
+        .bind(at)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Applies the retry policy's decision to a settling participant; `false` if it was no
@@ -1090,10 +1107,14 @@ mod tests {
         })
         .await
         .unwrap();
-        let settling = s.settling_participants(10).await.unwrap();
+        let settling = s.settling_participants(10, 20).await.unwrap();
         assert_eq!(settling.len(), 1);
         assert_eq!(settling[0].call_sid.as_deref(), Some(calls[0].sid.as_str()));
         let p = &settling[0];
+        // Its policy could not run: it stays settling, out of sight until then.
+        assert!(s.postpone_settling(&p.sid, 30, 20).await.unwrap());
+        assert!(s.settling_participants(10, 29).await.unwrap().is_empty());
+        assert_eq!(s.settling_participants(10, 30).await.unwrap().len(), 1);
         assert!(
             s.settle_participant(&p.sid, &Settlement::Retry { at: 100 }, 21)
                 .await
@@ -1104,6 +1125,7 @@ mod tests {
                 .await
                 .unwrap()
         );
+        assert!(!s.postpone_settling(&p.sid, 40, 22).await.unwrap());
         assert!(s.due_participants(&c.sid, 99, 10).await.unwrap().is_empty());
         let due = s.due_participants(&c.sid, 100, 10).await.unwrap();
         let second = s
@@ -1129,7 +1151,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let p = &s.settling_participants(10).await.unwrap()[0];
+        let p = &s.settling_participants(10, 90_000).await.unwrap()[0];
         let done = Settlement::Done {
             outcome: "completed".into(),
             reason: "answered".into(),

@@ -247,13 +247,27 @@ impl Session {
             .into(),
             digits: digit.map(String::from).unwrap_or_default(),
         };
-        let plan = self
-            .inner()
-            .plugins
-            .process_recording(&pin, ctx, pcm.to_vec())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Some(plan))
+        // the caller waits for this: a failure of the moment (plugin threads busy) is tried
+        // again twice, shortly; a failure that stays keeps the whole recording
+        let mut pause = std::time::Duration::from_millis(200);
+        let mut retries = 0;
+        loop {
+            match self
+                .inner()
+                .plugins
+                .process_recording(&pin, ctx.clone(), pcm.to_vec())
+                .await
+            {
+                Ok(plan) => return Ok(Some(plan)),
+                Err(e) if e.is_transient() && retries < 2 => {
+                    retries += 1;
+                    tracing::warn!(call = %self.call.sid, error = %e, "recording plugin could not run; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     /// A recording plugin's notifications as outbox rows (at most as many as an event may ask

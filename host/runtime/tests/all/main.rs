@@ -162,6 +162,69 @@ async fn an_endless_loop_is_stopped_at_the_deadline() {
     );
 }
 
+/// A plugin is charged its own CPU time, not the time a busy machine gave to others (issue 19:
+/// a built-in retry policy failed with "ran past its 10 ms deadline" under load, and a
+/// participant was lost). Honest work that needs about a quarter of its budget finishes while
+/// eight spinning threads per core take most of the CPU (each millisecond of its work then
+/// takes several of wall-clock time, past a wall-clock budget); the same work made longer than
+/// the budget is still stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_is_charged_its_own_cpu_time_not_a_busy_machines() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rt = runtime();
+    let wasm = std::fs::read(ABUSE).unwrap();
+    let work = |n: u64| format!(r#"{{"abuse":"work","iterations":{n}}}"#);
+    // calibrate: the steps that take about 5 ms here (the quickest of a few runs, alone)
+    let steps = 2_000_000u64;
+    let mut quickest = Duration::MAX;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        run(&rt, &wasm, &work(steps)).await.unwrap();
+        quickest = quickest.min(started.elapsed());
+    }
+    let steps = (steps as f64 * 5.0 / quickest.as_secs_f64().max(1e-4) / 1_000.0) as u64;
+    let budget = Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let burners: Vec<_> = (0..8 * cores)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        results.push(run_with(&rt, &wasm, &work(steps), budget).await);
+        slowest = slowest.max(started.elapsed());
+    }
+    // four times the budget's worth of work is still stopped
+    let overrun = run_with(&rt, &wasm, &work(steps * 16), budget).await;
+    stop.store(true, Ordering::Relaxed);
+    for b in burners {
+        b.join().unwrap();
+    }
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 runs of {steps} steps (~5 ms of CPU alone; the slowest took {slowest:?} \
+         under load) failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(overrun.unwrap_err(), InvokeError::Timeout { limit_ms: 20 });
+}
+
 #[tokio::test]
 async fn unbounded_memory_growth_hits_the_memory_limit() {
     let rt = runtime();

@@ -5,7 +5,8 @@
 //! blocked on), `"timer-poll"` (`wasi:io/poll` on a timer), `"timer-spin"` (a loop asking a
 //! timer whether it is ready), `"clock-spin"` (a loop until `Instant` has moved a second),
 //! `"stdin"` (reads standard input to its end, and says how many bytes it got), `"exit"`
-//! (`std::process::exit(3)`). With `none` it behaves: one `say` per event.
+//! (`std::process::exit(3)`). `"work"` computes for `iterations` steps (default a million),
+//! then says so: honest work of a chosen length. With `none` it behaves: one `say` per event.
 
 use callflow_sdk::PluginError;
 use callflow_sdk::flow::{CallContext, Flow, FlowEvent, LogLevel, Output};
@@ -33,6 +34,17 @@ impl Flow for Abuse {
                 loop {
                     x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
+            }
+            "work" => {
+                let n = config
+                    .get("iterations")
+                    .and_then(|n| n.as_u64())
+                    .unwrap_or(1_000_000);
+                let mut x: u64 = ctx.seed;
+                for _ in 0..n {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+                out.say(format!("worked {n} steps"));
             }
             "memory" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
