@@ -27,17 +27,21 @@ pub struct Engine {
     pub(crate) callouts: Arc<Notify>,
     /// Wakes the callout scheduler's retry decisions when an attempt ends.
     pub(crate) settle: Arc<Notify>,
+    /// The node this engine runs as: the calls it receives or sends are its own.
+    pub(crate) node: Arc<str>,
 }
 
 impl Engine {
+    /// The engine of node `outbox.node()` (the outbox claims deliveries for the same node).
     pub fn new(store: Store, outbox: Outbox) -> Self {
         Engine {
             store,
-            outbox,
+            outbox: outbox.clone(),
             live: LiveLegs::default(),
             dispatch: Arc::new(Notify::new()),
             callouts: Arc::new(Notify::new()),
             settle: Arc::new(Notify::new()),
+            node: outbox.node(),
         }
     }
 

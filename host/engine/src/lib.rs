@@ -7,6 +7,7 @@
 
 pub mod callouts;
 mod calls;
+pub mod cluster;
 pub mod clock;
 mod control;
 mod events;

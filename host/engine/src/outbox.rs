@@ -68,6 +68,8 @@ pub struct OutboxConfig {
     pub batch: u32,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// The node whose claims these are (see `cluster`).
+    pub node: Arc<str>,
 }
 
 impl Default for OutboxConfig {
@@ -77,6 +79,7 @@ impl Default for OutboxConfig {
             lease: Duration::from_secs(60),
             batch: 64,
             concurrency: 16,
+            node: Arc::from(crate::cluster::NodeConfig::default().name),
         }
     }
 }
@@ -125,8 +128,19 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Runs until `shutdown` turns true, then finishes the requests in flight.
+    /// The node whose claims these are.
+    pub fn node(&self) -> Arc<str> {
+        Arc::clone(&self.config.node)
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the requests in flight. What this node's
+    /// previous run had claimed (and may have been sending when it died) is due at once.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        match self.store.release_deliveries(&self.config.node, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "webhook deliveries the previous run held are due again"),
+            Err(e) => tracing::warn!(error = %e, "outbox: cannot free the previous run's claims"),
+        }
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut in_flight = JoinSet::new();
         while !*shutdown.borrow() {
@@ -144,7 +158,7 @@ impl Outbox {
             let lease = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
             let claimed = match self
                 .store
-                .claim_deliveries(now, lease, self.config.batch.min(free))
+                .claim_deliveries(now, lease, self.config.batch.min(free), &self.config.node)
                 .await
             {
                 Ok(c) => c,

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::callouts::Scheduler;
+use crate::cluster::{Member, NodeConfig};
 use crate::flow::{FlowConfig, FlowRunner};
 use crate::plugins::PluginHost;
 use crate::telephony::{DispatchLimits, MediaSetup, Telephony};
@@ -39,6 +40,8 @@ pub struct EngineParts {
     pub plugin_limits: Limits,
     /// SIP and media, when calls are placed and received.
     pub sip: Option<SipParts>,
+    /// Who this node is among those sharing the database.
+    pub node: NodeConfig,
 }
 
 /// The SIP stack and the media workers calls use.
@@ -55,6 +58,9 @@ pub struct SipParts {
 /// The engine running: its handle, and its tasks until [`Running::shutdown`].
 pub struct Running {
     pub engine: Engine,
+    /// Turns true if the cluster declared this node dead: the process must stop (its calls
+    /// were ended by another node).
+    pub fenced: watch::Receiver<bool>,
     sip: Option<Sip>,
     stop: watch::Sender<bool>,
     outbox: JoinHandle<()>,
@@ -81,9 +87,17 @@ impl Engine {
             data_dir,
             plugin_limits,
             sip,
+            node,
         } = parts;
         let (stop, stopped) = watch::channel(false);
+        // first: the name is this process's (on PostgreSQL, no other live process has it), so
+        // what it held before is this node's previous run's to end and free
+        let member = Member::join(store.clone(), node).await?;
         let plugins = PluginHost::new(runtime, store.clone(), data_dir.clone(), plugin_limits);
+        let outbox = OutboxConfig {
+            node: member.name().into(),
+            ..outbox
+        };
         let outbox =
             Outbox::new(store.clone(), webhooks.clone(), outbox).with_plugins(plugins.clone());
         let engine = Engine::new(store, outbox.clone());
@@ -99,6 +113,7 @@ impl Engine {
             },
         );
         let mut tasks = Vec::new();
+        let mut telephony = None;
         let sip_handle = match sip {
             Some(s) => {
                 let media = MediaSetup {
@@ -113,7 +128,7 @@ impl Engine {
                     s.sip.clone(),
                     stopped.clone(),
                 )));
-                let (_telephony, telephony_tasks) = Telephony::start(
+                let (tel, telephony_tasks) = Telephony::start(
                     s.sip,
                     s.events,
                     engine.clone(),
@@ -124,14 +139,23 @@ impl Engine {
                 )
                 .await?;
                 tasks.extend(telephony_tasks);
+                telephony = Some(tel);
                 Some(handle)
             }
             None => None,
         };
         plugins.warm_up();
+        let (fence, fenced) = watch::channel(false);
+        tasks.push(tokio::spawn(member.run(
+            telephony,
+            engine.clone(),
+            stopped.clone(),
+            fence,
+        )));
         tasks.extend(Scheduler::new(engine.clone(), plugins).start(stopped));
         Ok(Running {
             engine,
+            fenced,
             sip: sip_handle,
             stop,
             outbox: outbox_task,

@@ -33,6 +33,7 @@ pub(crate) fn call(status: CallStatus, events: &str) -> Call {
         participant_sid: None,
         attempt: None,
         priority: 0,
+        node: None,
         date_created: 0,
         date_updated: 0,
     }

@@ -27,8 +27,31 @@ pub struct Config {
     pub dispatch: DispatchSettings,
     pub metrics: MetricsSettings,
     pub plugins: PluginSettings,
+    pub cluster: ClusterSettings,
     /// SIP trunks (`[[trunks]]`); validated at load, passwords redacted when printed.
     pub trunks: Vec<TrunkSpec>,
+}
+
+/// This node among several sharing one PostgreSQL database (see docs/scaling.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The node's name, unique among the nodes of a database; defaults to the host name.
+    pub node: Option<String>,
+    /// Where the other nodes reach this node's API; defaults to `http://<http_addr>`.
+    pub node_url: Option<String>,
+    /// A node silent this long is taken for dead: the leader ends its calls.
+    pub dead_after_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node: None,
+            node_url: None,
+            dead_after_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -224,6 +247,7 @@ impl Default for Config {
             dispatch: DispatchSettings::default(),
             metrics: MetricsSettings::default(),
             plugins: PluginSettings::default(),
+            cluster: ClusterSettings::default(),
             trunks: Vec::new(),
         }
     }
@@ -297,6 +321,9 @@ pub struct Overrides {
     /// PEM file of extra certificate authorities trusted for HTTPS webhooks.
     #[arg(long, env = "CALLFLOW_WEBHOOK_CA_FILE")]
     pub webhook_ca_file: Option<PathBuf>,
+    /// This node's name among the nodes sharing a database (`cluster.node`).
+    #[arg(long = "node", env = "CALLFLOW_NODE")]
+    pub node: Option<String>,
     /// `metrics.token` from `CALLFLOW_METRICS_TOKEN`: environment only, no flag (flags show up
     /// in `ps`), so clap skips it and reads the variable itself.
     #[arg(skip = std::env::var("CALLFLOW_METRICS_TOKEN").ok().map(Secret))]
@@ -346,6 +373,9 @@ impl Config {
         if o.public_url.is_some() {
             self.public_url = o.public_url.clone();
         }
+        if o.node.is_some() {
+            self.cluster.node = o.node.clone();
+        }
         if o.metrics_token.is_some() {
             self.metrics.token = o.metrics_token.clone();
         }
@@ -386,6 +416,18 @@ impl Config {
                 redact_url_password(url)
             );
         }
+        if let Some(node) = &self.cluster.node
+            && (node.is_empty()
+                || node.len() > 64
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            bail!("cluster.node {node:?}: 1 to 64 letters, digits, '-', '_' or '.'");
+        }
+        if self.cluster.dead_after_ms < 2_000 {
+            bail!("cluster.dead_after_ms must be at least 2000 (nodes beat every second)");
+        }
         // the error never quotes the token
         if let Some(token) = &self.metrics.token
             && (token.0.is_empty() || !token.0.bytes().all(|b| b.is_ascii_graphic()))
@@ -414,6 +456,25 @@ impl Config {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("callflow.db").display()))
+    }
+
+    /// This node's name: `cluster.node`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.cluster.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "callflow".into())
+        })
+    }
+
+    /// Where the other nodes reach this node's API.
+    pub fn node_url(&self) -> String {
+        self.cluster
+            .node_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http_addr))
     }
 
     pub fn public_url(&self) -> String {

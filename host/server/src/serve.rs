@@ -11,6 +11,7 @@ use callflow_engine::clock::now_ms;
 use callflow_engine::prompts::PromptsConfig;
 use callflow_engine::telephony::DispatchLimits;
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
+use callflow_engine::cluster::NodeConfig;
 use callflow_engine::{Backoff, Engine, EngineParts, OutboxConfig, Prompts, SipParts};
 use callflow_media::worker::{Media, MediaConfig};
 use callflow_runtime::{Limits, Runtime, RuntimeConfig};
@@ -80,10 +81,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         data_dir: config.data_dir.clone(),
         plugin_limits: Limits::default(),
         sip: Some(sip),
+        node: NodeConfig {
+            name: config.node_name(),
+            http_url: config.node_url(),
+            dead_after: Duration::from_millis(config.cluster.dead_after_ms),
+        },
     })
     .await
     .context("starting the engine")?;
     let engine = running.engine.clone();
+    let mut fenced = running.fenced.clone();
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -138,13 +145,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let service = callflow_api::service(state);
     let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    let fence = async move {
+        while !*fenced.borrow() {
+            if fenced.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let declared_dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dead = Arc::clone(&declared_dead);
     axum::serve(listener, make)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = fence => dead.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        })
         .await?;
 
     running.shutdown().await;
     upkeep.abort();
     store.close().await;
+    if declared_dead.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("this node was declared dead by the cluster and stopped");
+    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //! any write.
 //!
 //! Architecture invariant: this assumes the process is the database's only writer, which holds
-//! for SQLite. A multi-node backend must invalidate it on other nodes' writes or switch it off.
+//! for SQLite ([`Cache::local`]). On PostgreSQL several nodes write, so the store runs with
+//! [`Cache::off`]: nothing is kept, every read goes to the database.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,7 @@ const ACCOUNTS: usize = 10_000;
 const NUMBERS: usize = 10_000;
 const BINDINGS: usize = 10_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Cache {
     calls: Mutex<Bounded<Arc<Call>>>,
     accounts: Mutex<Bounded<Arc<Account>>>,
@@ -29,6 +30,31 @@ pub struct Cache {
     pub numbers: ReadMostly<IncomingNumber>,
     /// Every plugin binding of an account, by account, for pinning each new call.
     pub bindings: ReadMostly<Vec<Binding>>,
+    calls_cap: usize,
+    accounts_cap: usize,
+}
+
+impl Cache {
+    /// For a database this process alone writes.
+    pub fn local() -> Cache {
+        Cache::with_caps(CALLS, ACCOUNTS, NUMBERS, BINDINGS)
+    }
+
+    /// For a database other nodes write too: keeps nothing.
+    pub fn off() -> Cache {
+        Cache::with_caps(0, 0, 0, 0)
+    }
+
+    fn with_caps(calls: usize, accounts: usize, numbers: usize, bindings: usize) -> Cache {
+        Cache {
+            calls: Mutex::default(),
+            accounts: Mutex::default(),
+            numbers: ReadMostly::with_cap(numbers),
+            bindings: ReadMostly::with_cap(bindings),
+            calls_cap: calls,
+            accounts_cap: accounts,
+        }
+    }
 }
 
 /// Records read on every call and written rarely. Filled by reads only: a read takes the
@@ -76,18 +102,6 @@ impl<T> ReadMostly<T> {
     }
 }
 
-impl Default for ReadMostly<IncomingNumber> {
-    fn default() -> Self {
-        Self::with_cap(NUMBERS)
-    }
-}
-
-impl Default for ReadMostly<Vec<Binding>> {
-    fn default() -> Self {
-        Self::with_cap(BINDINGS)
-    }
-}
-
 #[derive(Debug)]
 struct Bounded<T> {
     map: HashMap<String, T>,
@@ -109,6 +123,9 @@ impl<T: Clone> Bounded<T> {
     }
 
     fn put(&mut self, key: &str, value: T, cap: usize) {
+        if cap == 0 {
+            return;
+        }
         if self.map.insert(key.to_owned(), value).is_none() {
             self.order.push_back(key.to_owned());
         }
@@ -140,14 +157,14 @@ impl Cache {
     /// After a write: the row the write produced replaces whatever was cached. Writers call this
     /// while they still hold the (single) writer connection, so puts happen in commit order.
     pub fn put_call(&self, call: &Call) {
-        lock(&self.calls).put(&call.sid, Arc::new(call.clone()), CALLS);
+        lock(&self.calls).put(&call.sid, Arc::new(call.clone()), self.calls_cap);
     }
 
     /// After a read: cache the row only if no write has put a (newer) one meanwhile.
     pub fn offer_call(&self, call: &Call) {
         let mut calls = lock(&self.calls);
         if calls.get(&call.sid).is_none() {
-            calls.put(&call.sid, Arc::new(call.clone()), CALLS);
+            calls.put(&call.sid, Arc::new(call.clone()), self.calls_cap);
         }
     }
 
@@ -160,13 +177,13 @@ impl Cache {
     }
 
     pub fn put_account(&self, account: &Account) {
-        lock(&self.accounts).put(&account.sid, Arc::new(account.clone()), ACCOUNTS);
+        lock(&self.accounts).put(&account.sid, Arc::new(account.clone()), self.accounts_cap);
     }
 
     pub fn offer_account(&self, account: &Account) {
         let mut accounts = lock(&self.accounts);
         if accounts.get(&account.sid).is_none() {
-            accounts.put(&account.sid, Arc::new(account.clone()), ACCOUNTS);
+            accounts.put(&account.sid, Arc::new(account.clone()), self.accounts_cap);
         }
     }
 

@@ -91,6 +91,7 @@ impl CallTemplate {
             status: CallStatus::Queued,
             instructions: self.instructions.clone(),
             plugins,
+            node: None,
         }
     }
 }

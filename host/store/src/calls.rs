@@ -13,7 +13,7 @@ pub(crate) const COLUMNS: &str = "seq, sid, account_sid, parent_call_sid, direct
     phone_number_sid, status, answered_by, start_time, end_time, duration, sip_response_code, url, method,
     twiml, fallback_url, fallback_method, status_callback, status_callback_method, status_callback_event,
     timeout, time_limit, send_digits, record, machine_detection, request_params, plugins, callout_sid, participant_sid,
-    attempt, priority, date_created, date_updated";
+    attempt, priority, node, date_created, date_updated";
 
 /// Twilio's ring timeout default (`Timeout`), in seconds: calls created by the API or by SIP.
 pub const TIMEOUT_DEFAULT: i64 = 60;
@@ -32,6 +32,9 @@ pub struct NewCall {
     pub instructions: CallInstructions,
     /// The plugin versions the call runs with, pinned now.
     pub plugins: Pins,
+    /// The node that drives the call from its creation (an inbound call, a `<Dial>` leg);
+    /// none for a queued call, which the node that sends it takes (`mark_dispatched`).
+    pub node: Option<String>,
 }
 
 /// Filters of Twilio's call list. Time bounds are inclusive, in milliseconds.
@@ -121,28 +124,24 @@ impl Store {
             .await?)
     }
 
-    /// Calls in `ringing` or `in-progress`, or `queued` but already sent, of every account: at
-    /// start these are calls a previous run did not finish.
-    pub async fn live_calls(&self) -> Result<Vec<Call>> {
-        Ok(sqlx::query_as(&live_calls_sql())
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    /// Marks a queued call as sent, once: false if it is no longer queued, was sent already
-    /// (by this run, an earlier one, or another node), or belongs to a callout paused since it
-    /// was read from the queue, so its INVITE must not go out (now).
-    pub async fn mark_dispatched(&self, sid: &str, now: i64) -> Result<bool> {
+    /// Marks a queued call as sent by `node`, once: false if it is no longer queued, was sent
+    /// already (by this run, an earlier one, or another node), or belongs to a callout paused
+    /// since it was read from the queue, so its INVITE must not go out (now). The node that
+    /// marks it drives it from then on.
+    pub async fn mark_dispatched(&self, sid: &str, now: i64, node: &str) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE calls SET dispatched_at = $2
+            "UPDATE calls SET dispatched_at = $2, node = $3
              WHERE sid = $1 AND status = 'queued' AND dispatched_at IS NULL
                AND NOT EXISTS (SELECT 1 FROM callouts co
                                WHERE co.sid = calls.callout_sid AND co.status = 'paused')",
         )
         .bind(sid)
         .bind(now)
+        .bind(node)
         .execute(&self.writer)
         .await?;
+        // the cached copy does not have its node: read it again next time
+        self.cache.forget_call(sid);
         Ok(done.rows_affected() == 1)
     }
 
@@ -372,9 +371,9 @@ pub(crate) async fn insert_call(
             phone_number_sid, status, url, method, twiml, fallback_url, fallback_method, status_callback,
             status_callback_method, status_callback_event, timeout, time_limit, send_digits, record,
             machine_detection, request_params, plugins, date_created, date_updated, event_detail,
-            callout_sid, participant_sid, attempt, priority)
+            callout_sid, participant_sid, attempt, priority, node)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-            $21, $22, $23, $24, $24, $25, $26, $27, $28, $29)
+            $21, $22, $23, $24, $24, $25, $26, $27, $28, $29, $30)
          RETURNING {COLUMNS}"
     );
     // what the `calls_log_created` trigger logs
@@ -411,6 +410,7 @@ pub(crate) async fn insert_call(
         .bind(link.map(|l| l.participant_sid))
         .bind(link.map(|l| l.attempt))
         .bind(link.map_or(0, |l| l.priority))
+        .bind(&c.node)
         .fetch_one(conn)
         .await?)
 }
@@ -456,11 +456,13 @@ fn queued_calls_sql() -> String {
 
 /// Calls a previous run may have left unfinished, through the partial index `calls_live`
 /// (whose condition the first term repeats word for word).
-fn live_calls_sql() -> String {
+/// Live calls of node `$1` (and of no node: left by a run from before nodes were recorded).
+pub(crate) fn live_calls_sql() -> String {
     format!(
         "SELECT {COLUMNS} FROM calls
          WHERE status IN ('queued', 'ringing', 'in-progress')
            AND (status <> 'queued' OR dispatched_at IS NOT NULL)
+           AND (node = $1 OR node IS NULL)
          ORDER BY seq"
     )
 }
@@ -489,7 +491,7 @@ pub(crate) mod tests {
         );
         assert!(!queue.contains("TEMP B-TREE"), "{queue}");
         let live = plan(&s, &live_calls_sql()).await;
-        assert_eq!(live, "SCAN calls USING INDEX calls_live", "{live}");
+        assert!(live.contains("USING INDEX calls_live"), "{live}");
         for sql in [
             "SELECT sid FROM calls WHERE participant_sid = $1",
             "SELECT sid FROM calls WHERE callout_sid = $1 AND status = 'completed'",
@@ -516,6 +518,7 @@ pub(crate) mod tests {
                 ..CallInstructions::default()
             },
             plugins: Pins::default(),
+            node: None,
         }
     }
 
@@ -640,17 +643,22 @@ pub(crate) mod tests {
             .unwrap();
         let next: Vec<_> = next.into_iter().map(|c| c.sid).collect();
         assert_eq!(next, [sids[2].1.clone(), sids[3].1.clone()]);
-        let live: Vec<_> = store.live_calls().await.unwrap();
+        // a live call no node owns (from before nodes were recorded) is every node's to end
+        let live: Vec<_> = store.live_calls_of("n1").await.unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].sid, sids[1].1);
-        // A sent call leaves the queue, once, and counts as live (a crash must not resend it).
-        assert!(store.mark_dispatched(&sids[0].1, 3_000).await.unwrap());
-        assert!(!store.mark_dispatched(&sids[0].1, 3_001).await.unwrap());
-        assert!(!store.mark_dispatched(&sids[1].1, 3_001).await.unwrap());
+        // A sent call leaves the queue, once, and counts as live (a crash must not resend it),
+        // of the node that sent it.
+        assert!(store.mark_dispatched(&sids[0].1, 3_000, "n1").await.unwrap());
+        assert!(!store.mark_dispatched(&sids[0].1, 3_001, "n2").await.unwrap());
+        assert!(!store.mark_dispatched(&sids[1].1, 3_001, "n1").await.unwrap());
         let q: Vec<_> = store.queued_calls(10, None).await.unwrap();
         assert_eq!(q.len(), 2);
         assert!(q.iter().all(|c| c.sid != sids[0].1));
-        assert_eq!(store.live_calls().await.unwrap().len(), 2);
+        assert_eq!(store.live_calls_of("n1").await.unwrap().len(), 2);
+        assert_eq!(store.live_calls_of("n2").await.unwrap().len(), 1);
+        let sent = store.call(&a.sid, &sids[0].1).await.unwrap().unwrap();
+        assert_eq!(sent.node.as_deref(), Some("n1"));
     }
 
     #[tokio::test]

@@ -201,25 +201,31 @@ impl Store {
         )
     }
 
-    /// Claims up to `limit` due deliveries by pushing their next attempt `lease_ms` into the
-    /// future, so a sender that dies mid-attempt leaves them to be retried, not lost.
+    /// Claims up to `limit` due deliveries for `node` by pushing their next attempt `lease_ms`
+    /// into the future, so a sender that dies mid-attempt leaves them to be retried, not lost
+    /// (at once when its node is declared dead and its claims freed, else when the lease runs
+    /// out). On PostgreSQL, rows another node is claiming at this moment are skipped, not waited
+    /// for.
     pub async fn claim_deliveries(
         &self,
         now: i64,
         lease_ms: i64,
         limit: u32,
+        node: &str,
     ) -> Result<Vec<Delivery>> {
         let sql = format!(
-            "UPDATE webhook_deliveries SET next_attempt_at = $1
+            "UPDATE webhook_deliveries SET next_attempt_at = $1, leased_by = $4
              WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $2
-                          ORDER BY next_attempt_at, id LIMIT $3)
-             RETURNING {COLUMNS}"
+                          ORDER BY next_attempt_at, id LIMIT $3{})
+             RETURNING {COLUMNS}",
+            self.skip_locked()
         );
         let mut claimed = rows(
             sqlx::query_as(&sql)
                 .bind(now + lease_ms)
                 .bind(now)
                 .bind(i64::from(limit))
+                .bind(node)
                 .fetch_all(&self.writer)
                 .await?,
         )?;
@@ -274,7 +280,7 @@ impl Store {
         };
         sqlx::query(
             "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2,
-                last_error = $3, finished_at = $4 WHERE id = $5",
+                last_error = $3, finished_at = $4, leased_by = NULL WHERE id = $5",
         )
         .bind(state)
         .bind(next)
@@ -345,18 +351,18 @@ mod tests {
         let id = store.enqueue_delivery(&hook(), 100).await.unwrap().unwrap();
         assert!(
             store
-                .claim_deliveries(99, 1_000, 10)
+                .claim_deliveries(99, 1_000, 10, "n1")
                 .await
                 .unwrap()
                 .is_empty()
         );
-        let claimed = store.claim_deliveries(100, 1_000, 10).await.unwrap();
+        let claimed = store.claim_deliveries(100, 1_000, 10, "n1").await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].webhook, hook());
         // leased: a second claimer at the same time gets nothing; after the lease it is due again
         assert!(
             store
-                .claim_deliveries(100, 1_000, 10)
+                .claim_deliveries(100, 1_000, 10, "n1")
                 .await
                 .unwrap()
                 .is_empty()
@@ -368,14 +374,14 @@ mod tests {
             .unwrap();
         assert!(
             store
-                .claim_deliveries(4_999, 1_000, 10)
+                .claim_deliveries(4_999, 1_000, 10, "n1")
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(
             store
-                .claim_deliveries(5_000, 1_000, 10)
+                .claim_deliveries(5_000, 1_000, 10, "n1")
                 .await
                 .unwrap()
                 .len(),
@@ -396,12 +402,32 @@ mod tests {
         );
         assert!(
             store
-                .claim_deliveries(i64::MAX / 2, 1, 10)
+                .claim_deliveries(i64::MAX / 2, 1, 10, "n1")
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(store.next_delivery_due().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_dead_nodes_claims_are_freed_for_the_others() {
+        let store = store().await;
+        let a = store.enqueue_delivery(&hook(), 100).await.unwrap().unwrap();
+        let mut other = hook();
+        other.url = "https://example.com/other".into();
+        let b = store.enqueue_delivery(&other, 100).await.unwrap().unwrap();
+        assert_eq!(store.claim_deliveries(100, 60_000, 1, "n1").await.unwrap()[0].id, a);
+        assert_eq!(store.claim_deliveries(100, 60_000, 1, "n2").await.unwrap()[0].id, b);
+        // n1 dies mid-attempt: its row is due at once, not when its lease runs out; n2's stays
+        assert_eq!(store.release_deliveries("n1", 200).await.unwrap(), 1);
+        let again = store.claim_deliveries(200, 60_000, 10, "n2").await.unwrap();
+        assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [a]);
+        // an attempt recorded frees the claim: nothing of n2's is left to free after both
+        store.record_attempt(a, &failed(300, Some(400))).await.unwrap();
+        store.record_attempt(b, &failed(300, Some(400))).await.unwrap();
+        assert_eq!(store.release_deliveries("n2", 350).await.unwrap(), 0);
+        assert_eq!(store.next_delivery_due().await.unwrap(), Some(400));
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ mod deliveries;
 mod instructions;
 pub mod journal;
 mod model;
+mod nodes;
 mod numbers;
 mod plugins;
 mod recordings;
@@ -43,6 +44,7 @@ pub use instructions::{
     RequestParams,
 };
 pub use model::*;
+pub use nodes::{Node, Session};
 pub use numbers::{NewNumber, NumberFilter, NumberUpdate};
 pub use plugins::{Binding, BindingScope, NewBinding, NewPlugin, PluginVersion};
 pub use recordings::NewRecording;
@@ -174,6 +176,8 @@ pub struct Store {
     cache: std::sync::Arc<cache::Cache>,
     /// Calls' log entries, written by group commit (`journal.rs`).
     journal: std::sync::Arc<journal::Journal>,
+    /// PostgreSQL (shared by several nodes), not SQLite (one process).
+    shared: bool,
 }
 
 impl Store {
@@ -212,7 +216,7 @@ impl Store {
             // an in-memory database exists once per connection, so it gets exactly one
             let pool = pool_options().max_connections(1).connect(&url).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            return Ok(Store::assemble(pool.clone(), pool));
+            return Ok(Store::assemble(pool.clone(), pool, false));
         }
         // Switch a new file to WAL on one connection before any pool opens more: two connections
         // doing it at once can fail with "database is locked".
@@ -225,7 +229,7 @@ impl Store {
         let writer = pool_options().max_connections(1).connect(&url).await?;
         let pool = pool_options().max_connections(8).connect(&url).await?;
         tokio::spawn(checkpointer(pool.clone()));
-        Ok(Store::assemble(pool, writer))
+        Ok(Store::assemble(pool, writer, false))
     }
 
     /// A PostgreSQL database: migrations from `migrations/postgres`, a pool for reads and one
@@ -242,13 +246,17 @@ impl Store {
         let writer = pool_options().max_connections(1).connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;
         let pool = pool_options().max_connections(8).connect(url).await?;
-        Ok(Store::assemble(pool, writer))
+        Ok(Store::assemble(pool, writer, true))
     }
 
-    /// The store over its reader pool and its writer: the cache in front, the journal on the
-    /// writer.
-    fn assemble(pool: AnyPool, writer: AnyPool) -> Store {
-        let cache = std::sync::Arc::new(cache::Cache::default());
+    /// The store over its reader pool and its writer: the cache in front (off when the
+    /// database is `shared` with other nodes), the journal on the writer.
+    fn assemble(pool: AnyPool, writer: AnyPool, shared: bool) -> Store {
+        let cache = std::sync::Arc::new(if shared {
+            cache::Cache::off()
+        } else {
+            cache::Cache::local()
+        });
         Store {
             journal: std::sync::Arc::new(journal::Journal::start(
                 writer.clone(),
@@ -257,7 +265,19 @@ impl Store {
             pool,
             writer,
             cache,
+            shared,
         }
+    }
+
+    /// Whether other nodes may share this database (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// What a claim's subquery ends with so that concurrent claimers on other nodes skip the
+    /// rows being claimed instead of waiting for them (PostgreSQL; SQLite has one writer).
+    pub(crate) fn skip_locked(&self) -> &'static str {
+        if self.shared { " FOR UPDATE SKIP LOCKED" } else { "" }
     }
 
     /// Opens the default SQLite file inside `data_dir`.

@@ -169,6 +169,8 @@ pub struct Call {
     pub attempt: Option<i64>,
     /// The dispatcher takes higher priorities first, then older calls.
     pub priority: i64,
+    /// The node that drives the call (none while it waits in the queue).
+    pub node: Option<String>,
     pub date_created: i64,
     pub date_updated: i64,
 }

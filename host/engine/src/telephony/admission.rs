@@ -94,6 +94,7 @@ impl Telephony {
                     ..CallInstructions::default()
                 },
                 plugins,
+                node: Some(self.inner.engine.node.to_string()),
             };
             // created ringing: its first event goes to a call-events plugin with it
             let store = self.store();

@@ -31,6 +31,7 @@ use callflow_sip::sdp::LocalMedia;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
 use callflow_sip::ua::{CallKey, Dialog, UaEvent};
 use callflow_store::{
+    StoreError,
     Call, CallInstructions, CallLogEntry, CallStatus, Direction, NewCall, Pins, StatusCause, Store,
     Transition,
 };
@@ -246,7 +247,9 @@ impl Telephony {
                 dispatched: Mutex::new(HashMap::new()),
             }),
         };
-        tel.end_orphans().await?;
+        // what this node's previous run left
+        let node = tel.inner.engine.node.clone();
+        tel.end_calls_of(&node, StatusCause::Restarted).await?;
         let mut tasks = vec![
             tokio::spawn(tel.clone().route(events)),
             tokio::spawn(tel.clone().gauges()),
@@ -272,12 +275,17 @@ impl Telephony {
         Dialer { tel: self.clone() }
     }
 
-    /// Ends the calls a previous run left ringing or in progress: at the far end first (a BYE
-    /// for an answered call, a CANCEL for an outbound call still ringing, from the dialog the
-    /// call logged), then in the store (answered ones `completed`, the rest `failed`).
-    async fn end_orphans(&self) -> Result<(), EngineError> {
+    /// Ends the calls `node` left ringing or in progress (this node's previous run, at start;
+    /// a node declared dead, on the leader): at the far end first (a BYE for an answered call,
+    /// a CANCEL for an outbound call still ringing, from the dialog the call logged), then in
+    /// the store (answered ones `completed`, the rest `failed`), for `cause`.
+    pub(crate) async fn end_calls_of(
+        &self,
+        node: &str,
+        cause: StatusCause,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
-        for call in self.store().live_calls().await? {
+        for call in self.store().live_calls_of(node).await? {
             self.end_left_dialog(&call.sid).await;
             let to = if call.status() == CallStatus::InProgress {
                 CallStatus::Completed
@@ -289,7 +297,7 @@ impl Telephony {
                 at: now,
                 sip_response_code: None,
                 answered_by: None,
-                cause: StatusCause::Restarted,
+                cause: cause.clone(),
             };
             if let Err(e) = self.inner.engine.transition(&call, t).await {
                 tracing::warn!(call = %call.sid, error = %e, "could not end a call left live");
@@ -513,7 +521,9 @@ impl Telephony {
         };
         // Marked sent before the INVITE can leave: after a crash it is ended, not sent again.
         if !matches!(
-            self.store().mark_dispatched(&fresh.sid, now_ms()).await,
+            self.store()
+                .mark_dispatched(&fresh.sid, now_ms(), &self.inner.engine.node)
+                .await,
             Ok(true)
         ) {
             return give_up(&self);
@@ -627,6 +637,8 @@ impl Dialer {
                 ..CallInstructions::default()
             },
             plugins: Pins::default(),
+            // queued: the node that sends it takes it (`mark_dispatched`)
+            node: None,
         };
         let child = tel
             .store()
