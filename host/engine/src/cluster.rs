@@ -219,7 +219,11 @@ pub(crate) async fn take_over(
     }
     let freed = store.release_deliveries(node, now).await?;
     if freed > 0 {
-        tracing::info!(node, freed, "webhook deliveries the node held are due again");
+        tracing::info!(
+            node,
+            freed,
+            "webhook deliveries the node held are due again"
+        );
         engine.wake_outbox();
     }
     // its participants' attempts ended; its queued calls are anyone's

@@ -7,8 +7,8 @@
 
 pub mod callouts;
 mod calls;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 mod control;
 mod events;
 pub mod flow;

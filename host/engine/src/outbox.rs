@@ -136,7 +136,11 @@ impl Outbox {
     /// Runs until `shutdown` turns true, then finishes the requests in flight. What this node's
     /// previous run had claimed (and may have been sending when it died) is due at once.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        match self.store.release_deliveries(&self.config.node, now_ms()).await {
+        match self
+            .store
+            .release_deliveries(&self.config.node, now_ms())
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(n, "webhook deliveries the previous run held are due again"),
             Err(e) => tracing::warn!(error = %e, "outbox: cannot free the previous run's claims"),

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
 use callflow_engine::clock::now_ms;
+use callflow_engine::cluster::NodeConfig;
 use callflow_engine::prompts::PromptsConfig;
 use callflow_engine::telephony::DispatchLimits;
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};
-use callflow_engine::cluster::NodeConfig;
 use callflow_engine::{Backoff, Engine, EngineParts, OutboxConfig, Prompts, SipParts};
 use callflow_media::worker::{Media, MediaConfig};
 use callflow_runtime::{Limits, Runtime, RuntimeConfig};

@@ -649,9 +649,24 @@ pub(crate) mod tests {
         assert_eq!(live[0].sid, sids[1].1);
         // A sent call leaves the queue, once, and counts as live (a crash must not resend it),
         // of the node that sent it.
-        assert!(store.mark_dispatched(&sids[0].1, 3_000, "n1").await.unwrap());
-        assert!(!store.mark_dispatched(&sids[0].1, 3_001, "n2").await.unwrap());
-        assert!(!store.mark_dispatched(&sids[1].1, 3_001, "n1").await.unwrap());
+        assert!(
+            store
+                .mark_dispatched(&sids[0].1, 3_000, "n1")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .mark_dispatched(&sids[0].1, 3_001, "n2")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .mark_dispatched(&sids[1].1, 3_001, "n1")
+                .await
+                .unwrap()
+        );
         let q: Vec<_> = store.queued_calls(10, None).await.unwrap();
         assert_eq!(q.len(), 2);
         assert!(q.iter().all(|c| c.sid != sids[0].1));

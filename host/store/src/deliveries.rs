@@ -417,15 +417,27 @@ mod tests {
         let mut other = hook();
         other.url = "https://example.com/other".into();
         let b = store.enqueue_delivery(&other, 100).await.unwrap().unwrap();
-        assert_eq!(store.claim_deliveries(100, 60_000, 1, "n1").await.unwrap()[0].id, a);
-        assert_eq!(store.claim_deliveries(100, 60_000, 1, "n2").await.unwrap()[0].id, b);
+        assert_eq!(
+            store.claim_deliveries(100, 60_000, 1, "n1").await.unwrap()[0].id,
+            a
+        );
+        assert_eq!(
+            store.claim_deliveries(100, 60_000, 1, "n2").await.unwrap()[0].id,
+            b
+        );
         // n1 dies mid-attempt: its row is due at once, not when its lease runs out; n2's stays
         assert_eq!(store.release_deliveries("n1", 200).await.unwrap(), 1);
         let again = store.claim_deliveries(200, 60_000, 10, "n2").await.unwrap();
         assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [a]);
         // an attempt recorded frees the claim: nothing of n2's is left to free after both
-        store.record_attempt(a, &failed(300, Some(400))).await.unwrap();
-        store.record_attempt(b, &failed(300, Some(400))).await.unwrap();
+        store
+            .record_attempt(a, &failed(300, Some(400)))
+            .await
+            .unwrap();
+        store
+            .record_attempt(b, &failed(300, Some(400)))
+            .await
+            .unwrap();
         assert_eq!(store.release_deliveries("n2", 350).await.unwrap(), 0);
         assert_eq!(store.next_delivery_due().await.unwrap(), Some(400));
     }

@@ -277,7 +277,11 @@ impl Store {
     /// What a claim's subquery ends with so that concurrent claimers on other nodes skip the
     /// rows being claimed instead of waiting for them (PostgreSQL; SQLite has one writer).
     pub(crate) fn skip_locked(&self) -> &'static str {
-        if self.shared { " FOR UPDATE SKIP LOCKED" } else { "" }
+        if self.shared {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        }
     }
 
     /// Opens the default SQLite file inside `data_dir`.

@@ -8,7 +8,6 @@ use sqlx::FromRow;
 
 use crate::{Call, Result, Store};
 
-
 /// A node's row.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
 pub struct Node {
@@ -193,7 +192,10 @@ mod tests {
     #[tokio::test]
     async fn a_node_registers_beats_and_is_declared_dead_once() {
         let s = store().await;
-        assert_eq!(s.register_node("a", "run1", "http://a", 10).await.unwrap(), None);
+        assert_eq!(
+            s.register_node("a", "run1", "http://a", 10).await.unwrap(),
+            None
+        );
         assert!(s.heartbeat("a", "run1", 20).await.unwrap());
         let b = s.register_node("b", "run1", "http://b", 15).await.unwrap();
         assert_eq!(b, None);
@@ -216,7 +218,13 @@ mod tests {
 
         s.forget_node("a", "run1").await.unwrap();
         s.forget_node("b", "run2").await.unwrap(); // running: kept
-        let names: Vec<_> = s.nodes().await.unwrap().into_iter().map(|n| n.name).collect();
+        let names: Vec<_> = s
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
         assert_eq!(names, ["b"]);
     }
 

@@ -31,9 +31,8 @@ use callflow_sip::sdp::LocalMedia;
 use callflow_sip::trunk::{TrunkSpec, Trunks};
 use callflow_sip::ua::{CallKey, Dialog, UaEvent};
 use callflow_store::{
-    StoreError,
     Call, CallInstructions, CallLogEntry, CallStatus, Direction, NewCall, Pins, StatusCause, Store,
-    Transition,
+    StoreError, Transition,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
