@@ -143,11 +143,11 @@ impl Member {
             // a new leader first waits a whole `dead_after`: heartbeats it has not seen are
             // not yet late
             let dead_after = i64::try_from(me.config.dead_after.as_millis()).unwrap_or(i64::MAX);
-            if leading_since.is_some_and(|since| now - since >= dead_after) {
-                if let Err(e) = me.sweep(telephony.as_ref(), &engine, now, dead_after).await {
-                    tracing::warn!(error = %e, "sweeping dead nodes failed");
-                    leading_since = None;
-                }
+            if leading_since.is_some_and(|since| now - since >= dead_after)
+                && let Err(e) = me.sweep(telephony.as_ref(), &engine, now, dead_after).await
+            {
+                tracing::warn!(error = %e, "sweeping dead nodes failed");
+                leading_since = None;
             }
         }
     }
