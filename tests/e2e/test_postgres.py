@@ -95,3 +95,11 @@ def test_a_lost_database_is_a_503_and_the_node_recovers_when_it_returns(callflow
     assert ok, f"SIP did not take calls again\n{server.log_tail()}"
     assert [n.sid for n in client.incoming_phone_numbers.list()] == [number.sid]
     assert server.running, "the node stayed up through the outage"
+    # the session holding its node lock died with the server; it is renewed, and the node leads
+    # again (a node that missed its heartbeats while the database was away is not dead)
+    log = lambda: server.log_path.read_text(errors="replace")  # noqa: E731
+    assert wait_until(lambda: "the cluster session was renewed" in log(), 15, 0.5), server.log_tail()
+    assert wait_until(
+        lambda: "leading the cluster" in log()[log().index("the cluster session was renewed"):], 15, 0.5
+    ), server.log_tail()
+    assert "declared dead" not in log()

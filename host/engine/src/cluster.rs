@@ -10,7 +10,6 @@
 //! On PostgreSQL a node also holds an advisory lock on its name, so two processes cannot run
 //! under one name (each would take the other's calls for its own dead run's).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use callflow_store::{Session, StatusCause, Store, StoreError};
@@ -56,6 +55,8 @@ pub(crate) struct Member {
     incarnation: String,
     /// PostgreSQL's advisory locks (none on SQLite).
     session: Option<Session>,
+    /// The session was replaced: the lead (a lock of the old one) is gone.
+    session_renewed: bool,
 }
 
 impl Member {
@@ -92,6 +93,7 @@ impl Member {
             config,
             incarnation,
             session,
+            session_renewed: false,
         })
     }
 
@@ -102,13 +104,12 @@ impl Member {
     /// Beats, leads and sweeps until `stop`; sends on `fenced` (and returns) if this run was
     /// declared dead.
     pub(crate) async fn run(
-        self,
+        mut self,
         telephony: Option<Telephony>,
         engine: crate::Engine,
         mut stop: watch::Receiver<bool>,
         fenced: watch::Sender<bool>,
     ) {
-        let me = Arc::new(self);
         let mut leading_since: Option<i64> = None;
         loop {
             tokio::select! {
@@ -116,14 +117,34 @@ impl Member {
                 () = tokio::time::sleep(BEAT) => {}
             }
             let now = now_ms();
-            match me
+            // the locks live as long as the session: one lost (the database restarted, the
+            // connection dropped) is taken again, and the lead with it
+            match self.keep_session().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(node = %self.config.name,
+                        "another process holds this node's name now: stopping");
+                    let _ = fenced.send(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the cluster session is lost");
+                    leading_since = None;
+                    continue;
+                }
+            }
+            if self.session_renewed {
+                self.session_renewed = false;
+                leading_since = None;
+            }
+            match self
                 .store
-                .heartbeat(&me.config.name, &me.incarnation, now)
+                .heartbeat(&self.config.name, &self.incarnation, now)
                 .await
             {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::error!(node = %me.config.name,
+                    tracing::error!(node = %self.config.name,
                         "this node was declared dead by the cluster (its calls were ended by another node): stopping");
                     let _ = fenced.send(true);
                     return;
@@ -136,20 +157,44 @@ impl Member {
                     continue;
                 }
             }
-            if leading_since.is_none() && me.try_lead().await {
-                tracing::info!(node = %me.config.name, "leading the cluster");
+            if leading_since.is_none() && self.try_lead().await {
+                tracing::info!(node = %self.config.name, "leading the cluster");
                 leading_since = Some(now);
             }
             // a new leader first waits a whole `dead_after`: heartbeats it has not seen are
             // not yet late
-            let dead_after = i64::try_from(me.config.dead_after.as_millis()).unwrap_or(i64::MAX);
+            let dead_after = i64::try_from(self.config.dead_after.as_millis()).unwrap_or(i64::MAX);
             if leading_since.is_some_and(|since| now - since >= dead_after)
-                && let Err(e) = me.sweep(telephony.as_ref(), &engine, now, dead_after).await
+                && let Err(e) = self
+                    .sweep(telephony.as_ref(), &engine, now, dead_after)
+                    .await
             {
                 tracing::warn!(error = %e, "sweeping dead nodes failed");
                 leading_since = None;
             }
         }
+    }
+
+    /// Checks the session holding this node's locks, and replaces one that is gone: `false`
+    /// when the name's lock is another session's now.
+    async fn keep_session(&mut self) -> Result<bool, StoreError> {
+        let Some(s) = &self.session else {
+            return Ok(true);
+        };
+        // a server that stopped answering holds a ping forever: a few beats is long enough
+        if let Ok(Ok(())) = tokio::time::timeout(BEAT * 3, s.ping()).await {
+            return Ok(true);
+        }
+        let Some(fresh) = self.store.session().await? else {
+            return Ok(true);
+        };
+        if !fresh.try_lock(&name_lock(&self.config.name)).await? {
+            return Ok(false);
+        }
+        tracing::info!(node = %self.config.name, "the cluster session was renewed");
+        self.session = Some(fresh);
+        self.session_renewed = true;
+        Ok(true)
     }
 
     /// Whether this node leads now (SQLite: always).

@@ -175,6 +175,14 @@ impl Session {
         Ok(got == 1)
     }
 
+    /// Whether the session is still there (its locks with it).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.conn.lock().await)
+            .await?;
+        Ok(())
+    }
+
     /// Lets the lock named `key` go (once).
     pub async fn unlock(&self, key: &str) -> Result<()> {
         sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
