@@ -24,6 +24,7 @@ from test_callouts import (
     OUTCOME_BY_DIGIT,
     add_participants,
     create_callout,
+    invite_times,
     numbers,
     postgres_database,
     results,
@@ -104,6 +105,36 @@ def test_two_nodes_share_a_callout_and_send_each_attempt_once(cluster, telco):
     assert sum(per_node) == total and min(per_node) > 0, per_node
     calls = a.client().calls.list(page_size=1000)
     assert Counter(call.to for call in calls) == Counter(expected_attempts)
+
+
+def test_two_nodes_keep_a_callouts_rate_together(cluster, telco):
+    """A callout at 10 calls a second on two nodes: each takes half the rate (its share), so
+    the telco sees 10 a second, not 20 (and a trunk's cps and channels are shared the same
+    way)."""
+    rate, count = 10.0, 81
+    people = [f"+1555700{i:04d}" for i in range(3 * count) if (i % 10) < 6][:count]  # answered
+    sipp = telco(calls=count, timeout_s=120)
+    a, b = cluster(trunk_toml(sipp.port).replace("cps = 50.0", "cps = 100.0").replace(
+        "max_channels = 20", "max_channels = 100"))
+    for node, other in ((a, "b"), (b, "a")):
+        # both count two nodes before the callout starts
+        assert wait_until(lambda: "nodes=2" in node.log_path.read_text(errors="replace"), 15, 0.2), (
+            f"the node never counted {other}\n{node.log_tail()}"
+        )
+    a.client().incoming_phone_numbers.create(phone_number=DEFAULT_FROM, voice_url="http://127.0.0.1:9/")
+    c = create_callout(a, CallsPerSecond=str(rate), MaxConcurrent="100")
+    add_participants(a, c["sid"], people)
+    set_status(a, c["sid"], "running")
+    wait_finished(a, c["sid"], timeout=120)
+    result = sipp.wait(30)
+    assert result.counts() == (count, 0), result.describe()
+    times = invite_times(result.messages)
+    assert len(times) == count
+    measured = (len(times) - 1) / (times[-1] - times[0])
+    per_node = (placed(a), placed(b))
+    print(f"configured {rate}/s, measured {measured:.2f}/s over {times[-1] - times[0]:.1f} s; per node {per_node}")
+    assert abs(measured - rate) / rate <= 0.08, f"measured {measured:.2f}/s"
+    assert min(per_node) >= count // 3, per_node
 
 
 def test_a_surviving_node_ends_the_calls_of_a_killed_one(cluster, twiml, sipp_dir):

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::Engine;
 use crate::clock::now_ms;
+use crate::cluster::Share;
 use crate::plugins::{HostError, PluginHost, pin_for_call, pinned};
 use crate::rate::{TokenBucket, smooth_burst};
 
@@ -50,8 +51,8 @@ pub struct Scheduler {
 struct Inner {
     engine: Engine,
     plugins: PluginHost,
-    /// Each running callout's calls-per-second bucket.
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    /// Each running callout's calls-per-second bucket, and the share of the rate it was made for.
+    buckets: Mutex<HashMap<String, (Share, TokenBucket)>>,
 }
 
 impl Scheduler {
@@ -150,7 +151,7 @@ impl Scheduler {
         Ok(wake)
     }
 
-    fn lock_buckets(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenBucket>> {
+    fn lock_buckets(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Share, TokenBucket)>> {
         self.inner.buckets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -174,10 +175,22 @@ impl Scheduler {
         }
         let mut n = room;
         if let Some(cps) = c.calls_per_second {
+            // this node's share of the callout's rate (the cap is kept by the claim itself)
+            let share = self.inner.engine.share();
             let mut buckets = self.lock_buckets();
-            let b = buckets
+            let (_, b) = buckets
                 .entry(c.sid.clone())
-                .or_insert_with(|| TokenBucket::new(cps, smooth_burst(cps), now));
+                .and_modify(|(s, b)| {
+                    if *s != share {
+                        let cps = share.rate(cps);
+                        *s = share;
+                        *b = TokenBucket::new(cps, smooth_burst(cps), now);
+                    }
+                })
+                .or_insert_with(|| {
+                    let cps = share.rate(cps);
+                    (share, TokenBucket::new(cps, smooth_burst(cps), now))
+                });
             let mut probe = *b;
             n = 0;
             while n < room && probe.try_take(now) {
@@ -217,9 +230,9 @@ impl Scheduler {
             })
             .collect();
         let calls = store
-            .start_attempts(&c.account_sid, c, &attempts, now)
+            .start_attempts(&c.account_sid, c, &attempts, cap, now)
             .await?;
-        if let Some(b) = self.lock_buckets().get_mut(&c.sid) {
+        if let Some((_, b)) = self.lock_buckets().get_mut(&c.sid) {
             for _ in &calls {
                 b.try_take(now);
             }

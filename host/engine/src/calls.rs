@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use callflow_store::{Call, CallStatus, NewDelivery, StatusCause, Store, StoreError, Transition};
 
+use crate::cluster::Share;
 use crate::control::{EndRequest, EngineError, Redirect};
 use tokio::sync::{Notify, oneshot};
 
@@ -29,6 +30,8 @@ pub struct Engine {
     pub(crate) settle: Arc<Notify>,
     /// The node this engine runs as: the calls it receives or sends are its own.
     pub(crate) node: Arc<str>,
+    /// Its part of the cluster's limits (the whole of them alone).
+    share: Arc<std::sync::Mutex<Share>>,
 }
 
 impl Engine {
@@ -42,7 +45,19 @@ impl Engine {
             callouts: Arc::new(Notify::new()),
             settle: Arc::new(Notify::new()),
             node: outbox.node(),
+            share: Arc::new(std::sync::Mutex::new(Share::ALONE)),
         }
+    }
+
+    /// This node's part of the cluster's limits now.
+    pub fn share(&self) -> Share {
+        *self.share.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets this node's part of the limits; true if it changed.
+    pub(crate) fn set_share(&self, share: Share) -> bool {
+        let mut s = self.share.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *s, share) != share
     }
 
     /// Tells the callout scheduler that a callout started or resumed, or gained participants.

@@ -540,18 +540,38 @@ impl Store {
         Ok(())
     }
 
-    /// Queues one attempt per participant that is still `pending` (others are skipped): the
-    /// participant becomes `calling` and its call is created `queued`, in one transaction.
+    /// Queues one attempt per participant that is still `pending` (others are skipped), while
+    /// fewer than `cap` of the callout's participants are `calling`: the participant becomes
+    /// `calling` and its call is created `queued`, in one transaction. The claims of one
+    /// callout are serialized (SQLite: its one writer; PostgreSQL: a transaction lock on the
+    /// callout), so nodes claiming at the same moment never exceed `cap` together.
     pub async fn start_attempts(
         &self,
         account: &str,
         callout: &Callout,
         attempts: &[NewAttempt],
+        cap: i64,
         now: i64,
     ) -> Result<Vec<Call>> {
         let mut tx = self.writer.begin().await?;
-        let mut calls = Vec::with_capacity(attempts.len());
+        if self.shared {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("callflow:callout:{}", callout.sid))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let calling: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM participants WHERE callout_sid = $1 AND state = 'calling'",
+        )
+        .bind(&callout.sid)
+        .fetch_one(&mut *tx)
+        .await?;
+        let room = usize::try_from(cap - calling).unwrap_or(0);
+        let mut calls = Vec::with_capacity(attempts.len().min(room));
         for a in attempts {
+            if calls.len() >= room {
+                break;
+            }
             let claimed: Option<i64> = sqlx::query_scalar(
                 "UPDATE participants SET state = 'calling', attempts = attempts + 1, date_updated = $3
                  WHERE sid = $1 AND callout_sid = $2 AND state = 'pending' RETURNING attempts",
@@ -1048,6 +1068,33 @@ mod tests {
         assert_eq!(s.callout_summary(&c.sid).await.unwrap().total, 1_201);
     }
 
+    /// Claims that race (several nodes) never put more than the cap on the line together.
+    #[tokio::test]
+    async fn claims_stop_at_the_callouts_cap_whoever_makes_them() {
+        let s = store().await;
+        let a = account(&s).await;
+        let c = s.create_callout(&a.sid, &new_callout(5), 1).await.unwrap();
+        let people: Vec<_> = (0..5)
+            .map(|i| person(&format!("+155500{i}"), "{}"))
+            .collect();
+        s.add_participants(&a.sid, &c.sid, &people, 2)
+            .await
+            .unwrap();
+        s.set_callout_status(&a.sid, &c.sid, CalloutStatus::Running, 3)
+            .await
+            .unwrap();
+        // two nodes read the same five due participants, and claim at once with a cap of 3
+        let due = s.due_participants(&c.sid, 10, 10).await.unwrap();
+        let (first, second) = (attempts_for(&c, &due[..3]), attempts_for(&c, &due[2..]));
+        let (one, two) = tokio::join!(
+            s.start_attempts(&a.sid, &c, &first, 3, 10),
+            s.start_attempts(&a.sid, &c, &second, 3, 10)
+        );
+        let started = one.unwrap().len() + two.unwrap().len();
+        assert_eq!(started, 3);
+        assert_eq!(s.calling_participants(&c.sid).await.unwrap(), 3);
+    }
+
     /// The whole life of an attempt, including the trigger that hands an ended attempt to the
     /// retry policy and the guards that make every step happen once.
     #[tokio::test]
@@ -1066,7 +1113,7 @@ mod tests {
         let due = s.due_participants(&c.sid, 10, 10).await.unwrap();
         assert_eq!(due.len(), 2);
         let calls = s
-            .start_attempts(&a.sid, &c, &attempts_for(&c, &due), 10)
+            .start_attempts(&a.sid, &c, &attempts_for(&c, &due), 50, 10)
             .await
             .unwrap();
         assert_eq!(calls.len(), 2);
@@ -1075,7 +1122,7 @@ mod tests {
         assert_eq!(calls[0].callout_sid.as_deref(), Some(c.sid.as_str()));
         // A second claim of the same participants (a stale read) queues nothing.
         let again = s
-            .start_attempts(&a.sid, &c, &attempts_for(&c, &due), 11)
+            .start_attempts(&a.sid, &c, &attempts_for(&c, &due), 50, 11)
             .await
             .unwrap();
         assert!(again.is_empty());
@@ -1130,7 +1177,7 @@ mod tests {
         assert!(s.due_participants(&c.sid, 99, 10).await.unwrap().is_empty());
         let due = s.due_participants(&c.sid, 100, 10).await.unwrap();
         let second = s
-            .start_attempts(&a.sid, &c, &attempts_for(&c, &due), 100)
+            .start_attempts(&a.sid, &c, &attempts_for(&c, &due), 50, 100)
             .await
             .unwrap();
         assert_eq!(second[0].attempt, Some(2));

@@ -350,7 +350,7 @@ async fn status_moves_as_allowed_and_conflicts_are_409() {
         })
         .collect();
     let calls = store
-        .start_attempts(&root.sid, &callout, &attempts, 5_000)
+        .start_attempts(&root.sid, &callout, &attempts, 50, 5_000)
         .await
         .unwrap();
     assert_eq!(calls.len(), 1);

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::Telephony;
 use super::route::Route;
 use crate::clock::now_ms;
+use crate::cluster::Share;
 use crate::rate::{TokenBucket, smooth_burst};
 
 /// Queued calls the dispatcher reads at a time.
@@ -38,12 +39,25 @@ impl Telephony {
             return;
         };
         let limits = self.inner.limits;
-        let mut bucket = TokenBucket::new(trunk.cps, smooth_burst(trunk.cps), now_ms());
+        // every rate and cap is this node's share of it (see `cluster::Share`): the buckets
+        // are made again when the share changes
+        let mut share = self.inner.engine.share();
+        let trunk_bucket = |share: Share| {
+            let cps = share.rate(trunk.cps);
+            TokenBucket::new(cps, smooth_burst(cps), now_ms())
+        };
+        let mut bucket = trunk_bucket(share);
         let mut accounts: HashMap<String, TokenBucket> = HashMap::new();
         // Where the next page of the queue starts: calls an account's limit skipped stay behind
         // while the dispatcher reads on, so they never hold up other accounts' calls.
         let mut cursor: Option<(i64, i64)> = None;
         loop {
+            let now_share = self.inner.engine.share();
+            if now_share != share {
+                share = now_share;
+                bucket = trunk_bucket(share);
+                accounts.clear();
+            }
             // Calls marked sent leave the queue; the few between the read and the mark are
             // skipped as live below.
             let batch = match self.store().queued_calls(QUEUE_PAGE, cursor).await {
@@ -66,11 +80,8 @@ impl Telephony {
                 let now = now_ms();
                 if limits.account_calls_per_second > 0.0 {
                     let b = accounts.entry(call.account_sid.clone()).or_insert_with(|| {
-                        TokenBucket::new(
-                            limits.account_calls_per_second,
-                            smooth_burst(limits.account_calls_per_second),
-                            now,
-                        )
+                        let cps = share.rate(limits.account_calls_per_second);
+                        TokenBucket::new(cps, smooth_burst(cps), now)
                     });
                     let ready = b.ready_at(now);
                     if ready > now {
@@ -79,11 +90,11 @@ impl Telephony {
                     }
                 }
                 if limits.account_max_calls != 0
-                    && self.dispatched(&call.account_sid) >= limits.account_max_calls
+                    && self.dispatched(&call.account_sid) >= share.cap(limits.account_max_calls)
                 {
                     continue;
                 }
-                if limits.max_calls != 0 && self.dispatched_total() >= limits.max_calls {
+                if limits.max_calls != 0 && self.dispatched_total() >= share.cap(limits.max_calls) {
                     blocked = true;
                     break;
                 }

@@ -424,7 +424,9 @@ impl Telephony {
     fn take_channel(&self, trunk: &TrunkSpec) -> bool {
         let mut ch = self.lock_channels();
         let n = ch.entry(trunk.name.clone()).or_insert(0);
-        if trunk.max_channels != 0 && *n >= trunk.max_channels {
+        // this node's share of the trunk's channels
+        let cap = self.inner.engine.share().cap(trunk.max_channels as usize);
+        if trunk.max_channels != 0 && *n as usize >= cap {
             return false;
         }
         *n += 1;
