@@ -186,6 +186,50 @@ def test_a_surviving_node_ends_the_calls_of_a_killed_one(cluster, twiml, sipp_di
     assert "a node stopped beating" in a.log_path.read_text(errors="replace")
 
 
+def test_any_node_hangs_up_a_call_another_node_drives(cluster, twiml, sipp_dir):
+    """`POST Calls/{Sid}.json` with Status=completed, sent to node a, for a call node b
+    answered: a forwards it to b, where the call's leg is; b hangs up (SIPp's caller gets the
+    BYE) and a answers with the completed call, through Twilio's own library."""
+    a, b = cluster(trunk_toml(9))
+    provision_number(a.client(), twiml)
+    twiml.body = b'<Response><Pause length="60"/></Response>'
+    caller = _SippRun(
+        "uac_answered_wait_bye",
+        b.sip_addr,
+        local_ip="127.0.0.1",
+        port=None,
+        calls=1,
+        rate=None,
+        service=DEFAULT_FROM,
+        timeout_s=60,
+        workdir=sipp_dir("uac_answered_wait_bye"),
+    )
+    caller.start()
+    try:
+        def answered():
+            calls = [c for c in a.client().calls.list(limit=5) if c.direction == "inbound"]
+            return calls[0] if calls and calls[0].status == "in-progress" else None
+
+        call = wait_until(answered, 30, interval=0.1)
+        assert call is not None, f"the call was not answered\n{b.log_tail()}"
+        ended = a.client().calls(call.sid).update(status="completed")
+        assert ended.status == "completed", ended.status
+        assert caller.wait(20), f"SIPp saw no BYE\n{b.log_tail()}"
+        result = caller.result()
+    finally:
+        caller.kill(graceful=False)
+        caller.close()
+    # the BYE came from b's leg: a, which has no leg for the call, could only have marked it
+    # completed in the database and left the caller in silence
+    assert_one_good_call(result, "SIPp (the caller)")
+    r = a.request("GET", f"/v1/Accounts/{a.account_sid}/Calls/{call.sid}/Events")
+    kinds = [e["kind"] for e in r.json()["events"]]
+    assert "completed" in kinds, kinds
+    # a request for an unknown call on a is answered by a, as ever
+    r = a.request("POST", f"/2010-04-01/Accounts/{a.account_sid}/Calls/CA{'0' * 32}.json", data={"Status": "completed"})
+    assert r.status_code == 404, r.text
+
+
 def test_a_second_process_under_a_running_nodes_name_is_refused(cluster, callflow_factory):
     (a,) = cluster("", names=("a",))
     twin = callflow_factory(

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use callflow_engine::clock::now_ms;
 use callflow_engine::{EndRequest, EngineError, Redirect};
 use callflow_store::{
@@ -271,9 +272,17 @@ pub async fn events(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<
 pub async fn update(
     State(state): State<ApiState>,
     scoped: Scoped,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let (account, sid) = (&scoped.account, scoped.sid("sid"));
+    // a live call another node drives is changed there, where its leg is (issue 17)
+    if let Some(call) = state.store().call(&account.sid, sid).await?
+        && let Some(owner) = crate::forward::owner_elsewhere(&state, &call, &headers).await?
+    {
+        return crate::forward::forward(&owner, &uri, &headers, &params).await;
+    }
     let end = match params.text("Status") {
         None => None,
         Some("canceled") => Some(EndRequest::Canceled),
@@ -345,7 +354,7 @@ pub async fn update(
             Err(EngineError::Store(e)) => return Err(e.into()),
         };
     }
-    Ok(Json(render::call(&call)))
+    Ok(Json(render::call(&call)).into_response())
 }
 
 fn not_found(sid: &str) -> ApiError {

@@ -11,6 +11,7 @@ mod auth;
 mod callouts;
 mod calls;
 mod error;
+mod forward;
 mod limit;
 mod numbers;
 mod paging;

@@ -49,6 +49,11 @@ impl Engine {
         }
     }
 
+    /// The name of the node this engine runs as.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// This node's part of the cluster's limits now.
     pub fn share(&self) -> Share {
         *self.share.lock().unwrap_or_else(|p| p.into_inner())
@@ -78,15 +83,15 @@ impl Engine {
         self.live.len()
     }
 
-    /// Ends a call as asked. A call that was never answered ends `canceled` either way (Twilio's
-    /// rule: unanswered calls never complete); an answered one completes on `Completed` and is left
-    /// alone on `Canceled`.
     /// Hands new instructions to a live call's flow; false when no leg is driving the call
     /// here (a queued call simply uses its updated Url or Twiml when it is answered).
     pub fn redirect_call(&self, sid: &str, redirect: Redirect) -> bool {
         self.live.send(sid, LegInput::Redirect(redirect))
     }
 
+    /// Ends a call as asked. A call that was never answered ends `canceled` either way (Twilio's
+    /// rule: unanswered calls never complete); an answered one completes on `Completed` and is left
+    /// alone on `Canceled`.
     pub async fn end_call(
         &self,
         account: &str,
