@@ -12,6 +12,7 @@ database made for the test (CALLFLOW_TEST_POSTGRES names the server tests/run st
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from test_callouts import (
     OUTCOME_BY_DIGIT,
     add_participants,
     create_callout,
+    fetch,
     invite_times,
     numbers,
     postgres_database,
@@ -107,6 +109,59 @@ def test_two_nodes_share_a_callout_and_send_each_attempt_once(cluster, telco):
     assert Counter(call.to for call in calls) == Counter(expected_attempts)
 
 
+def test_a_callout_survives_the_loss_of_a_node(cluster, telco):
+    """kill -9 one of two nodes mid-callout: the other declares it dead, ends its calls at the
+    far end (a CANCEL for each ringing one; the answered ones have hung up or get a BYE) and in
+    the store, and finishes the callout: every participant done, none forgotten, no number called
+    more often than its policy allows, and SIPp's own count of INVITEs per number agrees with the
+    API's attempts."""
+    people = numbers("+1555800", 120)
+    sipp = telco(calls=1000, timeout_s=300)
+    config = trunk_toml(sipp.port).replace("cps = 50.0", "cps = 100.0").replace(
+        "max_channels = 20", "max_channels = 100"
+    )
+    a, b = cluster(config)
+    a.client().incoming_phone_numbers.create(phone_number=DEFAULT_FROM, voice_url="http://127.0.0.1:9/")
+    c = create_callout(
+        a,
+        Timeout="2",
+        MaxConcurrent="30",
+        CallsPerSecond="30",
+        RetryConfig=json.dumps({"max_attempts": 3, "delay": {"fixed_seconds": 1}}),
+    )
+    add_participants(a, c["sid"], people)
+    set_status(a, c["sid"], "running")
+    # kill b in the middle: some participants done, some calling (on both nodes), some waiting
+    assert wait_until(lambda: fetch(a, c["sid"])["summary"]["attempts"] >= 80 and placed(b) > 10, 120, 0.2)
+    b.kill()
+
+    final = wait_finished(a, c["sid"], timeout=240)
+    s = final["summary"]
+    assert (s["total"], s["pending"], s["in_progress"]) == (120, 0, 0), s
+    rows = {row["phone_number"]: row for row in results(a, c["sid"])}
+    assert set(rows) == set(people), "a participant was forgotten"
+    per_number = Counter(call.to for call in a.client().calls.list(page_size=1000))
+    for phone in people:
+        row = rows[phone]
+        attempts = int(row["attempts"])
+        assert 1 <= attempts <= 3, row
+        assert per_number[phone] == attempts, (row, per_number[phone])
+        want = OUTCOME_BY_DIGIT[phone[-1]]
+        if want == "completed":
+            # an attempt the dead node cut short ends failed, and is retried
+            assert row["outcome"] == "completed", row
+        else:
+            assert attempts == 3, row
+            assert row["outcome"] in (want, "failed"), row
+    result = sipp.stop()
+    at_telco = Counter(re.findall(r"^INVITE sip:(\+\d+)@", result.messages, re.M))
+    assert at_telco == per_number, (at_telco - per_number, per_number - at_telco)
+    log = a.log_path.read_text(errors="replace")
+    assert "a node stopped beating" in log
+    # the dead node's ringing calls were cancelled by the survivor
+    assert "ended at the far end (CANCEL)" in log, a.log_tail()
+
+
 def test_two_nodes_keep_a_callouts_rate_together(cluster, telco):
     """A callout at 10 calls a second on two nodes: each takes half the rate (its share), so
     the telco sees 10 a second, not 20 (and a trunk's cps and channels are shared the same
@@ -186,10 +241,11 @@ def test_a_surviving_node_ends_the_calls_of_a_killed_one(cluster, twiml, sipp_di
     assert "a node stopped beating" in a.log_path.read_text(errors="replace")
 
 
-def test_any_node_hangs_up_a_call_another_node_drives(cluster, twiml, sipp_dir):
-    """`POST Calls/{Sid}.json` with Status=completed, sent to node a, for a call node b
-    answered: a forwards it to b, where the call's leg is; b hangs up (SIPp's caller gets the
-    BYE) and a answers with the completed call, through Twilio's own library."""
+def test_a_redirect_sent_to_any_node_reaches_the_call_another_node_drives(cluster, twiml, sipp_dir):
+    """`POST Calls/{Sid}.json` with new Twiml (`<Hangup/>`), sent to node a, for a call node b
+    answered: a forwards it to b, where the call's leg is; the leg follows the new document and
+    hangs up (SIPp's caller gets the BYE), through Twilio's own library. A request for a call
+    nobody has is answered by the node it was sent to."""
     a, b = cluster(trunk_toml(9))
     provision_number(a.client(), twiml)
     twiml.body = b'<Response><Pause length="60"/></Response>'
@@ -212,9 +268,11 @@ def test_any_node_hangs_up_a_call_another_node_drives(cluster, twiml, sipp_dir):
 
         call = wait_until(answered, 30, interval=0.1)
         assert call is not None, f"the call was not answered\n{b.log_tail()}"
-        ended = a.client().calls(call.sid).update(status="completed")
-        assert ended.status == "completed", ended.status
+        redirected = a.client().calls(call.sid).update(twiml="<Response><Hangup/></Response>")
+        assert redirected.sid == call.sid
         assert caller.wait(20), f"SIPp saw no BYE\n{b.log_tail()}"
+        ended = fetch_until(a.client(), call.sid, ("completed",))
+        assert ended.status == "completed", ended.status
         result = caller.result()
     finally:
         caller.kill(graceful=False)

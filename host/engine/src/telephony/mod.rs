@@ -347,7 +347,7 @@ impl Telephony {
                     }
                     tel.unregister_route(key);
                 });
-                tracing::info!(call = %sid, "a call the previous run left is ended at the far end ({what})");
+                tracing::info!(call = %sid, "a call its node left is ended at the far end ({what})");
             }
             Err(e) => {
                 tracing::warn!(call = %sid, error = %e, "could not end a left call at the far end")
