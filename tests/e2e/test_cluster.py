@@ -163,12 +163,12 @@ def test_a_callout_survives_the_loss_of_a_node(cluster, telco):
 
 
 def test_two_nodes_keep_a_callouts_rate_together(cluster, telco):
-    """A callout at 10 calls a second on two nodes: each takes half the rate (its share), so
-    the telco sees 10 a second, not 20 (and a trunk's cps and channels are shared the same
-    way)."""
-    rate, count = 10.0, 81
+    """A callout at 10 calls a second on two nodes for half a minute: each takes half the rate
+    (its share), so the telco sees 10 a second within 2%, not 20 (a trunk's cps and channels,
+    an account's rate and caps are shared the same way)."""
+    rate, count = 10.0, 301
     people = [f"+1555700{i:04d}" for i in range(3 * count) if (i % 10) < 6][:count]  # answered
-    sipp = telco(calls=count, timeout_s=120)
+    sipp = telco(calls=count, timeout_s=150)
     a, b = cluster(trunk_toml(sipp.port).replace("cps = 50.0", "cps = 100.0").replace(
         "max_channels = 20", "max_channels = 100"))
     for node, other in ((a, "b"), (b, "a")):
@@ -188,7 +188,7 @@ def test_two_nodes_keep_a_callouts_rate_together(cluster, telco):
     measured = (len(times) - 1) / (times[-1] - times[0])
     per_node = (placed(a), placed(b))
     print(f"configured {rate}/s, measured {measured:.2f}/s over {times[-1] - times[0]:.1f} s; per node {per_node}")
-    assert abs(measured - rate) / rate <= 0.08, f"measured {measured:.2f}/s"
+    assert abs(measured - rate) / rate <= 0.02, f"measured {measured:.2f}/s"
     assert min(per_node) >= count // 3, per_node
 
 
