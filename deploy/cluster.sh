@@ -9,7 +9,9 @@
 # Settings (environment): NODES (3), EDGE_PORT (5060: the one SIP address the telco and the
 # phones use), TELCO (127.0.0.1:5099: the telco gateway outbound calls leave for), BIN (the
 # callflow binary; built in release when missing), DATABASE_URL (an existing PostgreSQL database
-# instead of a throwaway server). Root credentials come from CALLFLOW_ROOT_ACCOUNT_SID and
+# instead of a throwaway server), CALLFLOW_STORAGE_URL and CALLFLOW_STORAGE_ENDPOINT (shared
+# storage for plugins and recordings, passed to every node; without it each node keeps its own).
+# Root credentials come from CALLFLOW_ROOT_ACCOUNT_SID and
 # CALLFLOW_ROOT_AUTH_TOKEN when set, else the first node prints the ones it generated.
 #
 # Needs Debian's postgresql and kamailio (apt-get install postgresql kamailio).

@@ -48,14 +48,16 @@ DEAD_AFTER_MS = 2_000
 
 @pytest.fixture
 def cluster(callflow_factory):
-    """`cluster(config_toml, names)`: nodes of one fresh PostgreSQL database, started in order."""
+    """`cluster(config_toml, names, env)`: nodes of one fresh PostgreSQL database, started in
+    order, each with `env` besides."""
 
-    def make(config_toml: str, names=("a", "b")):
+    def make(config_toml: str, names=("a", "b"), env=None):
         database = postgres_database()
         nodes = []
         for name in names:
             node = callflow_factory(
-                start=False, env={"CALLFLOW_DATABASE_URL": database, "CALLFLOW_NODE": name}
+                start=False,
+                env={"CALLFLOW_DATABASE_URL": database, "CALLFLOW_NODE": name} | (env or {}),
             )
             node.config_toml = config_toml + f"\n[cluster]\ndead_after_ms = {DEAD_AFTER_MS}\n"
             nodes.append(node.start())

@@ -20,7 +20,6 @@ mod plugins;
 mod recordings;
 mod render;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use callflow_engine::Engine;
+use callflow_engine::blobs::Blobs;
 use callflow_runtime::Runtime;
 use callflow_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -110,8 +110,8 @@ pub struct ApiParts {
     pub store: Store,
     pub engine: Engine,
     pub runtime: Arc<Runtime>,
-    /// Recordings and plugin bytes live under it.
-    pub data_dir: PathBuf,
+    /// Recordings and plugin bytes.
+    pub blobs: Blobs,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -124,7 +124,7 @@ struct Inner {
     engine: Engine,
     runtime: Arc<Runtime>,
     config: ApiConfig,
-    data_dir: PathBuf,
+    blobs: Blobs,
     metrics: Option<PrometheusHandle>,
     limiter: limit::Limiter,
 }
@@ -135,7 +135,7 @@ impl ApiState {
             store,
             engine,
             runtime,
-            data_dir,
+            blobs,
             metrics,
         } = parts;
         ApiState(Arc::new(Inner {
@@ -143,7 +143,7 @@ impl ApiState {
             engine,
             runtime,
             config,
-            data_dir,
+            blobs,
             metrics,
             limiter: limit::Limiter::default(),
         }))
@@ -165,8 +165,8 @@ impl ApiState {
         &self.0.config
     }
 
-    pub(crate) fn data_dir(&self) -> &Path {
-        &self.0.data_dir
+    pub(crate) fn blobs(&self) -> &Blobs {
+        &self.0.blobs
     }
 
     pub(crate) fn limiter(&self) -> &limit::Limiter {

@@ -2,7 +2,6 @@
 //! and compiled by the runtime before they are stored) and choosing which plugin serves each world
 //! for the account, one of its numbers, or one of its callouts.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
@@ -167,29 +166,24 @@ fn load_error(e: LoadError) -> ApiError {
     }
 }
 
-/// Where a version's bytes live: `<data>/plugins/<sha256>.wasm`, shared by every account that
-/// uploaded the same bytes.
-pub fn plugin_path(state: &ApiState, sha256: &str) -> PathBuf {
-    state
-        .data_dir()
-        .join("plugins")
-        .join(format!("{sha256}.wasm"))
+/// Where a version's bytes live in the shared storage (`callflow_engine::blobs`):
+/// `plugins/<sha256>.wasm`, shared by every account that uploaded the same bytes.
+pub fn plugin_key(sha256: &str) -> String {
+    format!("plugins/{sha256}.wasm")
 }
 
 async fn store_bytes(state: &ApiState, sha256: &str, wasm: &[u8]) -> ApiResult<()> {
-    let path = plugin_path(state, sha256);
-    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        return Ok(());
-    }
+    let key = plugin_key(sha256);
+    let blobs = state.blobs();
     let write = async {
-        tokio::fs::create_dir_all(path.parent().unwrap_or(&path)).await?;
-        let tmp = path.with_extension("wasm.tmp");
-        tokio::fs::write(&tmp, wasm).await?;
-        tokio::fs::rename(&tmp, &path).await
+        if !blobs.exists(&key).await? {
+            blobs.put(&key, wasm.to_vec()).await?;
+        }
+        Ok::<(), callflow_engine::blobs::BlobError>(())
     };
     write.await.map_err(|e| {
-        tracing::error!(error = %e, path = %path.display(), "cannot store plugin bytes");
-        ApiError::internal()
+        tracing::error!(error = %e, %key, "cannot store plugin bytes");
+        ApiError::unavailable("the plugin could not be stored; try again in a moment")
     })
 }
 
@@ -227,8 +221,9 @@ pub async fn delete(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<
     let (account, sid) = (&scoped.account, scoped.sid("sid"));
     match state.store().delete_plugin(&account.sid, sid).await {
         Ok((version, still_used)) => {
-            if !still_used {
-                let _ = tokio::fs::remove_file(plugin_path(&state, &version.sha256)).await;
+            if !still_used && let Err(e) = state.blobs().delete(&plugin_key(&version.sha256)).await
+            {
+                tracing::warn!(error = %e, plugin = %version.sid, "could not remove plugin bytes");
             }
             Ok(StatusCode::NO_CONTENT)
         }
@@ -481,12 +476,19 @@ pub async fn invoke(
         ));
     }
     let plugin_state = params.get("State").unwrap_or("").as_bytes().to_vec();
-    let wasm = tokio::fs::read(plugin_path(&state, &version.sha256))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, plugin = %version.sid, "plugin bytes missing");
-            ApiError::internal()
-        })?;
+    let wasm = match state.blobs().get(&plugin_key(&version.sha256)).await {
+        Ok(Some(bytes)) => bytes.to_vec(),
+        Ok(None) => {
+            tracing::error!(plugin = %version.sid, "plugin bytes missing");
+            return Err(ApiError::internal());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, plugin = %version.sid, "plugin bytes cannot be read");
+            return Err(ApiError::unavailable(
+                "the plugin's bytes cannot be read; try again in a moment",
+            ));
+        }
+    };
     let (plugin, _) = load(&state, wasm).await?;
     let now = now_ms();
     let ctx = CallContext {

@@ -2,8 +2,6 @@
 //! bare SID → WAV), delete. Media may be fetched without credentials when the operator allows it
 //! (Twilio's default); credentials that are sent must be right.
 
-use std::path::{Component, Path as FsPath};
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -136,10 +134,8 @@ pub async fn delete(State(state): State<ApiState>, scoped: Scoped) -> ApiResult<
         Err(StoreError::NotFound) => return Err(not_found(sid)),
         Err(e) => return Err(e.into()),
     };
-    for rel in [&rec.wav_path, &rec.mp3_path].into_iter().flatten() {
-        if let Some(path) = media_path(state.data_dir(), rel)
-            && let Err(e) = tokio::fs::remove_file(&path).await
-        {
+    for key in [&rec.wav_path, &rec.mp3_path].into_iter().flatten() {
+        if let Err(e) = state.blobs().delete(key).await {
             tracing::warn!(recording = %rec.sid, error = %e, "could not remove recording media");
         }
     }
@@ -152,32 +148,25 @@ async fn media(
     rel: Option<&str>,
     content_type: &'static str,
 ) -> ApiResult<Response> {
-    let path = rel
-        .and_then(|r| media_path(state.data_dir(), r))
-        .ok_or_else(|| not_found(&rec.sid))?;
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(recording = %rec.sid, error = %e, "recording media missing");
+    let key = rel.ok_or_else(|| not_found(&rec.sid))?;
+    let (len, stream) = match state.blobs().stream(key).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            tracing::warn!(recording = %rec.sid, %key, "recording media missing");
             return Err(not_found(&rec.sid));
         }
+        Err(e) => {
+            tracing::warn!(recording = %rec.sid, error = %e, "recording media cannot be read");
+            return Err(ApiError::unavailable(
+                "the recording cannot be read just now; try again in a moment",
+            ));
+        }
     };
-    let len = file.metadata().await.map(|m| m.len()).ok();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let body = Body::from_stream(stream);
     let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response();
-    if let Some(len) = len {
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, len.into());
-    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, len.into());
     Ok(resp)
-}
-
-/// The media file for a stored relative name, refusing anything that would leave the data directory.
-fn media_path(data_dir: &FsPath, rel: &str) -> Option<std::path::PathBuf> {
-    let rel = FsPath::new(rel);
-    rel.components()
-        .all(|c| matches!(c, Component::Normal(_)))
-        .then(|| data_dir.join(rel))
 }
 
 fn not_found(sid: &str) -> ApiError {
@@ -194,12 +183,5 @@ mod tests {
         assert_eq!(split_format("RE1.mp3"), ("RE1", Format::Mp3));
         assert_eq!(split_format("RE1.wav"), ("RE1", Format::Wav));
         assert_eq!(split_format("RE1"), ("RE1", Format::Wav));
-        let d = FsPath::new("/data");
-        assert_eq!(
-            media_path(d, "recordings/a.wav"),
-            Some("/data/recordings/a.wav".into())
-        );
-        assert_eq!(media_path(d, "../etc/passwd"), None);
-        assert_eq!(media_path(d, "/etc/passwd"), None);
     }
 }

@@ -5,6 +5,7 @@
 //! the token buckets rate limits are built on (`rate`), and `prompts` (`<Play>` audio and
 //! `<Say>` speech in the shared audio cache).
 
+pub mod blobs;
 pub mod callouts;
 mod calls;
 pub mod clock;

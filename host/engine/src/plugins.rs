@@ -6,13 +6,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use callflow_runtime::flow::{HttpMethod, LogLevel, LogLine};
 use callflow_runtime::{InvokeError, Limits, Plugin, Runtime, World, builtin};
 use callflow_store::{Call, CallLogEntry, LogSource, Pin, Pins, Store};
 
+use crate::blobs::Blobs;
 use crate::clock::now_ms;
 
 /// The flow plugin a call runs when its account bound none.
@@ -113,8 +113,8 @@ pub struct PluginHost {
 struct Inner {
     runtime: Arc<Runtime>,
     store: Store,
-    /// Uploaded plugins are `<data_dir>/plugins/<sha256>.wasm`.
-    data_dir: PathBuf,
+    /// Uploaded plugins are `plugins/<sha256>.wasm` there.
+    blobs: Blobs,
     limits: Limits,
     /// Loaded plugins by digest (built-ins by `builtin:<name>`).
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
@@ -132,12 +132,12 @@ impl std::fmt::Debug for PluginHost {
 
 impl PluginHost {
     /// A host running plugins on `runtime` with `limits` (a binding may set its own deadline).
-    pub fn new(runtime: Arc<Runtime>, store: Store, data_dir: PathBuf, limits: Limits) -> Self {
+    pub fn new(runtime: Arc<Runtime>, store: Store, blobs: Blobs, limits: Limits) -> Self {
         PluginHost {
             inner: Arc::new(Inner {
                 runtime,
                 store,
-                data_dir,
+                blobs,
                 limits,
                 loaded: Mutex::new(HashMap::new()),
                 loading: tokio::sync::Mutex::new(()),
@@ -170,16 +170,14 @@ impl PluginHost {
             Some(name) => builtin::get(name)
                 .ok_or_else(|| format!("no built-in plugin {name}"))?
                 .to_vec(),
-            None => {
-                let path = self
-                    .inner
-                    .data_dir
-                    .join("plugins")
-                    .join(format!("{key}.wasm"));
-                tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| format!("reading plugin {}: {e}", pin.plugin))?
-            }
+            None => self
+                .inner
+                .blobs
+                .get(&format!("plugins/{key}.wasm"))
+                .await
+                .map_err(|e| format!("reading plugin {}: {e}", pin.plugin))?
+                .ok_or_else(|| format!("plugin {} is not in storage", pin.plugin))?
+                .to_vec(),
         };
         let runtime = self.inner.runtime.clone();
         let plugin = tokio::task::spawn_blocking(move || runtime.load(&wasm))

@@ -4,7 +4,6 @@
 //! every part gets what it needs when it is built. [`Running::shutdown`] stops them in order.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use callflow_store::Store;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::blobs::Blobs;
 use crate::callouts::Scheduler;
 use crate::cluster::{Member, NodeConfig};
 use crate::flow::{FlowConfig, FlowRunner};
@@ -35,7 +35,7 @@ pub struct EngineParts {
     /// The API's public base URL (RecordingUrl is built on it).
     pub public_url: String,
     /// Uploaded plugins are under `plugins/`, recordings go under `recordings/`.
-    pub data_dir: PathBuf,
+    pub blobs: Blobs,
     /// Every plugin invocation's limits (a binding may set its own deadline).
     pub plugin_limits: Limits,
     /// SIP and media, when calls are placed and received.
@@ -84,7 +84,7 @@ impl Engine {
             outbox,
             prompts,
             public_url,
-            data_dir,
+            blobs,
             plugin_limits,
             sip,
             node,
@@ -93,7 +93,7 @@ impl Engine {
         // first: the name is this process's (on PostgreSQL, no other live process has it), so
         // what it held before is this node's previous run's to end and free
         let member = Member::join(store.clone(), node).await?;
-        let plugins = PluginHost::new(runtime, store.clone(), data_dir.clone(), plugin_limits);
+        let plugins = PluginHost::new(runtime, store.clone(), blobs.clone(), plugin_limits);
         let outbox = OutboxConfig {
             node: member.name().into(),
             ..outbox
@@ -107,10 +107,7 @@ impl Engine {
             engine.clone(),
             prompts,
             webhooks,
-            FlowConfig {
-                public_url,
-                data_dir,
-            },
+            FlowConfig { public_url, blobs },
         );
         let mut tasks = Vec::new();
         let mut telephony = None;

@@ -1,8 +1,9 @@
-//! Recording files: 8 kHz mono PCM to WAV (16-bit) or MP3, each written atomically (a temporary
-//! file in the same directory, synced, then renamed), so a reader never sees half a file.
+//! Recording files: 8 kHz mono PCM to WAV (16-bit) or MP3 bytes, or files written atomically
+//! (a temporary file in the same directory, synced, then renamed), so a reader never sees half a
+//! file.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,6 +34,15 @@ pub enum FileError {
 
 /// Writes `pcm` (8 kHz mono) to `path` as a 16-bit PCM WAV file, replacing any file there.
 pub fn write_wav(path: &Path, pcm: &[i16]) -> io::Result<()> {
+    let wav = wav_bytes(pcm)?;
+    write_atomically(path, |file| {
+        use std::io::Write;
+        file.write_all(&wav)
+    })
+}
+
+/// `pcm` (8 kHz mono) as the bytes of a 16-bit PCM WAV file.
+pub fn wav_bytes(pcm: &[i16]) -> io::Result<Vec<u8>> {
     if pcm.len() > MAX_WAV_SAMPLES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -45,28 +55,28 @@ pub fn write_wav(path: &Path, pcm: &[i16]) -> io::Result<()> {
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    write_atomically(path, |file| {
-        let mut wav = hound::WavWriter::new(BufWriter::new(file), spec).map_err(hound_to_io)?;
-        for &s in pcm {
-            wav.write_sample(s).map_err(hound_to_io)?;
-        }
-        // Writes the lengths into the header and flushes the buffer.
-        wav.finalize().map_err(hound_to_io)
-    })
+    let mut out = io::Cursor::new(Vec::with_capacity(44 + pcm.len() * 2));
+    let mut wav = hound::WavWriter::new(&mut out, spec).map_err(hound_to_io)?;
+    for &s in pcm {
+        wav.write_sample(s).map_err(hound_to_io)?;
+    }
+    // Writes the lengths into the header.
+    wav.finalize().map_err(hound_to_io)?;
+    Ok(out.into_inner())
 }
 
-/// Writes `pcm` (8 kHz mono) to `path` as an MP3 file (MPEG-2.5 layer III, 32 kbit/s CBR, with
-/// a LAME tag giving the encoder delay and padding, so decoders can restore the exact length),
-/// replacing any file there.
+/// Writes `pcm` (8 kHz mono) to `path` as an MP3 file ([`mp3_bytes`]), replacing any file there.
 pub fn write_mp3(path: &Path, pcm: &[i16]) -> Result<(), FileError> {
-    let mp3 = encode_mp3(pcm)?;
+    let mp3 = mp3_bytes(pcm)?;
     write_atomically(path, |file| {
         use std::io::Write;
         file.write_all(&mp3).map_err(FileError::from)
     })
 }
 
-fn encode_mp3(pcm: &[i16]) -> Result<Vec<u8>, FileError> {
+/// `pcm` (8 kHz mono) as the bytes of an MP3 file (MPEG-2.5 layer III, 32 kbit/s CBR, with a
+/// LAME tag giving the encoder delay and padding, so decoders can restore the exact length).
+pub fn mp3_bytes(pcm: &[i16]) -> Result<Vec<u8>, FileError> {
     let setup = |e: mp3lame_encoder::BuildError| FileError::Mp3Setup(e.to_string());
     let mut builder =
         Builder::new().ok_or_else(|| FileError::Mp3Setup("LAME could not allocate".into()))?;

@@ -28,8 +28,38 @@ pub struct Config {
     pub metrics: MetricsSettings,
     pub plugins: PluginSettings,
     pub cluster: ClusterSettings,
+    pub storage: StorageSettings,
     /// SIP trunks (`[[trunks]]`); validated at load, passwords redacted when printed.
     pub trunks: Vec<TrunkSpec>,
+}
+
+/// Where uploaded plugins and recordings are kept: the data folder, or S3-compatible object
+/// storage that several nodes share (see docs/scaling.md). Credentials may also come from the
+/// usual `AWS_*` environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `s3://bucket` or `s3://bucket/prefix`; unset: the data folder.
+    pub url: Option<String>,
+    /// An S3-compatible server's address (MinIO, Ceph, …), e.g. `http://10.0.0.5:9000`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    /// Printed as `***`.
+    pub secret_access_key: Option<Secret>,
+}
+
+impl StorageSettings {
+    /// The engine's view of these settings.
+    pub fn engine(&self) -> callflow_engine::blobs::StorageConfig {
+        callflow_engine::blobs::StorageConfig {
+            url: self.url.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.as_ref().map(|s| s.0.clone()),
+        }
+    }
 }
 
 /// This node among several sharing one PostgreSQL database (see docs/scaling.md).
@@ -248,6 +278,7 @@ impl Default for Config {
             metrics: MetricsSettings::default(),
             plugins: PluginSettings::default(),
             cluster: ClusterSettings::default(),
+            storage: StorageSettings::default(),
             trunks: Vec::new(),
         }
     }
@@ -324,6 +355,12 @@ pub struct Overrides {
     /// This node's name among the nodes sharing a database (`cluster.node`).
     #[arg(long = "node", env = "CALLFLOW_NODE")]
     pub node: Option<String>,
+    /// Where plugins and recordings are kept (`storage.url`: `s3://bucket/prefix`).
+    #[arg(long = "storage-url", env = "CALLFLOW_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// An S3-compatible server's address (`storage.endpoint`).
+    #[arg(long = "storage-endpoint", env = "CALLFLOW_STORAGE_ENDPOINT")]
+    pub storage_endpoint: Option<String>,
     /// `metrics.token` from `CALLFLOW_METRICS_TOKEN`: environment only, no flag (flags show up
     /// in `ps`), so clap skips it and reads the variable itself.
     #[arg(skip = std::env::var("CALLFLOW_METRICS_TOKEN").ok().map(Secret))]
@@ -376,6 +413,12 @@ impl Config {
         if o.node.is_some() {
             self.cluster.node = o.node.clone();
         }
+        if o.storage_url.is_some() {
+            self.storage.url = o.storage_url.clone();
+        }
+        if o.storage_endpoint.is_some() {
+            self.storage.endpoint = o.storage_endpoint.clone();
+        }
         if o.metrics_token.is_some() {
             self.metrics.token = o.metrics_token.clone();
         }
@@ -425,6 +468,19 @@ impl Config {
         {
             bail!("cluster.node {node:?}: 1 to 64 letters, digits, '-', '_' or '.'");
         }
+        if let Some(url) = &self.storage.url
+            && !url.starts_with("s3://")
+        {
+            bail!(
+                "storage.url {url:?}: s3://bucket or s3://bucket/prefix (unset: the data folder)"
+            );
+        }
+        if let Some(endpoint) = &self.storage.endpoint
+            && !endpoint.starts_with("http://")
+            && !endpoint.starts_with("https://")
+        {
+            bail!("storage.endpoint {endpoint:?}: an http:// or https:// address");
+        }
         if self.cluster.dead_after_ms < 2_000 {
             bail!("cluster.dead_after_ms must be at least 2000 (nodes beat every second)");
         }
@@ -446,6 +502,14 @@ impl Config {
                 token: self.metrics.token.as_ref().map(|_| Secret(REDACTED.into())),
             },
             database_url: self.database_url.as_deref().map(redact_url_password),
+            storage: StorageSettings {
+                secret_access_key: self
+                    .storage
+                    .secret_access_key
+                    .as_ref()
+                    .map(|_| Secret(REDACTED.into())),
+                ..self.storage.clone()
+            },
             ..self.clone()
         }
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
+use callflow_engine::blobs::Blobs;
 use callflow_engine::clock::now_ms;
 use callflow_engine::cluster::NodeConfig;
 use callflow_engine::prompts::PromptsConfig;
@@ -60,6 +61,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .context("starting the plugin runtime")?,
     );
+    let blobs = Blobs::open(&config.storage.engine(), &config.data_dir)
+        .with_context(|| "opening the storage for plugins and recordings")?;
+    tracing::info!(storage = %blobs.place(), "plugins and recordings are kept here");
     let sip = start_sip(&config).await?;
     let sip_handle = sip.sip.clone();
     let running = Engine::start(EngineParts {
@@ -78,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..OutboxConfig::default()
         },
         public_url: config.public_url(),
-        data_dir: config.data_dir.clone(),
+        blobs: blobs.clone(),
         plugin_limits: Limits::default(),
         sip: Some(sip),
         node: NodeConfig {
@@ -129,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         engine: engine.clone(),
         runtime,
-        data_dir: config.data_dir.clone(),
+        blobs,
         metrics: Some(metrics),
     };
     let state = ApiState::new(parts, api);

@@ -81,7 +81,7 @@ impl TestApi {
             store: store.clone(),
             engine,
             runtime: runtime(),
-            data_dir: dir.path().to_owned(),
+            blobs: callflow_engine::blobs::Blobs::folder(dir.path()).unwrap(),
             metrics,
         };
         let state = ApiState::new(parts, config);

@@ -9,7 +9,6 @@
 //! "an application error has occurred", then the hangup.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use callflow_media::amd::AmdConfig;
@@ -48,8 +47,8 @@ const MAX_LOOPS: u32 = 1_000;
 pub struct FlowConfig {
     /// The API's public base URL (RecordingUrl is built on it).
     pub public_url: String,
-    /// The data directory: recordings go under `recordings/`.
-    pub data_dir: PathBuf,
+    /// Recordings go under `recordings/`.
+    pub blobs: crate::blobs::Blobs,
 }
 
 /// Runs flows; [`FlowRunner::flow`] is what telephony calls for each answered call.

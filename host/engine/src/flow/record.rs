@@ -71,23 +71,29 @@ impl FlowRunner {
         notify: Vec<callflow_store::NewDelivery>,
     ) -> Result<(String, String), String> {
         let sid = Sid::generate(SidKind::Recording).as_str().to_owned();
-        let dir = self.inner.config.data_dir.join("recordings");
         let (wav, mp3) = (
             format!("recordings/{sid}.wav"),
             format!("recordings/{sid}.mp3"),
         );
-        let (wav_path, mp3_path) = (
-            dir.join(format!("{sid}.wav")),
-            dir.join(format!("{sid}.mp3")),
-        );
         let pcm = pcm.to_vec();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            callflow_media::files::write_wav(&wav_path, &pcm).map_err(|e| e.to_string())?;
-            callflow_media::files::write_mp3(&mp3_path, &pcm).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let (wav_bytes, mp3_bytes) =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>), String> {
+                Ok((
+                    callflow_media::files::wav_bytes(&pcm).map_err(|e| e.to_string())?,
+                    callflow_media::files::mp3_bytes(&pcm).map_err(|e| e.to_string())?,
+                ))
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        let blobs = &self.inner.config.blobs;
+        blobs
+            .put(&wav, wav_bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        blobs
+            .put(&mp3, mp3_bytes)
+            .await
+            .map_err(|e| e.to_string())?;
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Recordings/{sid}",
             self.inner.config.public_url.trim_end_matches('/'),
