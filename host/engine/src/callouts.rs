@@ -277,9 +277,14 @@ impl Scheduler {
                 continue;
             };
             match self.decide(c, p, now).await? {
-                Verdict::Settled(settlement) => {
+                Verdict::Settled(settlement, attempt) => {
+                    // applied once, by whichever node got there first; only that one logs it
                     if store.settle_participant(&p.sid, &settlement, now).await? {
                         decided += 1;
+                        if let Some(call) = attempt {
+                            let entry = CallLogEntry::RetryDecision(settlement);
+                            store.append_call_event(&call, now, &entry).await?;
+                        }
                     }
                 }
                 Verdict::Later(at) => {
@@ -301,23 +306,32 @@ impl Scheduler {
     async fn decide(&self, c: &Callout, p: &Participant, now: i64) -> Result<Verdict, StoreError> {
         let calls = self.store().participant_calls(&p.sid).await?;
         let Some(last) = calls.last() else {
-            return Ok(Verdict::Settled(Settlement::Done {
-                outcome: "errored".into(),
-                reason: "no attempt was recorded".into(),
-            }));
+            return Ok(Verdict::Settled(
+                Settlement::Done {
+                    outcome: "errored".into(),
+                    reason: "no attempt was recorded".into(),
+                },
+                None,
+            ));
         };
         let status = last.status().as_str().to_owned();
         if c.status() == CalloutStatus::Stopped {
-            return Ok(Verdict::Settled(Settlement::Done {
-                outcome: status,
-                reason: "the callout was stopped".into(),
-            }));
+            return Ok(Verdict::Settled(
+                Settlement::Done {
+                    outcome: status,
+                    reason: "the callout was stopped".into(),
+                },
+                Some(last.sid.clone()),
+            ));
         }
         if calls.len() >= MAX_ATTEMPTS {
-            return Ok(Verdict::Settled(Settlement::Done {
-                outcome: status,
-                reason: format!("the host's limit of {MAX_ATTEMPTS} attempts"),
-            }));
+            return Ok(Verdict::Settled(
+                Settlement::Done {
+                    outcome: status,
+                    reason: format!("the host's limit of {MAX_ATTEMPTS} attempts"),
+                },
+                Some(last.sid.clone()),
+            ));
         }
         let settlement = match self.ask_policy(c, p, &calls, now).await {
             Ok(Decision::RetryAt(at)) => Settlement::Retry { at: at.max(now) },
@@ -345,11 +359,7 @@ impl Scheduler {
                 }
             }
         };
-        let entry = CallLogEntry::RetryDecision(settlement.clone());
-        self.store()
-            .append_call_event(&last.sid, now, &entry)
-            .await?;
-        Ok(Verdict::Settled(settlement))
+        Ok(Verdict::Settled(settlement, Some(last.sid.clone())))
     }
 
     /// Runs the participant's retry policy: the retry-policy plugin pinned on the attempt (the
@@ -395,7 +405,8 @@ impl Scheduler {
 /// What [`Scheduler::decide`] concluded about a settling participant.
 #[derive(Debug)]
 enum Verdict {
-    Settled(Settlement),
+    /// Decided, for the attempt (call) it follows, if there was one.
+    Settled(Settlement, Option<String>),
     /// The policy could not run just now: ask again at this time.
     Later(i64),
 }
