@@ -517,7 +517,8 @@ def test_a_broken_webhook_ends_in_the_application_error_and_a_clean_hangup(
     callflow = start_callflow(free_port(udp_too=True))
     client = callflow.client()
     if broken == "refused":
-        url = f"http://127.0.0.1:{free_port()}/voice"  # nothing listens there
+        # nothing listens there; the URL's credentials must not reach the server log
+        url = f"http://ann:s3cret@127.0.0.1:{free_port()}/voice"
     else:
         app.status = 500
         url = app.url("/voice")
@@ -545,6 +546,14 @@ def test_a_broken_webhook_ends_in_the_application_error_and_a_clean_hangup(
     assert said and "application error" in said[-1]["Say"]["text"], log
     commands = [e["detail"] for e in log if e["kind"] == "flow.command"]
     assert commands[-1] == "Hangup", commands
+    # the operator hears of it: a warning with the call, and a count by Twilio's code (11200:
+    # the document could not be had)
+    text = callflow.log_text()
+    warning = next((l for l in text.splitlines() if "application error" in l and call.sid in l), None)
+    assert warning and "kind=11200" in warning, text[-3000:]
+    assert "s3cret" not in text, warning
+    metrics = requests.get(f"{callflow.base_url}/metrics", timeout=10).text
+    assert 'callflow_application_errors_total{kind="11200"} 1' in metrics, metrics
 
 
 def test_machine_detection_sets_answered_by_before_the_first_fetch(start_callflow, far_end, app):

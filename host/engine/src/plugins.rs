@@ -229,6 +229,20 @@ impl PluginHost {
         let mut out = invoke(self.inner.runtime.clone(), plugin, limits).await?;
         if let Some(call) = call {
             for line in out.take_logs() {
+                if log_as == LogSource::Flow
+                    && line.level == LogLevel::Error
+                    && let Some(rest) = line.message.strip_prefix("application error")
+                {
+                    // the flow gave up on the call (`plugins/twiml`: "application error 11200:
+                    // …"): the operator hears of it too
+                    let code = rest.trim_start().split(':').next().unwrap_or("");
+                    let kind = if code.len() == 5 && code.bytes().all(|b| b.is_ascii_digit()) {
+                        code
+                    } else {
+                        "other"
+                    };
+                    report_application_error(call, kind, &line.message);
+                }
                 let entry = CallLogEntry::log(log_as, level(line.level), line.message);
                 self.inner.store.log_call_event(call, now_ms(), &entry);
             }
@@ -308,6 +322,40 @@ impl PluginHost {
     }
 }
 
+/// Tells the operator that a call met an application error (a document that could not be
+/// fetched or read, a flow plugin that failed): a warning in the server log with the call and
+/// why (any credentials in a URL replaced by `***`), and `callflow_application_errors_total` by
+/// `kind` (Twilio's error code, or `plugin` / `host` for the host's own reasons).
+pub(crate) fn report_application_error(call: &str, kind: &str, why: &str) {
+    let why = redact_userinfo(why);
+    tracing::warn!(call = %call, kind = %kind, why = %why, "application error");
+    metrics::counter!("callflow_application_errors_total", "kind" => kind.to_owned()).increment(1);
+}
+
+/// `text` with the user and password of every URL in it (`scheme://user:password@host`)
+/// replaced by `***`.
+pub(crate) fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // the authority ends at the first of / ? # or whitespace; userinfo is before its last @
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"')
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A plugin log line's level in the call's log.
 fn level(l: LogLevel) -> callflow_store::LogLevel {
     match l {
@@ -326,5 +374,26 @@ pub(crate) fn method_name(m: HttpMethod) -> &'static str {
         HttpMethod::Put => "PUT",
         HttpMethod::Patch => "PATCH",
         HttpMethod::Delete => "DELETE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_never_reach_the_log() {
+        assert_eq!(
+            redact_userinfo("https://ann:s3cret@example.com/voice?x=1 answered HTTP 401"),
+            "https://***@example.com/voice?x=1 answered HTTP 401"
+        );
+        assert_eq!(
+            redact_userinfo(
+                "from http://a:b@h/x to \"ftp://u@h2\" and mailto:me@x, http://plain/a@b"
+            ),
+            "from http://***@h/x to \"ftp://***@h2\" and mailto:me@x, http://plain/a@b"
+        );
+        assert_eq!(redact_userinfo("no url here"), "no url here");
+        assert_eq!(redact_userinfo("http://p:q@"), "http://***@");
     }
 }

@@ -188,7 +188,10 @@ impl Step<'_> {
             return self.load(&document, None);
         }
         let Some(url) = self.ctx.url.clone() else {
-            return self.application_error("the call has neither a URL nor a document".into());
+            return self.application_error(
+                "the call has neither a URL nor a document".into(),
+                error_code::HTTP_RETRIEVAL,
+            );
         };
         let method = self.method_of(self.ctx.method);
         let params = self.params(&self.ctx.status);
@@ -372,12 +375,13 @@ impl Step<'_> {
             let method = self.method_of(self.ctx.fallback_method);
             return self.fetch(fallback, method, params, true);
         }
-        self.application_error(why)
+        self.application_error(why, code)
     }
 
-    /// Twilio's answer to instructions that cannot be run: an apology, then hang up.
-    fn application_error(&mut self, why: String) {
-        self.log(LogLevel::Error, format!("application error: {why}"));
+    /// Twilio's answer to instructions that cannot be run: an apology, then hang up. The log
+    /// line names Twilio's error code (the host counts application errors by it).
+    fn application_error(&mut self, why: String, code: &str) {
+        self.log(LogLevel::Error, format!("application error {code}: {why}"));
         self.out.say(APPLICATION_ERROR).hangup();
         self.state.doc = None;
         self.state.wait = Wait::Done;
@@ -689,7 +693,10 @@ impl Step<'_> {
                 let params = self.params(&self.ctx.status);
                 self.fetch(url, method, params, false);
             }
-            Err(why) => self.application_error(format!("redirected to {url:?}: {why}")),
+            Err(why) => self.application_error(
+                format!("redirected to {url:?}: {why}"),
+                error_code::HTTP_RETRIEVAL,
+            ),
         }
     }
 }

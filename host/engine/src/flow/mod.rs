@@ -210,7 +210,11 @@ impl FlowRunner {
         let pin = pin_of(&s.call);
         match self.inner.store.account(&s.call.account_sid).await {
             Ok(Some(a)) => s.token = a.auth_token,
-            _ => return s.application_error("the call's account is gone").await,
+            _ => {
+                return s
+                    .application_error("host", "the call's account is gone")
+                    .await;
+            }
         }
         // Enable and DetectMessageEnd both wait for the verdict before the flow starts
         if s.call.instructions.machine_detection.is_some() && !s.detect().await {
@@ -313,13 +317,13 @@ impl Session {
         while let Some(event) = queue.pop_front() {
             delivered += 1;
             if delivered > MAX_EVENTS {
-                return self.application_error("too many flow events").await;
+                return self.application_error("host", "too many flow events").await;
             }
             let commands = match self.deliver(pin, &start, event).await {
                 Ok(c) => c,
                 Err(e) => {
                     return self
-                        .application_error(&format!("the flow plugin failed: {e}"))
+                        .application_error("plugin", &format!("the flow plugin failed: {e}"))
                         .await;
                 }
             };
@@ -423,8 +427,8 @@ impl Session {
     }
 
     /// Says Twilio's application-error words, logs why, and returns (the call is hung up).
-    async fn application_error(&mut self, why: &str) {
-        tracing::warn!(call = %self.call.sid, why, "application error");
+    async fn application_error(&mut self, kind: &str, why: &str) {
+        crate::plugins::report_application_error(&self.call.sid, kind, why);
         self.log(CallLogEntry::FlowError(FlowFailure::Application {
             error: why.to_owned(),
         }))

@@ -881,7 +881,7 @@ fn the_fallback_url_is_tried_once_with_the_error() {
             > fetch failed: timed out
               say "We are sorry, an application error has occurred. Goodbye."
               hangup
-              [error] application error: the request failed: timed out
+              [error] application error 11200: the request failed: timed out
         "#]],
     );
     // an action that fails falls back as well, with the action's parameters
@@ -926,20 +926,20 @@ fn what_is_not_twiml_is_an_application_error() {
             > fetched 400 application/json (28 bytes)
               say "We are sorry, an application error has occurred. Goodbye."
               hangup
-              [error] application error: https://example.com/voice?call=1 answered HTTP 400
+              [error] application error 11200: https://example.com/voice?call=1 answered HTTP 400
         "#]],
     );
     check(
         with_url,
         vec![start(), failed("egress policy refuses 10.0.0.1")],
         expect![[r#"
-        > start
-          fetch POST https://example.com/voice?call=1
-        > fetch failed: egress policy refuses 10.0.0.1
-          say "We are sorry, an application error has occurred. Goodbye."
-          hangup
-          [error] application error: the request failed: egress policy refuses 10.0.0.1
-    "#]],
+            > start
+              fetch POST https://example.com/voice?call=1
+            > fetch failed: egress policy refuses 10.0.0.1
+              say "We are sorry, an application error has occurred. Goodbye."
+              hangup
+              [error] application error 11200: the request failed: egress policy refuses 10.0.0.1
+        "#]],
     );
     check(
         with_url,
@@ -953,32 +953,32 @@ fn what_is_not_twiml_is_an_application_error() {
             > fetched 200 application/json (12 bytes)
               say "We are sorry, an application error has occurred. Goodbye."
               hangup
-              [error] application error: https://example.com/voice?call=1 did not answer TwiML (application/json, body "{\"ok\": true}")
+              [error] application error 12300: https://example.com/voice?call=1 did not answer TwiML (application/json, body "{\"ok\": true}")
         "#]],
     );
     check(
         with_url,
         vec![start(), reply_with(204, None, "")],
         expect![[r#"
-        > start
-          fetch POST https://example.com/voice?call=1
-        > fetched 204 (no content type) (0 bytes)
-          say "We are sorry, an application error has occurred. Goodbye."
-          hangup
-          [error] application error: https://example.com/voice?call=1 did not answer TwiML (no content type, body "")
-    "#]],
+            > start
+              fetch POST https://example.com/voice?call=1
+            > fetched 204 (no content type) (0 bytes)
+              say "We are sorry, an application error has occurred. Goodbye."
+              hangup
+              [error] application error 12300: https://example.com/voice?call=1 did not answer TwiML (no content type, body "")
+        "#]],
     );
     check_doc(
         "<Reply><Say>Hi</Say></Reply>",
         vec![],
         expect![[r#"
-        > start
-          fetch POST https://example.com/voice?call=1
-        > fetched 200 text/xml; charset=utf-8 (28 bytes)
-          say "We are sorry, an application error has occurred. Goodbye."
-          hangup
-          [error] application error: https://example.com/voice?call=1: the root element is <Reply>, not <Response>
-    "#]],
+            > start
+              fetch POST https://example.com/voice?call=1
+            > fetched 200 text/xml; charset=utf-8 (28 bytes)
+              say "We are sorry, an application error has occurred. Goodbye."
+              hangup
+              [error] application error 12100: https://example.com/voice?call=1: the root element is <Reply>, not <Response>
+        "#]],
     );
     check_doc(
         "<Response><Say>Hi</Say><Response>",
@@ -989,18 +989,18 @@ fn what_is_not_twiml_is_an_application_error() {
             > fetched 200 text/xml; charset=utf-8 (33 bytes)
               say "We are sorry, an application error has occurred. Goodbye."
               hangup
-              [error] application error: https://example.com/voice?call=1: the document is not well-formed XML: the root node was opened but never closed
+              [error] application error 12100: https://example.com/voice?call=1: the document is not well-formed XML: the root node was opened but never closed
         "#]],
     );
     check(
         |ctx| ctx.url = None,
         vec![start()],
         expect![[r#"
-        > start
-          say "We are sorry, an application error has occurred. Goodbye."
-          hangup
-          [error] application error: the call has neither a URL nor a document
-    "#]],
+            > start
+              say "We are sorry, an application error has occurred. Goodbye."
+              hangup
+              [error] application error 11200: the call has neither a URL nor a document
+        "#]],
     );
 }
 
@@ -1069,13 +1069,13 @@ fn documents_too_large_to_run_or_keep() {
         &big,
         vec![],
         expect![[r#"
-        > start
-          fetch POST https://example.com/voice?call=1
-        > fetched 200 text/xml; charset=utf-8 (80032 bytes)
-          say "We are sorry, an application error has occurred. Goodbye."
-          hangup
-          [error] application error: https://example.com/voice?call=1: the document is 80032 bytes; the limit is 65536
-    "#]],
+            > start
+              fetch POST https://example.com/voice?call=1
+            > fetched 200 text/xml; charset=utf-8 (80032 bytes)
+              say "We are sorry, an application error has occurred. Goodbye."
+              hangup
+              [error] application error 11750: https://example.com/voice?call=1: the document is 80032 bytes; the limit is 65536
+        "#]],
     );
     // under the document limit, but JSON doubles every quote: too large to keep in the state
     let quotes = format!("<Response><Say>{}</Say></Response>", "\" ".repeat(30_000));
@@ -1083,13 +1083,13 @@ fn documents_too_large_to_run_or_keep() {
         &quotes,
         vec![],
         expect![[r#"
-        > start
-          fetch POST https://example.com/voice?call=1
-        > fetched 200 text/xml; charset=utf-8 (60032 bytes)
-          say "We are sorry, an application error has occurred. Goodbye."
-          hangup
-          [error] application error: the document takes 90035 bytes to keep; the limit is 57344
-    "#]],
+            > start
+              fetch POST https://example.com/voice?call=1
+            > fetched 200 text/xml; charset=utf-8 (60032 bytes)
+              say "We are sorry, an application error has occurred. Goodbye."
+              hangup
+              [error] application error 12100: the document takes 90035 bytes to keep; the limit is 57344
+        "#]],
     );
 }
 
@@ -1165,7 +1165,7 @@ fn redirected_abandons_the_current_verb() {
             > redirected to POST relative/url
               say "We are sorry, an application error has occurred. Goodbye."
               hangup
-              [error] application error: redirected to "relative/url": "relative/url" is relative and the inline document has no URL to resolve it against
+              [error] application error 11200: redirected to "relative/url": "relative/url" is relative and the inline document has no URL to resolve it against
         "#]],
     );
     check_doc(
@@ -1189,7 +1189,7 @@ fn redirected_abandons_the_current_verb() {
               say "We are sorry, an application error has occurred. Goodbye."
               hangup
               [info] redirected to a new document
-              [error] application error: the inline document: the document is not well-formed XML: the root node was opened but never closed
+              [error] application error 12100: the inline document: the document is not well-formed XML: the root node was opened but never closed
         "#]],
     );
 }
