@@ -213,10 +213,18 @@ impl Store {
         limit: u32,
         node: &str,
     ) -> Result<Vec<Delivery>> {
+        // a call's events go to its call-events plugin one at a time, in the order they
+        // happened: an event waits while an older one of its call is pending (being run, or
+        // waiting for its retry)
         let sql = format!(
             "UPDATE webhook_deliveries SET next_attempt_at = $1, leased_by = $4
-             WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $2
-                          ORDER BY next_attempt_at, id LIMIT $3{})
+             WHERE id IN (SELECT d.id FROM webhook_deliveries d
+                          WHERE d.state = 'pending' AND d.next_attempt_at <= $2
+                            AND NOT (d.kind = 'call-event' AND EXISTS (
+                                SELECT 1 FROM webhook_deliveries o
+                                WHERE o.call_sid = d.call_sid AND o.id < d.id
+                                  AND o.kind = 'call-event' AND o.state = 'pending'))
+                          ORDER BY d.next_attempt_at, d.id LIMIT $3{})
              RETURNING {COLUMNS}",
             self.skip_locked()
         );
@@ -440,6 +448,72 @@ mod tests {
             .unwrap();
         assert_eq!(store.release_deliveries("n2", 350).await.unwrap(), 0);
         assert_eq!(store.next_delivery_due().await.unwrap(), Some(400));
+    }
+
+    #[tokio::test]
+    async fn a_calls_events_are_claimed_one_at_a_time_in_order() {
+        let store = store().await;
+        let event = |call: &str, what: &str| NewDelivery {
+            account_sid: "AC1".into(),
+            call_sid: Some(call.into()),
+            kind: "call-event".into(),
+            url: "builtin:rapidpro".into(),
+            method: "EVENT".into(),
+            body: Some(what.as_bytes().to_vec()),
+            ..NewDelivery::default()
+        };
+        let ringing = store
+            .enqueue_delivery(&event("CA1", "ringing"), 10)
+            .await
+            .unwrap()
+            .unwrap();
+        let completed = store
+            .enqueue_delivery(&event("CA1", "completed"), 11)
+            .await
+            .unwrap()
+            .unwrap();
+        let other = store
+            .enqueue_delivery(&event("CA2", "ringing"), 12)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut callback = hook();
+        callback.call_sid = Some("CA1".into());
+        let status = store
+            .enqueue_delivery(&callback, 13)
+            .await
+            .unwrap()
+            .unwrap();
+        let ids = |c: Vec<Delivery>| c.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        // CA1's completed waits for its ringing; other calls' events and callbacks do not
+        let first = ids(store.claim_deliveries(100, 1_000, 10, "n1").await.unwrap());
+        assert_eq!(first, [ringing, other, status]);
+        // ringing fails and waits for its retry: completed still waits
+        store
+            .record_attempt(ringing, &failed(150, Some(500)))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_deliveries(400, 1_000, 10, "n1")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let retried = ids(store.claim_deliveries(500, 1_000, 10, "n1").await.unwrap());
+        assert_eq!(retried, [ringing]);
+        let ok = AttemptOutcome {
+            at: 510,
+            status_code: None,
+            error: None,
+            duration_ms: 1,
+            retry_at: None,
+        };
+        store.record_attempt(ringing, &ok).await.unwrap();
+        assert_eq!(
+            ids(store.claim_deliveries(520, 1_000, 10, "n1").await.unwrap()),
+            [completed]
+        );
     }
 
     #[tokio::test]
