@@ -248,14 +248,21 @@ def test_a_callout_survives_kill_9_without_extra_or_forgotten_attempts(callflow_
     s = final["summary"]
     assert (s["total"], s["pending"], s["in_progress"]) == (120, 0, 0), s
 
-    calls = all_calls(server)
-    per_number = Counter(call.to for call in calls)
-    rows = {row["phone_number"]: row for row in results(server, c["sid"])}
+    per_number = assert_attempts_survived_a_crash(server, c["sid"], people)
+    assert sum(per_number.values()) == s["attempts"]
+
+
+def assert_attempts_survived_a_crash(server, callout: str, people: list) -> Counter:
+    """Every participant of a three-attempt callout that a crash (or a dead node) interrupted
+    is there, called no more than the policy allows, each attempt a real call, and ended as its
+    number's fate says (an answered one completed, a busy or silent one after three attempts,
+    one of which the crash may have turned into a failure). Returns the calls per number."""
+    per_number = Counter(call.to for call in all_calls(server))
+    rows = {row["phone_number"]: row for row in results(server, callout)}
     assert set(rows) == set(people), "a participant was forgotten"
     for phone in people:
         row = rows[phone]
         attempts = int(row["attempts"])
-        # never more than the policy allows, and every attempt is a real call
         assert 1 <= attempts <= 3, row
         assert per_number[phone] == attempts, (row, per_number[phone])
         want = OUTCOME_BY_DIGIT[phone[-1]]
@@ -263,11 +270,9 @@ def test_a_callout_survives_kill_9_without_extra_or_forgotten_attempts(callflow_
             # an attempt the crash cut short ends failed, and is retried
             assert row["outcome"] == "completed", row
         else:
-            # busy and silent numbers are tried exactly as often as the policy allows; the
-            # crash may have turned one of the attempts into a failure
             assert attempts == 3, row
             assert row["outcome"] in (want, "failed"), row
-    assert sum(per_number.values()) == s["attempts"]
+    return per_number
 
 
 def invite_times(messages: str) -> list:

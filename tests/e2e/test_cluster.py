@@ -20,10 +20,10 @@ from collections import Counter
 import pytest
 
 from harness import DEFAULT_FROM, wait_until
-from sipp import _SippRun
 from test_callouts import (
     OUTCOME_BY_DIGIT,
     add_participants,
+    assert_attempts_survived_a_crash,
     create_callout,
     fetch,
     invite_times,
@@ -35,8 +35,10 @@ from test_callouts import (
     wait_finished,
 )
 from test_sip import (  # noqa: F401 (sipp_dir and twiml are fixtures)
+    answered_inbound,
     assert_one_good_call,
     fetch_until,
+    holding_caller,
     provision_number,
     sipp_dir,
     trunk_toml,
@@ -140,21 +142,7 @@ def test_a_callout_survives_the_loss_of_a_node(cluster, telco):
     final = wait_finished(a, c["sid"], timeout=240)
     s = final["summary"]
     assert (s["total"], s["pending"], s["in_progress"]) == (120, 0, 0), s
-    rows = {row["phone_number"]: row for row in results(a, c["sid"])}
-    assert set(rows) == set(people), "a participant was forgotten"
-    per_number = Counter(call.to for call in a.client().calls.list(page_size=1000))
-    for phone in people:
-        row = rows[phone]
-        attempts = int(row["attempts"])
-        assert 1 <= attempts <= 3, row
-        assert per_number[phone] == attempts, (row, per_number[phone])
-        want = OUTCOME_BY_DIGIT[phone[-1]]
-        if want == "completed":
-            # an attempt the dead node cut short ends failed, and is retried
-            assert row["outcome"] == "completed", row
-        else:
-            assert attempts == 3, row
-            assert row["outcome"] in (want, "failed"), row
+    per_number = assert_attempts_survived_a_crash(a, c["sid"], people)
     result = sipp.stop()
     at_telco = Counter(re.findall(r"^INVITE sip:(\+\d+)@", result.messages, re.M))
     assert at_telco == per_number, (at_telco - per_number, per_number - at_telco)
@@ -200,24 +188,9 @@ def test_a_surviving_node_ends_the_calls_of_a_killed_one(cluster, twiml, sipp_di
     provision_number(client, twiml)
     twiml.body = b'<Response><Pause length="60"/></Response>'
     # SIPp calls node b, which answers and holds the call
-    caller = _SippRun(
-        "uac_answered_wait_bye",
-        b.sip_addr,
-        local_ip="127.0.0.1",
-        port=None,
-        calls=1,
-        rate=None,
-        service=DEFAULT_FROM,
-        timeout_s=120,
-        workdir=sipp_dir("uac_answered_wait_bye"),
-    )
-    caller.start()
+    caller = holding_caller(b.sip_addr, sipp_dir, timeout_s=120)
     try:
-        def answered():
-            calls = [c for c in client.calls.list(limit=5) if c.direction == "inbound"]
-            return calls[0] if calls and calls[0].status == "in-progress" else None
-
-        call = wait_until(answered, 30, interval=0.1)
+        call = answered_inbound(client, 30)
         assert call is not None, f"the call was not answered\n{b.log_tail()}"
 
         def dialog_kept():
@@ -251,24 +224,9 @@ def test_a_redirect_sent_to_any_node_reaches_the_call_another_node_drives(cluste
     a, b = cluster(trunk_toml(9))
     provision_number(a.client(), twiml)
     twiml.body = b'<Response><Pause length="60"/></Response>'
-    caller = _SippRun(
-        "uac_answered_wait_bye",
-        b.sip_addr,
-        local_ip="127.0.0.1",
-        port=None,
-        calls=1,
-        rate=None,
-        service=DEFAULT_FROM,
-        timeout_s=60,
-        workdir=sipp_dir("uac_answered_wait_bye"),
-    )
-    caller.start()
+    caller = holding_caller(b.sip_addr, sipp_dir, timeout_s=60)
     try:
-        def answered():
-            calls = [c for c in a.client().calls.list(limit=5) if c.direction == "inbound"]
-            return calls[0] if calls and calls[0].status == "in-progress" else None
-
-        call = wait_until(answered, 30, interval=0.1)
+        call = answered_inbound(a.client(), 30)
         assert call is not None, f"the call was not answered\n{b.log_tail()}"
         redirected = a.client().calls(call.sid).update(twiml="<Response><Hangup/></Response>")
         assert redirected.sid == call.sid

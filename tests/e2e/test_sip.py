@@ -140,6 +140,34 @@ def final_callback(receiver: WebhookReceiver, sid: str, timeout: float = WAIT_S)
     return wait_until(find, timeout, interval=0.1)
 
 
+def holding_caller(sip_addr: str, sipp_dir, timeout_s: float = 150) -> _SippRun:
+    """SIPp calling `sip_addr` (uac_answered_wait_bye), started: once answered, it holds the
+    call until the BYE comes, which is what its run waits for."""
+    caller = _SippRun(
+        "uac_answered_wait_bye",
+        sip_addr,
+        local_ip="127.0.0.1",
+        port=None,
+        calls=1,
+        rate=None,
+        service=DEFAULT_FROM,
+        timeout_s=timeout_s,
+        workdir=sipp_dir("uac_answered_wait_bye"),
+    )
+    caller.start()
+    return caller
+
+
+def answered_inbound(client, timeout: float = WAIT_S):
+    """The latest inbound call once it is in progress (bounded wait), or None."""
+
+    def answered():
+        calls = [c for c in client.calls.list(limit=5) if c.direction == "inbound"]
+        return calls[0] if calls and calls[0].status == "in-progress" else None
+
+    return wait_until(answered, timeout, interval=0.1)
+
+
 def assert_one_good_call(result, what: str = "SIPp") -> None:
     assert result.counts() == (1, 0) and result.ok, f"{what} did not pass:\n{result.describe()}"
 
@@ -427,24 +455,9 @@ def test_a_restart_after_kill_9_sends_bye_to_the_answered_caller(start_callflow,
     client = callflow.client()
     provision_number(client, twiml)
     twiml.body = b'<Response><Pause length="60"/></Response>'
-    caller = _SippRun(
-        "uac_answered_wait_bye",
-        callflow.sip_addr,
-        local_ip="127.0.0.1",
-        port=None,
-        calls=1,
-        rate=None,
-        service=DEFAULT_FROM,
-        timeout_s=150,
-        workdir=sipp_dir("uac_answered_wait_bye"),
-    )
-    caller.start()
+    caller = holding_caller(callflow.sip_addr, sipp_dir)
     try:
-        def answered():
-            calls = [c for c in client.calls.list(limit=5) if c.direction == "inbound"]
-            return calls[0] if calls and calls[0].status == "in-progress" else None
-
-        call = wait_until(answered, WAIT_S, interval=0.1)
+        call = answered_inbound(client)
         assert call is not None, f"the call was not answered\n{callflow.log_tail()}"
 
         def dialog_kept():
