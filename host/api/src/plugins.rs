@@ -22,6 +22,8 @@ use crate::params::{Params, read_body};
 
 /// Configuration handed to a plugin is bounded: it travels in every invocation's context.
 const MAX_CONFIG_BYTES: usize = 64 << 10;
+/// The largest `Secrets` of a binding.
+const MAX_SECRETS_BYTES: usize = 16 << 10;
 const MAX_NAME: usize = 64;
 /// Per-event deadlines a binding may ask for, in milliseconds (larger values are capped).
 const DEFAULT_DEADLINE_MS: i64 = 10;
@@ -46,6 +48,10 @@ fn render_plugin(p: &PluginVersion) -> Value {
 
 fn render_binding(b: &Binding) -> Value {
     let config: Value = serde_json::from_str(&b.config).unwrap_or(Value::Null);
+    // the names of the secrets, never their values
+    let secrets: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&b.secrets)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     json!({
         "sid": b.sid,
         "account_sid": b.account_sid,
@@ -54,6 +60,7 @@ fn render_binding(b: &Binding) -> Value {
         "phone_number_sid": (b.scope == "number").then_some(&b.scope_sid),
         "callout_sid": (b.scope == "callout").then_some(&b.scope_sid),
         "config": config,
+        "secrets": secrets,
         "deadline_ms": b.deadline_ms,
         "date_created": rfc2822(b.date_created),
         "date_updated": rfc2822(b.date_updated),
@@ -244,7 +251,9 @@ fn check_world(w: &str) -> ApiResult<&str> {
 
 /// Binds a plugin (`Plugin`: a version sid of this account, or `builtin:<name>`) to a world for
 /// the account, or for one number (`PhoneNumberSid`) or callout (`CalloutSid`), with `Config`
-/// (a JSON object) handed to the plugin. Replaces the binding that was in that place.
+/// (a JSON object) handed to the plugin, and `Secrets` (a JSON object merged over `Config` when
+/// the plugin runs, whose values are never returned, logged or copied into calls: only their
+/// names are shown). Replaces the binding that was in that place.
 pub async fn bind(
     State(state): State<ApiState>,
     scoped: Scoped,
@@ -296,8 +305,27 @@ pub async fn bind(
     if config.len() > MAX_CONFIG_BYTES {
         return Err(ApiError::param("Config", "is larger than 64 KiB"));
     }
-    if !serde_json::from_str::<Value>(config).is_ok_and(|v| v.is_object()) {
+    let Ok(Value::Object(config_map)) = serde_json::from_str::<Value>(config) else {
         return Err(ApiError::param("Config", "must be a JSON object"));
+    };
+    // values the plugin gets at every invocation but that are never shown again or copied
+    // into the calls the binding pins (an API token, a password)
+    let secrets = params
+        .get("Secrets")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .unwrap_or("{}");
+    if secrets.len() > MAX_SECRETS_BYTES {
+        return Err(ApiError::param("Secrets", "is larger than 16 KiB"));
+    }
+    let Ok(Value::Object(secrets_map)) = serde_json::from_str::<Value>(secrets) else {
+        return Err(ApiError::param("Secrets", "must be a JSON object"));
+    };
+    if let Some(both) = secrets_map.keys().find(|k| config_map.contains_key(*k)) {
+        return Err(ApiError::param(
+            "Secrets",
+            &format!("{both} is in Config too; give each value in one of them"),
+        ));
     }
     let scope = match (params.text("PhoneNumberSid"), params.text("CalloutSid")) {
         (Some(_), Some(_)) => {
@@ -343,6 +371,7 @@ pub async fn bind(
         plugin: plugin.to_owned(),
         scope,
         config: config.to_owned(),
+        secrets: Value::Object(secrets_map).to_string(),
         deadline_ms,
     };
     let (binding, created) = state

@@ -53,6 +53,8 @@ pub async fn pin_for_call(
             sha256: Some(sha256),
             config: b.config,
             deadline_ms: u64::try_from(b.deadline_ms).ok(),
+            // its secrets stay in the binding: merged in when the plugin runs
+            binding: (b.secrets.trim() != "{}").then_some(b.sid),
         };
         pins.insert(world.as_str(), pin);
     }
@@ -215,6 +217,35 @@ impl PluginHost {
         limits
     }
 
+    /// `config` (the text of a JSON object) with the secrets of `pin`'s binding merged over it,
+    /// for one invocation; `config` itself when the pin has none. A binding that is gone leaves
+    /// the configuration without them (the plugin says what it misses).
+    async fn with_secrets(
+        &self,
+        pin: &Pin,
+        account: &str,
+        config: &str,
+    ) -> Result<String, HostError> {
+        let Some(binding) = &pin.binding else {
+            return Ok(config.to_owned());
+        };
+        let secrets = match self.inner.store.binding(account, binding).await {
+            Ok(Some(b)) => b.secrets,
+            Ok(None) => return Ok(config.to_owned()),
+            Err(e) => {
+                return Err(HostError::Load(format!(
+                    "reading the binding's secrets: {e}"
+                )));
+            }
+        };
+        let mut merged: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(config).unwrap_or_default();
+        let secrets: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&secrets).unwrap_or_default();
+        merged.extend(secrets);
+        Ok(serde_json::Value::Object(merged).to_string())
+    }
+
     /// Loads `pin`'s plugin, runs `invoke` on it with its limits, and writes the log lines it
     /// returned to `call`'s event log as `<log_as>.log` entries (none without a call).
     async fn invoke<O: Logged, F: Future<Output = Result<O, InvokeError>>>(
@@ -259,6 +290,10 @@ impl PluginHost {
         event: callflow_runtime::flow::FlowEvent,
     ) -> Result<Vec<callflow_runtime::flow::Command>, HostError> {
         let call = ctx.call_sid.clone();
+        let mut ctx = ctx;
+        ctx.config = self
+            .with_secrets(pin, &ctx.account_sid, &ctx.config)
+            .await?;
         let before = std::mem::take(state);
         let step = self
             .invoke(
@@ -280,8 +315,11 @@ impl PluginHost {
         &self,
         pin: &Pin,
         call: &str,
-        ctx: callflow_runtime::retry::RetryContext,
+        mut ctx: callflow_runtime::retry::RetryContext,
     ) -> Result<callflow_runtime::retry::RetryDecision, HostError> {
+        ctx.config = self
+            .with_secrets(pin, &ctx.account_sid, &ctx.config)
+            .await?;
         self.invoke(
             pin,
             Some(call),
@@ -295,9 +333,12 @@ impl PluginHost {
     pub(crate) async fn process_recording(
         &self,
         pin: &Pin,
-        ctx: callflow_runtime::recording::RecordingContext,
+        mut ctx: callflow_runtime::recording::RecordingContext,
         audio: Vec<i16>,
     ) -> Result<callflow_runtime::recording::RecordingPlan, HostError> {
+        ctx.config = self
+            .with_secrets(pin, &ctx.account_sid, &ctx.config)
+            .await?;
         let call = ctx.call_sid.clone();
         self.invoke(pin, Some(&call), LogSource::Recording, |rt, plugin, limits| async move {
             rt.process_recording(plugin, ctx, audio, limits).await
@@ -309,8 +350,11 @@ impl PluginHost {
     pub(crate) async fn on_event(
         &self,
         pin: &Pin,
-        ctx: callflow_runtime::events::EventContext,
+        mut ctx: callflow_runtime::events::EventContext,
     ) -> Result<callflow_runtime::events::EventOutcome, HostError> {
+        ctx.config = self
+            .with_secrets(pin, &ctx.account_sid, &ctx.config)
+            .await?;
         let call = ctx.event.call_sid.clone();
         self.invoke(
             pin,

@@ -815,6 +815,7 @@ pub(crate) mod tests {
                 sha256: Some("ab".into()),
                 config: r#"{"x": 1}"#.into(),
                 deadline_ms: Some(20),
+                binding: None,
             },
         );
         let call = store.create_call(&a.sid, &new, 1_000).await.unwrap();

@@ -137,6 +137,9 @@ pub struct Pin {
     pub config: String,
     /// The binding's per-event deadline, in milliseconds.
     pub deadline_ms: Option<u64>,
+    /// The binding pinned, whose secrets are merged over `config` when the plugin runs (they
+    /// are not copied here).
+    pub binding: Option<String>,
 }
 
 impl Pin {
@@ -147,6 +150,7 @@ impl Pin {
             sha256: None,
             config: "{}".into(),
             deadline_ms: None,
+            binding: None,
         }
     }
 
@@ -160,15 +164,20 @@ impl Pin {
                 .filter(|c| c.is_object())
                 .map_or_else(|| "{}".to_owned(), Value::to_string),
             deadline_ms: v["deadline_ms"].as_u64(),
+            binding: v["binding"].as_str().map(str::to_owned),
         }
     }
 
     fn to_value(&self) -> Value {
         let config: Value = serde_json::from_str(&self.config).unwrap_or_else(|_| json!({}));
-        json!({
+        let mut v = json!({
             "plugin": self.plugin, "sha256": self.sha256, "config": config,
             "deadline_ms": self.deadline_ms,
-        })
+        });
+        if let Some(b) = &self.binding {
+            v["binding"] = json!(b);
+        }
+        v
     }
 }
 
@@ -340,9 +349,23 @@ mod tests {
                 sha256: Some("ab12".into()),
                 config: r#"{"greeting":"number"}"#.into(),
                 deadline_ms: Some(10),
+                binding: None,
             })
         );
         assert_eq!(pins.get("retry-policy").unwrap().plugin, "builtin:retry");
+        // a pin whose binding has secrets names the binding, and holds none of the secrets
+        let mut with = Pins::default();
+        let pin = Pin {
+            binding: Some("ZB1".into()),
+            ..Pin::builtin("rapidpro")
+        };
+        with.insert("call-events", pin.clone());
+        let text = with.to_text().into_owned();
+        assert!(text.contains(r#""binding":"ZB1""#), "{text}");
+        assert_eq!(
+            Pins::from_text(&text).unwrap().get("call-events"),
+            Some(&pin)
+        );
         assert_eq!(pins.get("recording"), None);
         assert_eq!(pins.to_text(), STORED_PINS);
         assert_eq!(Pins::from_text("{}").unwrap(), Pins::default());

@@ -60,6 +60,9 @@ pub struct Binding {
     pub scope_sid: String,
     /// JSON handed to the plugin in every context.
     pub config: String,
+    /// A JSON object of values merged over `config` when the plugin runs, and kept nowhere
+    /// else (not in the calls' pins, not in API answers).
+    pub secrets: String,
     /// The plugin's per-event deadline, in milliseconds.
     pub deadline_ms: i64,
     pub date_created: i64,
@@ -72,11 +75,13 @@ pub struct NewBinding {
     pub plugin: String,
     pub scope: BindingScope,
     pub config: String,
+    /// A JSON object (see [`Binding::secrets`]).
+    pub secrets: String,
     pub deadline_ms: i64,
 }
 
 const PLUGIN_COLUMNS: &str = "seq, sid, account_sid, name, world, sha256, size, date_created";
-const BINDING_COLUMNS: &str = "seq, sid, account_sid, world, plugin, scope, scope_sid, config, deadline_ms, date_created, date_updated";
+const BINDING_COLUMNS: &str = "seq, sid, account_sid, world, plugin, scope, scope_sid, config, secrets, deadline_ms, date_created, date_updated";
 
 impl Store {
     /// Records a version. The same bytes uploaded again by the same account give back the
@@ -219,7 +224,8 @@ impl Store {
             .await?;
         if let Some(existing) = existing {
             let sql = format!(
-                "UPDATE plugin_bindings SET plugin = $1, config = $2, deadline_ms = $5, date_updated = $3
+                "UPDATE plugin_bindings SET plugin = $1, config = $2, deadline_ms = $5, date_updated = $3,
+                    secrets = $6
                  WHERE sid = $4 RETURNING {BINDING_COLUMNS}"
             );
             let updated = sqlx::query_as(&sql)
@@ -228,6 +234,7 @@ impl Store {
                 .bind(now)
                 .bind(&existing.sid)
                 .bind(b.deadline_ms)
+                .bind(&b.secrets)
                 .fetch_one(&self.writer)
                 .await?;
             return Ok((updated, false));
@@ -235,8 +242,8 @@ impl Store {
         let sid = Sid::generate(SidKind::PluginBinding);
         let sql = format!(
             "INSERT INTO plugin_bindings (sid, account_sid, world, plugin, scope, scope_sid, config, deadline_ms,
-                date_created, date_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8) RETURNING {BINDING_COLUMNS}"
+                date_created, date_updated, secrets)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8, $10) RETURNING {BINDING_COLUMNS}"
         );
         let created = sqlx::query_as(&sql)
             .bind(sid.as_str())
@@ -248,6 +255,7 @@ impl Store {
             .bind(&b.config)
             .bind(now)
             .bind(b.deadline_ms)
+            .bind(&b.secrets)
             .fetch_one(&self.writer)
             .await
             .map_err(|e| {
@@ -373,6 +381,7 @@ mod tests {
             plugin: plugin.into(),
             scope,
             config: "{}".into(),
+            secrets: "{}".into(),
             deadline_ms: 10,
         }
     }

@@ -175,6 +175,56 @@ async fn bad_uploads_say_what_is_wrong() {
 }
 
 #[tokio::test]
+async fn a_bindings_secrets_are_never_shown_again() {
+    let api = TestApi::new().await;
+    let base = format!("/v1/Accounts/{}/PluginBindings", api.root.sid);
+    let r = api
+        .post(
+            &base,
+            &api.root,
+            &[
+                ("Plugin", "builtin:rapidpro"),
+                ("Config", r#"{"url": "https://rapidpro.example.org"}"#),
+                ("Secrets", r#"{"token": "tok-7f3e9a"}"#),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let b = r.json();
+    assert_eq!(b["secrets"], serde_json::json!(["token"]));
+    assert!(!String::from_utf8_lossy(&r.body).contains("tok-7f3e9a"));
+    let listed = api.get(&base, &api.root).await;
+    assert!(!String::from_utf8_lossy(&listed.body).contains("tok-7f3e9a"));
+    let one = api
+        .get(&format!("{base}/{}", b["sid"].as_str().unwrap()), &api.root)
+        .await;
+    assert_eq!(one.json()["secrets"], serde_json::json!(["token"]));
+    assert!(!String::from_utf8_lossy(&one.body).contains("tok-7f3e9a"));
+    // kept in the binding itself, for the host to merge in at each invocation
+    let stored = api
+        .store
+        .binding(&api.root.sid, b["sid"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.secrets, r#"{"token":"tok-7f3e9a"}"#);
+    // a value in both, or secrets that are not an object, are refused
+    for secrets in [r#"{"url": "x"}"#, "[1]", "nope"] {
+        api.post(
+            &base,
+            &api.root,
+            &[
+                ("Plugin", "builtin:rapidpro"),
+                ("Config", r#"{"url": "https://rapidpro.example.org"}"#),
+                ("Secrets", secrets),
+            ],
+        )
+        .await
+        .assert_error(400, 20001);
+    }
+}
+
+#[tokio::test]
 async fn bindings_choose_a_plugin_per_world_and_scope() {
     let api = TestApi::new().await;
     let base = format!("/v1/Accounts/{}/PluginBindings", api.root.sid);
