@@ -1,5 +1,6 @@
-//! callflow's HTTP API: the Twilio-compatible `2010-04-01` REST API plus `/health`, `/metrics`
-//! and `/openapi.json`.
+//! callflow's HTTP API: the Twilio-compatible `2010-04-01` REST API, callflow's own `/v1` API
+//! (plugins, bindings, callouts, call events), `/health`, `/metrics` and `/openapi.json`, which
+//! describes every route (`openapi/build.py`; `served_routes` lets a test hold it to the router).
 //!
 //! Architecture invariant: this is the only crate that knows Twilio's JSON, paging envelope and
 //! error codes. Handlers validate and translate; state changes go through `callflow-store` and the
@@ -25,10 +26,11 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, Uri};
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::{self, MethodRouter};
 use callflow_engine::Engine;
 use callflow_engine::blobs::Blobs;
 use callflow_runtime::Runtime;
@@ -179,101 +181,155 @@ pub(crate) fn strip_suffix<'a>(s: &'a str, suffix: &str) -> &'a str {
     s.strip_suffix(suffix).unwrap_or(s)
 }
 
-/// The routes, without path normalisation (see `service`).
-pub fn router(state: ApiState) -> Router {
+/// One method of a route and its handler.
+type Endpoint = (Method, MethodRouter<ApiState>);
+
+fn get<H: Handler<T, ApiState>, T: 'static>(handler: H) -> Endpoint {
+    (Method::GET, routing::get(handler))
+}
+
+fn post<H: Handler<T, ApiState>, T: 'static>(handler: H) -> Endpoint {
+    (Method::POST, routing::post(handler))
+}
+
+fn delete<H: Handler<T, ApiState>, T: 'static>(handler: H) -> Endpoint {
+    (Method::DELETE, routing::delete(handler))
+}
+
+/// Every route: its path (axum's syntax) and the handler of each method it serves. `router` is
+/// built from this table and `served_routes` lists it, so what is served and what the OpenAPI
+/// test compares with `/openapi.json` cannot drift apart.
+fn routes() -> Vec<(String, Vec<Endpoint>)> {
     const A: &str = "/2010-04-01/Accounts/{account}";
-    let mut r = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi));
-    // Collections answer with and without the `.json` suffix.
     const V1: &str = "/v1/Accounts/{account}";
-    let collections: [(String, MethodRouter<ApiState>); 9] = [
+    // Collections answer with and without the `.json` suffix.
+    let collections: Vec<(String, Vec<Endpoint>)> = vec![
         (
             "/2010-04-01/Accounts".into(),
-            get(accounts::list).post(accounts::create),
+            vec![get(accounts::list), post(accounts::create)],
         ),
-        (format!("{A}/Calls"), get(calls::list).post(calls::create)),
+        (
+            format!("{A}/Calls"),
+            vec![get(calls::list), post(calls::create)],
+        ),
         (
             format!("{A}/Calls/{{call}}/Recordings"),
-            get(recordings::list_for_call),
+            vec![get(recordings::list_for_call)],
         ),
         (
             format!("{A}/IncomingPhoneNumbers"),
-            get(numbers::list).post(numbers::create),
+            vec![get(numbers::list), post(numbers::create)],
         ),
-        (format!("{A}/Recordings"), get(recordings::list)),
+        (format!("{A}/Recordings"), vec![get(recordings::list)]),
         (
             format!("{V1}/Plugins"),
-            get(plugins::list).post(plugins::create),
+            vec![get(plugins::list), post(plugins::create)],
         ),
         (
             format!("{V1}/PluginBindings"),
-            get(plugins::list_bindings).post(plugins::bind),
+            vec![get(plugins::list_bindings), post(plugins::bind)],
         ),
         (
             format!("{V1}/Callouts"),
-            get(callouts::list).post(callouts::create),
+            vec![get(callouts::list), post(callouts::create)],
         ),
         (
             format!("{V1}/Callouts/{{callout}}/Participants"),
-            get(callouts::list_participants).post(callouts::add_participants),
+            vec![
+                get(callouts::list_participants),
+                post(callouts::add_participants),
+            ],
         ),
     ];
-    for (path, handler) in collections {
-        r = r
-            .route(&format!("{path}.json"), handler.clone())
-            .route(&path, handler);
+    // A single resource's `{sid}` takes its `.json` (or a recording's `.wav`, `.mp3`) suffix.
+    let mut all: Vec<(String, Vec<Endpoint>)> = vec![
+        ("/health".into(), vec![get(health)]),
+        ("/metrics".into(), vec![get(metrics_text)]),
+        ("/openapi.json".into(), vec![get(openapi)]),
+        (A.into(), vec![get(accounts::fetch), post(accounts::update)]),
+        (
+            format!("{A}/Calls/{{sid}}"),
+            vec![get(calls::fetch), post(calls::update)],
+        ),
+        (
+            format!("{A}/Calls/{{call}}/Recordings/{{sid}}"),
+            vec![get(recordings::fetch_for_call), delete(recordings::delete)],
+        ),
+        (
+            format!("{A}/IncomingPhoneNumbers/{{sid}}"),
+            vec![
+                get(numbers::fetch),
+                post(numbers::update),
+                delete(numbers::delete),
+            ],
+        ),
+        (
+            format!("{A}/Recordings/{{sid}}"),
+            vec![get(recordings::fetch), delete(recordings::delete)],
+        ),
+        (
+            format!("{V1}/Plugins/{{sid}}"),
+            vec![get(plugins::fetch), delete(plugins::delete)],
+        ),
+        (
+            format!("{V1}/Calls/{{sid}}/Events"),
+            vec![get(calls::events)],
+        ),
+        (
+            format!("{V1}/Plugins/{{sid}}/Invocations"),
+            vec![post(plugins::invoke)],
+        ),
+        (
+            format!("{V1}/PluginBindings/{{sid}}"),
+            vec![get(plugins::fetch_binding), delete(plugins::delete_binding)],
+        ),
+        (
+            format!("{V1}/Callouts/{{sid}}"),
+            vec![get(callouts::fetch), post(callouts::update)],
+        ),
+        (
+            format!("{V1}/Callouts/{{callout}}/Participants/{{sid}}"),
+            vec![get(callouts::fetch_participant)],
+        ),
+        (
+            format!("{V1}/Callouts/{{callout}}/Results.csv"),
+            vec![get(callouts::results)],
+        ),
+        (
+            format!("{V1}/Callouts/{{callout}}/Results"),
+            vec![get(callouts::results)],
+        ),
+    ];
+    for (path, endpoints) in collections {
+        all.push((format!("{path}.json"), endpoints.clone()));
+        all.push((path, endpoints));
     }
-    r.route(A, get(accounts::fetch).post(accounts::update))
-        .route(
-            &format!("{A}/Calls/{{sid}}"),
-            get(calls::fetch).post(calls::update),
-        )
-        .route(
-            &format!("{A}/Calls/{{call}}/Recordings/{{sid}}"),
-            get(recordings::fetch_for_call).delete(recordings::delete),
-        )
-        .route(
-            &format!("{A}/IncomingPhoneNumbers/{{sid}}"),
-            get(numbers::fetch)
-                .post(numbers::update)
-                .delete(numbers::delete),
-        )
-        .route(
-            &format!("{A}/Recordings/{{sid}}"),
-            get(recordings::fetch).delete(recordings::delete),
-        )
-        .route(
-            &format!("{V1}/Plugins/{{sid}}"),
-            get(plugins::fetch).delete(plugins::delete),
-        )
-        .route(&format!("{V1}/Calls/{{sid}}/Events"), get(calls::events))
-        .route(
-            &format!("{V1}/Plugins/{{sid}}/Invocations"),
-            axum::routing::post(plugins::invoke),
-        )
-        .route(
-            &format!("{V1}/PluginBindings/{{sid}}"),
-            get(plugins::fetch_binding).delete(plugins::delete_binding),
-        )
-        .route(
-            &format!("{V1}/Callouts/{{sid}}"),
-            get(callouts::fetch).post(callouts::update),
-        )
-        .route(
-            &format!("{V1}/Callouts/{{callout}}/Participants/{{sid}}"),
-            get(callouts::fetch_participant),
-        )
-        .route(
-            &format!("{V1}/Callouts/{{callout}}/Results.csv"),
-            get(callouts::results),
-        )
-        .route(
-            &format!("{V1}/Callouts/{{callout}}/Results"),
-            get(callouts::results),
-        )
-        .fallback(|| async { ApiError::not_found("path") })
+    all
+}
+
+/// Every route and method the router serves, in axum's path syntax (`/v1/Accounts/{account}/…`).
+/// A `GET` also answers `HEAD`, as axum's `get` does.
+pub fn served_routes() -> Vec<(String, Method)> {
+    routes()
+        .into_iter()
+        .flat_map(|(path, endpoints)| {
+            endpoints
+                .into_iter()
+                .map(move |(method, _)| (path.clone(), method))
+        })
+        .collect()
+}
+
+/// The routes, without path normalisation (see `service`).
+pub fn router(state: ApiState) -> Router {
+    let mut r = Router::new();
+    for (path, endpoints) in routes() {
+        let methods = endpoints
+            .into_iter()
+            .fold(MethodRouter::new(), |all, (_, one)| all.merge(one));
+        r = r.route(&path, methods);
+    }
+    r.fallback(|| async { ApiError::not_found("path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed")
         })

@@ -6,6 +6,7 @@ mod calls;
 mod errors;
 mod metrics;
 mod numbers;
+mod openapi;
 mod plugins;
 mod recordings;
 
