@@ -12,8 +12,10 @@
 //!   built-in plugins (the TwiML interpreter of live calls), which uploaded code cannot take.
 //!   An account may have `account_queued` invocations waiting and everyone `queued`; past that a
 //!   submission is refused at once. An invocation that waited `max_wait` is dropped, refused.
-//! - **The watchdog.** An invocation still running `grace` past its deadline is stuck outside
-//!   Wasm (an epoch deadline stops running guest code on time). It is abandoned: its caller
+//! - **The watchdog.** A deadline is the plugin's own CPU time, which a busy machine gives it
+//!   slowly; an invocation still running [`WALL_PER_DEADLINE`] times its deadline and `grace`
+//!   after it started, in real time, is stuck outside Wasm (the CPU-time deadline stops running
+//!   guest code on time, however busy the machine). It is abandoned: its caller
 //!   hears at once, and its thread is replaced (up to `max_stuck` replacements at a time), so even
 //!   an unknown blocking path cannot take capacity for good. The stuck invocation keeps its
 //!   account's slot until it really returns, so one account cannot stack up stuck threads.
@@ -24,6 +26,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The watchdog's bound in real time, in deadlines (plus `grace`): a deadline counts the
+/// plugin's CPU time, so a thread sharing its core with two others still times out (rather
+/// than being abandoned as stuck) before this.
+pub const WALL_PER_DEADLINE: u32 = 3;
 
 /// The scheduler's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,7 +271,7 @@ impl Fair {
                 tenant: job.tenant.clone(),
                 started: now,
                 state: RunState::Live {
-                    give_up_at: now + job.deadline + self.config.grace,
+                    give_up_at: now + job.deadline * WALL_PER_DEADLINE + self.config.grace,
                     cut: job.cut,
                 },
             },
@@ -600,17 +607,17 @@ mod tests {
             .unwrap();
         let first = f.poll_job(t0).unwrap();
         let second = f.poll_job(t0).unwrap();
-        // 10 ms deadline + 100 ms grace
-        assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_millis(110)));
-        assert!(f.handle_timeout(t0 + Duration::from_millis(109)).is_empty());
-        let cut = f.handle_timeout(t0 + Duration::from_millis(110));
+        // 3 x 10 ms deadline + 100 ms grace
+        assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_millis(130)));
+        assert!(f.handle_timeout(t0 + Duration::from_millis(129)).is_empty());
+        let cut = f.handle_timeout(t0 + Duration::from_millis(130));
         assert_eq!(cut.len(), 2);
         // max_stuck is 1: one thread is replaced, the other is lost until it returns
         let mut replaced: Vec<bool> = cut.iter().map(|c| c.replace).collect();
         replaced.sort();
         assert_eq!(replaced, [false, true]);
         for c in cut {
-            assert!(matches!(c.cut, Cut::Abandoned(d) if d == Duration::from_millis(110)));
+            assert!(matches!(c.cut, Cut::Abandoned(d) if d == Duration::from_millis(130)));
             (c.notify)(c.cut);
         }
         assert_eq!(log.lock().unwrap().len(), 2);

@@ -426,7 +426,7 @@ impl Runtime {
 
     /// Runs `job` (an invocation of `plugin` charged to `account`) on the plugin threads, in
     /// the account's turn, and waits for it without blocking the async runtime. It answers by
-    /// the deadline plus the watchdog's grace whatever the job does.
+    /// [`fair::WALL_PER_DEADLINE`] deadlines plus the watchdog's grace whatever the job does.
     async fn run<R: Send + 'static>(
         self: &Arc<Self>,
         account: &str,
