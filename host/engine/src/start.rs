@@ -109,6 +109,9 @@ impl Engine {
             webhooks,
             FlowConfig { public_url, blobs },
         );
+        // before telephony handles the first INVITE (SIP queues what arrives meanwhile) and
+        // before the caller opens the API
+        plugins.warm_up().await;
         let mut tasks = Vec::new();
         let mut telephony = None;
         let sip_handle = match sip {
@@ -141,7 +144,6 @@ impl Engine {
             }
             None => None,
         };
-        plugins.warm_up();
         let (fence, fenced) = watch::channel(false);
         tasks.push(tokio::spawn(member.run(
             telephony,
