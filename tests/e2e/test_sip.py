@@ -482,6 +482,70 @@ def test_a_restart_after_kill_9_sends_bye_to_the_answered_caller(start_callflow,
     assert ended.status == "completed", ended.status
 
 
+def test_a_recording_is_on_disk_as_it_is_made_and_survives_kill_9(start_callflow, twiml, sipp_dir):
+    """A <Record> is written to the spool as it is recorded (the file grows during the call, a
+    second at a time: memory stays flat), and when callflow is killed mid-recording, its next
+    run makes a Recording of the call from what reached the disk: all but the last second."""
+    callflow = start_callflow(free_port(udp_too=True))
+    client = callflow.client()
+    provision_number(client, twiml)
+    twiml.body = (
+        b'<Response><Record maxLength="60" timeout="30" finishOnKey="" playBeep="false" '
+        b'trim="do-not-trim"/></Response>'
+    )
+    # the digits, then 7 s of speech, then it waits for the BYE
+    caller = _SippRun(
+        "uac_play_pcaps",
+        callflow.sip_addr,
+        local_ip="127.0.0.1",
+        port=None,
+        calls=1,
+        rate=None,
+        service=DEFAULT_FROM,
+        timeout_s=90,
+        workdir=sipp_dir("uac_play_pcaps"),
+    )
+    caller.start()
+    spool = callflow.data_dir / "spool"
+    try:
+        call = answered_inbound(client)
+        assert call is not None, f"the call was not answered\n{callflow.log_tail()}"
+
+        def spooled():
+            files = list(spool.glob(f"*{call.sid}*.pcm"))
+            return files[0] if files else None
+
+        tape = wait_until(spooled, WAIT_S, interval=0.05)
+        assert tape is not None, f"no spool file for the recording: {list(spool.glob('*'))}"
+        sizes = []
+
+        def four_seconds_on_disk():
+            sizes.append(tape.stat().st_size)
+            return sizes[-1] >= 4 * 16_000
+
+        assert wait_until(four_seconds_on_disk, WAIT_S, interval=0.05), sizes
+        # it grew during the call, a second (16,000 bytes) at a time
+        grown = sorted(set(sizes))
+        assert len(grown) >= 3 and all(n % 16_000 == 0 for n in grown), grown
+        on_disk = tape.stat().st_size
+        callflow.kill()
+        callflow.start()
+        assert caller.wait(60), "SIPp saw no BYE within 60 s of the restart"
+    finally:
+        caller.kill(graceful=False)
+        caller.close()
+    recs = wait_until(lambda: client.recordings.list(call_sid=call.sid), WAIT_S, interval=0.2)
+    assert recs and len(recs) == 1, f"no recording of the call\n{callflow.log_tail()}"
+    rec = recs[0]
+    assert int(rec.duration) >= on_disk // 16_000, (rec.duration, on_disk)
+    wav = callflow.request("GET", f"/2010-04-01/Accounts/{callflow.account_sid}/Recordings/{rec.sid}.wav")
+    assert wav.status_code == 200
+    # a 44-byte header and every sample that was on disk at the kill (and perhaps a little more)
+    assert len(wav.content) - 44 >= on_disk, (len(wav.content), on_disk)
+    assert not list(spool.glob("*.pcm")), "the spool file was kept after its recording was stored"
+    assert "kept a recording a crash interrupted" in callflow.log_text()
+
+
 def test_a_restart_after_kill_9_cancels_the_ringing_outbound_call(
     start_callflow, far_end, twiml, receiver
 ):

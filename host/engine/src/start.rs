@@ -116,6 +116,12 @@ impl Engine {
         let mut telephony = None;
         let sip_handle = match sip {
             Some(s) => {
+                // what a crash left in the spool, now that the calls it belonged to are ended
+                tasks.push(tokio::spawn(
+                    flows
+                        .clone()
+                        .recover_recordings(s.media.spool().dir().to_owned()),
+                ));
                 let media = MediaSetup {
                     media: s.media,
                     advertised_ip: s.advertised_ip,

@@ -106,6 +106,7 @@ async fn rig() -> Rig {
             port_min,
             port_max,
             workers: 2,
+            spool_dir: std::env::temp_dir().join("callflow-test-spool"),
         })
         .unwrap(),
     );
@@ -459,10 +460,12 @@ async fn digits_and_a_recording_come_back_from_sipp_pcaps() {
         ..RecordOptions::default()
     };
     media.record(opts, None);
-    let recording = match next_event(&mut events, 20).await {
+    let mut recording = match next_event(&mut events, 20).await {
         MediaEvent::Recorded(r) => r,
         e => panic!("unexpected {e:?}"),
     };
+    // written to the spool as it was recorded
+    let spooled = recording.tape.path().expect("on disk").to_owned();
     let _ = done.send(());
     let (ok, report) = sipp.join().unwrap();
     assert!(ok, "{report}");
@@ -474,12 +477,15 @@ async fn digits_and_a_recording_come_back_from_sipp_pcaps() {
     assert!(recording.heard_audio);
     let ms = recording.duration_ms;
     assert!((5_000..=7_600).contains(&ms), "recorded {ms} ms");
-    assert_eq!(recording.pcm.len() as u64, ms * 8);
+    let keep = recording.keep.clone();
+    let pcm = recording.tape.read(keep).await.unwrap();
+    assert_eq!(pcm.len() as u64, ms * 8);
+    assert!(spooled.exists());
 
     // And it is SIPp's audio, sample for sample: align a loud stretch of the recording with the
     // pcap's audio, then compare everything that overlaps.
     let played = pcap_audio("/usr/share/sip-tester/g711a.pcap", Law::A);
-    let rec = &recording.pcm;
+    let rec = &pcm;
     let probe = (rec.len() / 2..rec.len() - 240)
         .step_by(80)
         .find(|&i| rec[i..i + 240].iter().any(|s| s.unsigned_abs() > 2000))

@@ -899,6 +899,7 @@ fn sut_media(
         port_min,
         port_max,
         workers,
+        spool_dir: std::env::temp_dir().join("callflow-bench-spool"),
     })?;
     let idle = Idle::from_env()?;
     // Symmetric RTP: each call sends to where the generator's packets come from.
@@ -956,6 +957,7 @@ fn sut_churn(k: usize, workers: usize, port_min: u16) -> Res<()> {
         port_min,
         port_max,
         workers,
+        spool_dir: std::env::temp_dir().join("callflow-bench-spool"),
     })?;
     let params = StreamParams::pcmu(None);
     let pid = std::process::id();

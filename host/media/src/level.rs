@@ -23,7 +23,7 @@ pub const SILENCE_THRESHOLD_DBFS: f32 = -45.0;
 /// (which often read as silence frame by frame) are not clipped.
 pub const TRIM_MARGIN_MS: u64 = 100;
 
-const TRIM_MARGIN_FRAMES: usize = (TRIM_MARGIN_MS as usize * 8) / FRAME_SAMPLES;
+pub(crate) const TRIM_MARGIN_FRAMES: usize = (TRIM_MARGIN_MS as usize * 8) / FRAME_SAMPLES;
 
 /// RMS level in dBFS, relative to a full-scale square wave (so a full-scale sine reads -3 dB).
 /// Empty input and digital silence read [`FLOOR_DBFS`].

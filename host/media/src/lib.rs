@@ -14,6 +14,7 @@ pub mod prompt;
 pub mod record;
 pub mod rtp;
 pub mod session;
+pub mod spool;
 pub mod tts;
 pub mod worker;
 

@@ -1,7 +1,11 @@
 //! The recorder behind TwiML `<Record>`: collects 8 kHz audio and decides when to stop (max
 //! length, silence timeout, finish key), as a pure state machine on caller-supplied time.
 
+use std::collections::VecDeque;
+use std::ops::Range;
+
 use crate::level;
+use crate::spool::{Tape, Taped};
 
 /// What `<Record>` was asked for, with Twilio's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +20,8 @@ pub struct RecordOptions {
     pub finish_on_key: String,
     /// Twilio `trim="trim-silence"` (the default): remove leading and trailing silence.
     pub trim: bool,
+    /// The spool file's name (see [`crate::spool::Spool::tape`]); empty: one is made up.
+    pub tape: String,
 }
 
 impl Default for RecordOptions {
@@ -25,6 +31,7 @@ impl Default for RecordOptions {
             silence_timeout_ms: 5_000,
             finish_on_key: "1234567890*#".to_owned(),
             trim: true,
+            tape: String::new(),
         }
     }
 }
@@ -45,11 +52,13 @@ pub enum StopReason {
 }
 
 /// A finished recording.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Recording {
-    /// 8 kHz mono audio, trimmed if asked.
-    pub pcm: Vec<i16>,
-    /// Length of `pcm`.
+    /// 8 kHz mono audio, as recorded.
+    pub tape: Taped,
+    /// The samples kept of it: all, or what trimming its silence leaves.
+    pub keep: Range<u64>,
+    /// Length of `keep`.
     pub duration_ms: u64,
     /// Whether any frame was above the silence threshold (Twilio skips the action of an empty
     /// recording).
@@ -59,60 +68,71 @@ pub struct Recording {
     pub digit: Option<char>,
 }
 
-const SAMPLES_PER_MS: u64 = crate::SAMPLE_RATE as u64 / 1000;
-
-/// Samples per block of recorded audio (one second).
-const BLOCK: usize = 8000;
-
-/// Recorded audio in one-second blocks: appending never moves what is already kept. (A growing
-/// `Vec` copies everything at each doubling; a worker holding thousands of recordings that
-/// started together stalled for tens of milliseconds at every doubling.)
-#[derive(Debug, Default)]
-struct Blocks {
-    blocks: Vec<Vec<i16>>,
-    len: usize,
+impl Recording {
+    /// The kept audio of a memory tape, for tests.
+    #[cfg(test)]
+    fn pcm(&self) -> Vec<i16> {
+        self.tape.memory()[self.keep.start as usize..self.keep.end as usize].to_vec()
+    }
 }
 
-impl Blocks {
-    fn len(&self) -> usize {
-        self.len
-    }
+const SAMPLES_PER_MS: u64 = crate::SAMPLE_RATE as u64 / 1000;
 
-    /// Room in the last block, opening a new one when it is full.
-    fn last(&mut self) -> &mut Vec<i16> {
-        if self.blocks.last().is_none_or(|b| b.len() == BLOCK) {
-            self.blocks.push(Vec::with_capacity(BLOCK));
-        }
-        let n = self.blocks.len();
-        &mut self.blocks[n - 1]
-    }
+/// Which 20 ms frames of a recording had sound, judged as they come (frames counted from the
+/// start, as [`level::trim_silence_range`] counts them), so trimming needs no second look.
+#[derive(Debug, Default)]
+struct Loudness {
+    /// The frame being filled (fewer than [`level::FRAME_SAMPLES`]).
+    partial: Vec<i16>,
+    frames: usize,
+    first_loud: Option<usize>,
+    /// One past the last loud frame.
+    end_loud: usize,
+}
 
-    fn extend(&mut self, mut pcm: &[i16]) {
+impl Loudness {
+    fn push(&mut self, mut pcm: &[i16]) {
         while !pcm.is_empty() {
-            let b = self.last();
-            let n = (BLOCK - b.len()).min(pcm.len());
-            b.extend_from_slice(&pcm[..n]);
+            let n = (level::FRAME_SAMPLES - self.partial.len()).min(pcm.len());
+            self.partial.extend_from_slice(&pcm[..n]);
             pcm = &pcm[n..];
-            self.len += n;
+            if self.partial.len() == level::FRAME_SAMPLES {
+                self.judge();
+            }
         }
     }
 
-    fn extend_zeros(&mut self, mut samples: usize) {
+    fn push_zeros(&mut self, mut samples: usize) {
+        const ZEROS: [i16; level::FRAME_SAMPLES] = [0; level::FRAME_SAMPLES];
         while samples > 0 {
-            let b = self.last();
-            let n = (BLOCK - b.len()).min(samples);
-            b.resize(b.len() + n, 0);
+            let n = samples.min(ZEROS.len());
+            self.push(&ZEROS[..n]);
             samples -= n;
-            self.len += n;
         }
     }
 
-    fn into_vec(self) -> Vec<i16> {
-        let mut v = Vec::with_capacity(self.len);
-        for b in self.blocks {
-            v.extend_from_slice(&b);
+    fn judge(&mut self) {
+        if !level::is_silent(&self.partial) {
+            self.first_loud.get_or_insert(self.frames);
+            self.end_loud = self.frames + 1;
         }
-        v
+        self.frames += 1;
+        self.partial.clear();
+    }
+
+    /// What [`level::trim_silence_range`] keeps of the `len` samples judged.
+    fn keep(mut self, len: u64) -> Range<u64> {
+        if !self.partial.is_empty() {
+            self.judge();
+        }
+        let Some(first) = self.first_loud else {
+            return 0..0;
+        };
+        let margin = level::TRIM_MARGIN_FRAMES;
+        let frame = level::FRAME_SAMPLES as u64;
+        let start = first.saturating_sub(margin) as u64 * frame;
+        let end = (((self.end_loud + margin) as u64) * frame).min(len);
+        start..end
     }
 }
 
@@ -132,7 +152,9 @@ pub struct Recorder {
     started_ms: u64,
     /// When the last non-silent frame arrived (or the start).
     last_sound_ms: u64,
-    pcm: Blocks,
+    tape: Tape,
+    /// Judged only when trimming.
+    loudness: Option<Loudness>,
     /// `max_length_ms` in samples: the most audio kept.
     max_samples: usize,
     heard_audio: bool,
@@ -140,14 +162,16 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(opts: RecordOptions, now_ms: u64) -> Recorder {
+    /// A recorder writing to `tape`.
+    pub fn new(opts: RecordOptions, now_ms: u64, tape: Tape) -> Recorder {
         let max_samples = usize::try_from(opts.max_length_ms.saturating_mul(SAMPLES_PER_MS))
             .unwrap_or(usize::MAX);
         Recorder {
+            loudness: opts.trim.then(Loudness::default),
             opts,
             started_ms: now_ms,
             last_sound_ms: now_ms,
-            pcm: Blocks::default(),
+            tape,
             max_samples,
             heard_audio: false,
             stopped: None,
@@ -160,7 +184,7 @@ impl Recorder {
         if self.stopped.is_some() {
             return self.stopped;
         }
-        let room = self.max_samples.saturating_sub(self.pcm.len());
+        let room = self.max_samples.saturating_sub(self.recorded());
         let kept = &pcm[..pcm.len().min(room)];
         // Judged per 20 ms, so a large push is not averaged into silence.
         if kept
@@ -170,8 +194,11 @@ impl Recorder {
             self.heard_audio = true;
             self.last_sound_ms = self.last_sound_ms.max(now_ms);
         }
-        self.pcm.extend(kept);
-        if self.pcm.len() >= self.max_samples {
+        if let Some(l) = &mut self.loudness {
+            l.push(kept);
+        }
+        self.tape.extend(kept);
+        if self.recorded() >= self.max_samples {
             return self.stop(StopReason::MaxLength);
         }
         self.tick(now_ms)
@@ -182,9 +209,13 @@ impl Recorder {
         if self.stopped.is_some() {
             return self.stopped;
         }
-        let room = self.max_samples.saturating_sub(self.pcm.len());
-        self.pcm.extend_zeros(samples.min(room));
-        if self.pcm.len() >= self.max_samples {
+        let room = self.max_samples.saturating_sub(self.recorded());
+        let n = samples.min(room);
+        if let Some(l) = &mut self.loudness {
+            l.push_zeros(n);
+        }
+        self.tape.extend_zeros(n);
+        if self.recorded() >= self.max_samples {
             return self.stop(StopReason::MaxLength);
         }
         self.tick(now_ms)
@@ -231,24 +262,28 @@ impl Recorder {
     /// reason a method returned); if the recorder had already stopped itself, its own reason wins.
     pub fn finish(self, reason: StopReason) -> Recording {
         let reason = self.stopped.unwrap_or(reason);
-        let mut pcm = self.pcm.into_vec();
-        if self.opts.trim {
-            let keep = level::trim_silence_range(&pcm);
-            pcm.truncate(keep.end);
-            pcm.drain(..keep.start);
-        }
-        let duration_ms = pcm.len() as u64 / SAMPLES_PER_MS;
+        let len = self.tape.len();
+        let keep = match self.loudness {
+            Some(l) => l.keep(len),
+            None => 0..len,
+        };
+        let duration_ms = (keep.end - keep.start) / SAMPLES_PER_MS;
         let digit = match reason {
             StopReason::FinishKey(c) => Some(c),
             _ => None,
         };
         Recording {
-            pcm,
+            tape: self.tape.finish(),
+            keep,
             duration_ms,
             heard_audio: self.heard_audio,
             reason,
             digit,
         }
+    }
+
+    fn recorded(&self) -> usize {
+        usize::try_from(self.tape.len()).unwrap_or(usize::MAX)
     }
 
     fn stop(&mut self, reason: StopReason) -> Option<StopReason> {
@@ -260,65 +295,110 @@ impl Recorder {
 /// How far the peer's side may trail what was sent before silence is added (jitter).
 const ALIGN_SLACK_SAMPLES: usize = 60 * SAMPLES_PER_MS as usize;
 
-/// A conversation being recorded (`<Dial record>`): what the peer said and what the call sent
-/// it (the bridged party's voice, prompts), kept apart as they come and mixed at the end. Both
-/// sides run on the worker's clock, a frame at a time, so they stay aligned; each stops at
-/// `max_samples`.
+/// How far one side may run ahead of the other before the other is taken as silent there (a
+/// peer that stopped sending must not hold what was said in memory).
+const MAX_AHEAD_SAMPLES: usize = 2 * 8000;
+
+/// A conversation being recorded (`<Dial record>`, a whole call): what the peer said and what
+/// the call sent it (the bridged party's voice, prompts), mixed as soon as both sides have
+/// reached a moment, onto a tape. Both sides run on the worker's clock, a frame at a time, so
+/// they stay aligned and little waits unmixed; each stops at `max_samples`.
 #[derive(Debug)]
 pub struct Conversation {
-    heard: Blocks,
-    said: Blocks,
+    heard: VecDeque<i16>,
+    said: VecDeque<i16>,
+    /// Samples each side has given (mixed or waiting).
+    heard_len: usize,
+    said_len: usize,
     max_samples: usize,
+    tape: Tape,
 }
 
 impl Conversation {
-    pub fn new(max_ms: u64) -> Conversation {
+    pub fn new(max_ms: u64, tape: Tape) -> Conversation {
         Conversation {
-            heard: Blocks::default(),
-            said: Blocks::default(),
+            heard: VecDeque::new(),
+            said: VecDeque::new(),
+            heard_len: 0,
+            said_len: 0,
             max_samples: usize::try_from(max_ms * SAMPLES_PER_MS).unwrap_or(usize::MAX),
+            tape,
         }
     }
 
     /// The peer's audio, as it is released in order.
     pub fn heard(&mut self, pcm: &[i16]) {
-        let room = self.max_samples.saturating_sub(self.heard.len());
-        self.heard.extend(&pcm[..pcm.len().min(room)]);
+        let room = self.max_samples.saturating_sub(self.heard_len);
+        let pcm = &pcm[..pcm.len().min(room)];
+        self.heard_len += pcm.len();
+        self.heard.extend(pcm);
+        self.mix();
     }
 
     /// What the call sent for one frame (`None`: silence of `samples`, e.g. a digit's time).
     pub fn said(&mut self, pcm: Option<&[i16]>, samples: usize) {
-        let room = self.max_samples.saturating_sub(self.said.len());
+        let room = self.max_samples.saturating_sub(self.said_len);
         match pcm {
-            Some(pcm) => self.said.extend(&pcm[..pcm.len().min(room)]),
-            None => self.said.extend_zeros(samples.min(room)),
+            Some(pcm) => {
+                let pcm = &pcm[..pcm.len().min(room)];
+                self.said_len += pcm.len();
+                self.said.extend(pcm);
+            }
+            None => {
+                let n = samples.min(room);
+                self.said_len += n;
+                self.said.extend(std::iter::repeat_n(0, n));
+            }
         }
+        self.mix();
     }
 
     /// Pads the peer's side with silence up to what was sent, less a jitter allowance: a peer
     /// that sends nothing must not shift everything it says later.
     pub fn align_heard(&mut self) {
         let behind = self
-            .said
-            .len()
-            .saturating_sub(self.heard.len() + ALIGN_SLACK_SAMPLES);
-        let room = self.max_samples.saturating_sub(self.heard.len());
-        self.heard.extend_zeros(behind.min(room));
+            .said_len
+            .saturating_sub(self.heard_len + ALIGN_SLACK_SAMPLES);
+        let room = self.max_samples.saturating_sub(self.heard_len);
+        let n = behind.min(room);
+        self.heard_len += n;
+        self.heard.extend(std::iter::repeat_n(0, n));
+        self.mix();
     }
 
-    /// Both sides mixed into one mono track, as long as the longer side (a CPU-bound copy of
-    /// the whole recording: not on a real-time thread).
-    pub fn finish(self) -> Vec<i16> {
-        let heard = self.heard.into_vec();
-        let said = self.said.into_vec();
-        let n = heard.len().max(said.len());
-        (0..n)
-            .map(|i| {
-                let a = i32::from(heard.get(i).copied().unwrap_or(0));
-                let b = i32::from(said.get(i).copied().unwrap_or(0));
-                (a + b).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16
-            })
-            .collect()
+    /// Mixes what both sides have (and, of a side far ahead, what the other will not catch
+    /// up with) onto the tape.
+    fn mix(&mut self) {
+        let both = self.heard.len().min(self.said.len());
+        let ahead = self.heard.len().max(self.said.len());
+        let n = both.max(ahead.saturating_sub(MAX_AHEAD_SAMPLES));
+        if n == 0 {
+            return;
+        }
+        self.mix_out(n);
+    }
+
+    fn mix_out(&mut self, n: usize) {
+        let mut out = [0i16; 160];
+        let mut left = n;
+        while left > 0 {
+            let m = left.min(out.len());
+            for o in &mut out[..m] {
+                let a = i32::from(self.heard.pop_front().unwrap_or(0));
+                let b = i32::from(self.said.pop_front().unwrap_or(0));
+                *o = (a + b).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
+            }
+            self.tape.extend(&out[..m]);
+            left -= m;
+        }
+    }
+
+    /// The rest mixed (the shorter side padded with silence), and the tape ended: as long as
+    /// the longer side.
+    pub fn finish(mut self) -> Taped {
+        let n = self.heard.len().max(self.said.len());
+        self.mix_out(n);
+        self.tape.finish()
     }
 }
 
@@ -328,20 +408,21 @@ mod conversation_tests {
 
     #[test]
     fn both_sides_are_mixed_aligned_and_clipped() {
-        let mut c = Conversation::new(1_000);
+        let mut c = Conversation::new(1_000, Tape::memory());
         c.heard(&[100, 200, i16::MAX]);
         c.said(Some(&[1, 2, 10]), 3);
         c.said(None, 2);
-        assert_eq!(c.finish(), vec![101, 202, i16::MAX, 0, 0]);
+        assert_eq!(c.finish().memory(), [101, 202, i16::MAX, 0, 0]);
     }
 
     #[test]
     fn a_silent_peer_is_padded_to_what_was_sent_less_the_slack() {
-        let mut c = Conversation::new(10_000);
+        let mut c = Conversation::new(10_000, Tape::memory());
         c.said(None, 8_000);
         c.align_heard();
         c.heard(&[7; 10]);
-        let mixed = c.finish();
+        let taped = c.finish();
+        let mixed = taped.memory();
         let at = 8_000 - ALIGN_SLACK_SAMPLES;
         assert_eq!(mixed.len(), 8_000);
         assert_eq!(&mixed[at..at + 10], &[7; 10]);
@@ -350,11 +431,12 @@ mod conversation_tests {
 
     #[test]
     fn each_side_stops_at_the_limit() {
-        let mut c = Conversation::new(1); // 8 samples
+        let mut c = Conversation::new(1, Tape::memory()); // 8 samples
         c.heard(&[1; 5]);
         c.heard(&[1; 5]);
         c.said(None, 100);
-        let mixed = c.finish();
+        let taped = c.finish();
+        let mixed = taped.memory();
         assert_eq!(mixed.len(), 8);
         assert_eq!(mixed.iter().filter(|&&s| s == 1).count(), 8);
     }
@@ -363,6 +445,7 @@ mod conversation_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::Tape;
 
     const FRAME: usize = 160;
 
@@ -412,7 +495,7 @@ mod tests {
     #[test]
     fn stops_after_silence_timeout_from_the_last_sound() {
         let start = 1_000_000;
-        let mut rec = Recorder::new(RecordOptions::default(), start);
+        let mut rec = Recorder::new(RecordOptions::default(), start, Tape::memory());
         // Talk for 2 s, then silence: stops 5 s after the last loud frame.
         let stop = run(&mut rec, start, start + 60_000, |t| t <= 2_000);
         assert_eq!(stop, Some((start + 7_000, StopReason::Silence)));
@@ -423,19 +506,19 @@ mod tests {
         assert_eq!(r.digit, None);
         // Trimmed: 2 s of sound plus the 100 ms margin after it (none fits before).
         assert_eq!(r.duration_ms, 2_100);
-        assert_eq!(r.pcm.len(), 2_100 * 8);
+        assert_eq!(r.pcm().len(), 2_100 * 8);
     }
 
     #[test]
     fn silence_from_the_start_counts() {
-        let mut rec = Recorder::new(RecordOptions::default(), 0);
+        let mut rec = Recorder::new(RecordOptions::default(), 0, Tape::memory());
         assert_eq!(
             run(&mut rec, 0, 60_000, |_| false),
             Some((5_000, StopReason::Silence))
         );
         let r = rec.finish(StopReason::Stopped);
         assert!(!r.heard_audio);
-        assert!(r.pcm.is_empty());
+        assert!(r.pcm().is_empty());
         assert_eq!(r.duration_ms, 0);
     }
 
@@ -446,7 +529,7 @@ mod tests {
             max_length_ms: 30_000,
             ..Default::default()
         };
-        let mut rec = Recorder::new(opts, 0);
+        let mut rec = Recorder::new(opts, 0, Tape::memory());
         assert_eq!(
             run(&mut rec, 0, 60_000, |_| false),
             Some((30_000, StopReason::MaxLength))
@@ -460,27 +543,27 @@ mod tests {
             trim: false,
             ..Default::default()
         };
-        let mut rec = Recorder::new(opts.clone(), 0);
+        let mut rec = Recorder::new(opts.clone(), 0, Tape::memory());
         assert_eq!(
             run(&mut rec, 0, 10_000, |_| true),
             Some((1_000, StopReason::MaxLength))
         );
         let r = rec.finish(StopReason::Hangup);
         assert_eq!(
-            (r.reason, r.pcm.len(), r.duration_ms),
+            (r.reason, r.pcm().len(), r.duration_ms),
             (StopReason::MaxLength, 8_000, 1_000)
         );
 
         // Audio arriving faster than the clock (a burst after a stall) is cut at the limit.
-        let mut rec = Recorder::new(opts.clone(), 0);
+        let mut rec = Recorder::new(opts.clone(), 0, Tape::memory());
         assert_eq!(
             rec.push(10, &vec![1000; 12_000]),
             Some(StopReason::MaxLength)
         );
-        assert_eq!(rec.finish(StopReason::Stopped).pcm.len(), 8_000);
+        assert_eq!(rec.finish(StopReason::Stopped).pcm().len(), 8_000);
 
         // The clock alone, no audio at all (the peer stopped sending).
-        let mut rec = Recorder::new(opts, 500);
+        let mut rec = Recorder::new(opts, 500, Tape::memory());
         assert_eq!(rec.tick(1_000), None);
         assert_eq!(rec.tick(1_499), None);
         assert_eq!(rec.tick(1_500), Some(StopReason::MaxLength));
@@ -488,7 +571,7 @@ mod tests {
 
     #[test]
     fn finish_key_stops_and_is_reported() {
-        let mut rec = Recorder::new(RecordOptions::default(), 0);
+        let mut rec = Recorder::new(RecordOptions::default(), 0, Tape::memory());
         assert_eq!(run(&mut rec, 0, 1_000, |_| true), None);
         assert_eq!(rec.digit('#'), Some(StopReason::FinishKey('#')));
         let r = rec.finish(StopReason::Stopped);
@@ -503,7 +586,7 @@ mod tests {
             finish_on_key: "*".into(),
             ..Default::default()
         };
-        let mut rec = Recorder::new(opts, 0);
+        let mut rec = Recorder::new(opts, 0, Tape::memory());
         for c in ['1', '#', 'A'] {
             assert_eq!(rec.digit(c), None);
         }
@@ -513,7 +596,7 @@ mod tests {
             finish_on_key: String::new(),
             ..Default::default()
         };
-        let mut rec = Recorder::new(opts, 0);
+        let mut rec = Recorder::new(opts, 0, Tape::memory());
         for c in "0123456789*#ABCD".chars() {
             assert_eq!(rec.digit(c), None);
         }
@@ -522,7 +605,7 @@ mod tests {
     #[test]
     fn hangup_and_stop_from_outside() {
         for reason in [StopReason::Hangup, StopReason::Stopped] {
-            let mut rec = Recorder::new(RecordOptions::default(), 0);
+            let mut rec = Recorder::new(RecordOptions::default(), 0, Tape::memory());
             assert_eq!(run(&mut rec, 0, 3_000, |t| t > 1_000 && t <= 2_000), None);
             let r = rec.finish(reason);
             assert_eq!(r.reason, reason);
@@ -534,7 +617,7 @@ mod tests {
 
     #[test]
     fn the_first_stop_wins() {
-        let mut rec = Recorder::new(RecordOptions::default(), 0);
+        let mut rec = Recorder::new(RecordOptions::default(), 0, Tape::memory());
         assert_eq!(rec.digit('5'), Some(StopReason::FinishKey('5')));
         // Later input changes nothing and repeats the reason.
         assert_eq!(rec.push(20, &loud()), Some(StopReason::FinishKey('5')));
@@ -544,7 +627,7 @@ mod tests {
         assert_eq!(rec.stopped(), Some(StopReason::FinishKey('5')));
         let r = rec.finish(StopReason::Hangup);
         assert_eq!((r.reason, r.digit), (StopReason::FinishKey('5'), Some('5')));
-        assert!(r.pcm.is_empty());
+        assert!(r.pcm().is_empty());
     }
 
     #[test]
@@ -553,19 +636,19 @@ mod tests {
             trim: false,
             ..Default::default()
         };
-        let mut rec = Recorder::new(opts, 0);
+        let mut rec = Recorder::new(opts, 0, Tape::memory());
         assert_eq!(rec.push(20, &loud()), None);
         assert_eq!(rec.push_silence(40, 160), None);
         assert_eq!(rec.push(60, &loud()), None);
         let r = rec.finish(StopReason::Hangup);
-        assert_eq!(r.pcm.len(), 480);
-        assert!(r.pcm[160..320].iter().all(|&s| s == 0));
+        assert_eq!(r.pcm().len(), 480);
+        assert!(r.pcm()[160..320].iter().all(|&s| s == 0));
         assert_eq!(r.duration_ms, 60);
     }
 
     #[test]
     fn lost_packets_count_as_silence_for_the_timeout() {
-        let mut rec = Recorder::new(RecordOptions::default(), 0);
+        let mut rec = Recorder::new(RecordOptions::default(), 0, Tape::memory());
         assert_eq!(rec.push(20, &loud()), None);
         let mut now = 20;
         let stop = loop {
@@ -579,7 +662,7 @@ mod tests {
 
     #[test]
     fn quiet_background_is_silence_and_a_big_push_is_judged_per_frame() {
-        let mut rec = Recorder::new(RecordOptions::default(), 0);
+        let mut rec = Recorder::new(RecordOptions::default(), 0, Tape::memory());
         // Line noise at about -60 dBFS.
         let hiss: Vec<i16> = (0..FRAME)
             .map(|n| if n % 2 == 0 { 30 } else { -30 })
@@ -600,16 +683,16 @@ mod tests {
             trim: false,
             ..Default::default()
         };
-        let mut rec = Recorder::new(opts, 0);
+        let mut rec = Recorder::new(opts, 0, Tape::memory());
         assert_eq!(run(&mut rec, 0, 3_000, |t| t > 1_000 && t <= 2_000), None);
         let r = rec.finish(StopReason::Hangup);
         assert_eq!(r.duration_ms, 3_000);
-        assert_eq!(r.pcm.len(), 24_000);
+        assert_eq!(r.pcm().len(), 24_000);
     }
 
     #[test]
     fn clock_going_backwards_does_not_panic() {
-        let mut rec = Recorder::new(RecordOptions::default(), 10_000);
+        let mut rec = Recorder::new(RecordOptions::default(), 10_000, Tape::memory());
         assert_eq!(rec.push(5_000, &loud()), None);
         assert_eq!(rec.tick(0), None);
         assert_eq!(rec.elapsed_ms(0), 0);
@@ -622,7 +705,7 @@ mod tests {
             max_length_ms: 0,
             ..Default::default()
         };
-        let mut rec = Recorder::new(opts, 0);
+        let mut rec = Recorder::new(opts, 0, Tape::memory());
         assert_eq!(rec.tick(0), Some(StopReason::MaxLength));
         let mut rec = Recorder::new(
             RecordOptions {
@@ -630,37 +713,40 @@ mod tests {
                 ..Default::default()
             },
             0,
+            Tape::memory(),
         );
         assert_eq!(rec.push(0, &loud()), Some(StopReason::MaxLength));
-        assert!(rec.finish(StopReason::Hangup).pcm.is_empty());
+        assert!(rec.finish(StopReason::Hangup).pcm().is_empty());
     }
-}
-
-#[cfg(test)]
-mod block_tests {
-    use super::*;
 
     #[test]
-    fn blocks_keep_every_sample_in_order_across_block_edges() {
-        let mut b = Blocks::default();
-        let mut want = Vec::new();
-        for (i, n) in [1usize, 7_999, 3, 16_000, 0, 12_345]
-            .into_iter()
-            .enumerate()
-        {
-            let chunk: Vec<i16> = (0..n)
-                .map(|k| (k as i16).wrapping_mul(i as i16 + 1))
-                .collect();
-            b.extend(&chunk);
-            want.extend_from_slice(&chunk);
-            b.extend_zeros(i * 100);
-            want.resize(want.len() + i * 100, 0);
-            assert_eq!(b.len(), want.len());
+    fn trimming_as_it_records_keeps_what_trimming_the_whole_keeps() {
+        let mut all = Vec::new();
+        let mut rec = Recorder::new(RecordOptions::default(), 0, Tape::memory());
+        // uneven pieces, so frames straddle pushes; sound, silence and a lost packet
+        let pieces: Vec<Vec<i16>> = vec![
+            quiet()[..70].to_vec(),
+            quiet(),
+            loud()[..100].to_vec(),
+            loud(),
+            quiet(),
+            vec![0; 37],
+            loud()[..13].to_vec(),
+            quiet(),
+            quiet(),
+            quiet()[..90].to_vec(),
+        ];
+        let mut t = 0;
+        for p in &pieces {
+            t += 20;
+            all.extend_from_slice(p);
+            rec.push(t, p);
         }
-        assert!(
-            b.blocks.iter().all(|blk| blk.capacity() == BLOCK),
-            "no block ever grew"
-        );
-        assert_eq!(b.into_vec(), want);
+        rec.push_silence(t, 500);
+        all.extend([0; 500]);
+        let r = rec.finish(StopReason::Hangup);
+        let want = level::trim_silence_range(&all);
+        assert_eq!(r.keep, want.start as u64..want.end as u64);
+        assert_eq!(r.pcm(), all[want]);
     }
 }

@@ -33,6 +33,7 @@ use crate::dtmf::{InbandDetector, Rfc4733Receiver, Rfc4733Sender, TelephoneEvent
 use crate::g711::{self, Law};
 use crate::record::{Conversation, RecordOptions, Recorder, Recording, StopReason};
 use crate::rtp::{Accepted, Frame, Incoming, MAX_PAYLOAD, Outgoing, RtpStats, StreamParams};
+use crate::spool::{Spool, Tape};
 
 /// A frame sent this much after it was due counts as late (the quality bar of the benchmark).
 pub const LATE_MS: u64 = 40;
@@ -133,7 +134,7 @@ pub enum Command {
     Detect(AmdConfig),
     /// Records both directions until `EndConversation` or the close, for at most `max_ms`.
     /// Ignored while one runs (see [`MediaSession::records_conversation`]).
-    RecordConversation { max_ms: u64 },
+    RecordConversation { max_ms: u64, tape: String },
     /// Hands the conversation recording over ([`MediaSession::poll_conversation`]).
     EndConversation,
     /// The call is over: what runs reports (a recording as [`StopReason::Hangup`]), the
@@ -285,10 +286,10 @@ struct Running {
 }
 
 impl Running {
-    fn new(opts: RecordOptions, now: u64) -> Running {
+    fn new(opts: RecordOptions, now: u64, tape: Tape) -> Running {
         // Audio already waiting belongs before the recording.
         Running {
-            recorder: Recorder::new(opts, now),
+            recorder: Recorder::new(opts, now, tape),
             start_ms: now,
             samples: 0,
         }
@@ -410,6 +411,8 @@ pub struct MediaSession {
     listening: Listening,
     /// Answering-machine detection, while it runs.
     detector: Option<Amd>,
+    /// Where recordings are written as they are made (none: kept in memory, for tests).
+    spool: Option<Spool>,
     /// `<Dial record>` or `Record=true`: both directions while it runs.
     conversation: Option<Box<Conversation>>,
     /// An ended conversation recording, waiting for [`MediaSession::poll_conversation`].
@@ -446,6 +449,7 @@ impl MediaSession {
             sending: Sending::Nothing,
             listening: Listening::Nothing,
             detector: None,
+            spool: None,
             conversation: None,
             finished_conversation: None,
             bridge: None,
@@ -592,7 +596,9 @@ impl MediaSession {
                         self.replace_sending(now, Sending::Prompt(beep));
                     }
                     None => {
-                        self.listening = Listening::Recording(Rec::Running(Running::new(opts, now)))
+                        let tape = self.tape(&opts.tape);
+                        self.listening =
+                            Listening::Recording(Rec::Running(Running::new(opts, now, tape)))
                     }
                 }
             }
@@ -634,10 +640,11 @@ impl MediaSession {
                 self.params = params;
             }
             Command::Detect(config) => self.detector = Some(Amd::new(config, now)),
-            Command::RecordConversation { max_ms } => {
+            Command::RecordConversation { max_ms, tape } => {
                 // one at a time: a second start leaves the running one alone
                 if self.conversation.is_none() {
-                    self.conversation = Some(Box::new(Conversation::new(max_ms)));
+                    let tape = self.tape(&tape);
+                    self.conversation = Some(Box::new(Conversation::new(max_ms, tape)));
                 }
             }
             Command::EndConversation => self.end_conversation(),
@@ -734,6 +741,12 @@ impl MediaSession {
             (Some(f), Some(t)) => Some(f.min(t)),
             (f, t) => f.or(t),
         }
+    }
+
+    /// Recordings go to `spool` as they are made.
+    pub fn with_spool(mut self, spool: Spool) -> MediaSession {
+        self.spool = Some(spool);
+        self
     }
 
     /// The conversation recording, once ended (by [`Command::EndConversation`] or the close),
@@ -978,7 +991,9 @@ impl MediaSession {
                 if let Listening::Recording(Rec::AfterBeep(opts)) =
                     std::mem::take(&mut self.listening)
                 {
-                    self.listening = Listening::Recording(Rec::Running(Running::new(opts, now)));
+                    let tape = self.tape(&opts.tape);
+                    self.listening =
+                        Listening::Recording(Rec::Running(Running::new(opts, now, tape)));
                 }
             }
             Listening::Nothing | Listening::Recording(Rec::Running(_)) => {}
@@ -1043,6 +1058,14 @@ impl MediaSession {
         self.end_listening(reason);
     }
 
+    /// A tape for a recording: in the spool if the session has one, else in memory.
+    fn tape(&self, name: &str) -> Tape {
+        match &self.spool {
+            Some(spool) => spool.tape(name),
+            None => Tape::memory(),
+        }
+    }
+
     fn end_conversation(&mut self) {
         if let Some(c) = self.conversation.take() {
             self.finished_conversation = Some(c);
@@ -1103,6 +1126,7 @@ mod tests {
             silence_timeout_ms,
             finish_on_key: "#".into(),
             trim: false,
+            tape: String::new(),
         }
     }
 
@@ -1818,7 +1842,10 @@ mod tests {
     #[test]
     fn a_conversation_is_recorded_beside_anything_and_handed_over_once() {
         let mut sim = Sim::new(params(Some(101)));
-        sim.command(Command::RecordConversation { max_ms: 60_000 });
+        sim.command(Command::RecordConversation {
+            max_ms: 60_000,
+            tape: String::new(),
+        });
         assert!(sim.s.records_conversation());
         sim.command(play(1600, false)); // 200 ms said
         sim.talk_until(400, 3000);
@@ -1826,7 +1853,8 @@ mod tests {
         assert!(!sim.s.records_conversation());
         let c = sim.s.poll_conversation().expect("handed over");
         assert!(sim.s.poll_conversation().is_none());
-        let mixed = c.finish();
+        let taped = c.finish();
+        let mixed = taped.memory();
         assert_eq!(mixed.len(), 400 * 8, "both sides, aligned");
         // the first 200 ms hold the prompt and the peer, the rest only the peer
         assert!(mixed[..1600].iter().all(|&s| s > LOUD));
@@ -1836,7 +1864,10 @@ mod tests {
     #[test]
     fn a_closed_session_reports_what_ran_and_takes_nothing_more() {
         let mut sim = Sim::new(params(Some(101)));
-        sim.command(Command::RecordConversation { max_ms: 60_000 });
+        sim.command(Command::RecordConversation {
+            max_ms: 60_000,
+            tape: String::new(),
+        });
         sim.command(Command::Record {
             opts: record(60_000, 0),
             beep: None,
@@ -1895,7 +1926,10 @@ mod tests {
         sim.command(Command::SendDigits("1w2".into()));
         sim.idle_until(4500);
         sim.command(Command::Detect(AmdConfig::default()));
-        sim.command(Command::RecordConversation { max_ms: 60_000 });
+        sim.command(Command::RecordConversation {
+            max_ms: 60_000,
+            tape: String::new(),
+        });
         sim.talk_until(5000, LOUD);
         sim.idle_until(9000);
         sim.command(Command::EndConversation);

@@ -35,6 +35,7 @@ use crate::amd::AmdConfig;
 use crate::record::{Conversation, RecordOptions};
 use crate::rtp::{Outgoing, RtpStats, StreamParams};
 use crate::session::{Command, MediaSession};
+use crate::spool::Spool;
 
 pub use crate::session::{Collect, CollectEnd, LATE_MS, MediaEvent, PlayItem};
 
@@ -65,6 +66,8 @@ pub struct MediaConfig {
     pub port_max: u16,
     /// Worker threads; 0 = one per available core.
     pub workers: usize,
+    /// Where recordings are written as they are made ([`crate::spool`]).
+    pub spool_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,8 @@ pub enum MediaError {
     EmptyRange(u16, u16),
     #[error("starting a media worker: {0}")]
     Spawn(io::Error),
+    #[error("starting the recording spool in {0}: {1}")]
+    Spool(std::path::PathBuf, io::Error),
 }
 
 /// What a worker is told, through its channel.
@@ -90,6 +95,7 @@ enum Msg {
     RecordConversation {
         id: u64,
         max_ms: u64,
+        tape: String,
         done: oneshot::Sender<Box<Conversation>>,
     },
     /// Each call hears the other (both are on this worker).
@@ -160,6 +166,7 @@ fn drain(socket: &UdpSocket) -> bool {
 /// The media layer: the workers and the port pool.
 pub struct Media {
     shared: Arc<Shared>,
+    spool: Spool,
     workers: Vec<mpsc::Sender<Msg>>,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
     next_worker: AtomicUsize,
@@ -247,6 +254,8 @@ impl Media {
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         });
+        let spool = Spool::start(&config.spool_dir)
+            .map_err(|e| MediaError::Spool(config.spool_dir.clone(), e))?;
         let n = match config.workers {
             0 => thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -267,10 +276,16 @@ impl Media {
         }
         Ok(Media {
             shared,
+            spool,
             workers,
             threads: Mutex::new(threads),
             next_worker: AtomicUsize::new(0),
         })
+    }
+
+    /// Where recordings are written as they are made.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
     }
 
     /// The address media sockets are bound to.
@@ -345,7 +360,8 @@ impl Media {
                 session: MediaSession::new(
                     params,
                     Outgoing::new(rand::random(), rand::random(), rand::random()),
-                ),
+                )
+                .with_spool(self.spool.clone()),
                 bridged: None,
                 conversation_done: None,
                 sent: 0,
@@ -415,11 +431,17 @@ impl CallMedia {
     /// returned channel when `end_conversation` ends it or the media closes, whatever became of
     /// the caller's events (mix it with [`Conversation::finish`], off the async threads); the
     /// channel closes with nothing if another conversation recording was already running.
-    pub fn record_conversation(&self, max_ms: u64) -> oneshot::Receiver<Box<Conversation>> {
+    /// `tape` names its spool file.
+    pub fn record_conversation(
+        &self,
+        max_ms: u64,
+        tape: String,
+    ) -> oneshot::Receiver<Box<Conversation>> {
         let (done, rx) = oneshot::channel();
         let _ = self.inner.tx.send(Msg::RecordConversation {
             id: self.id(),
             max_ms: max_ms.min(MAX_CONVERSATION_MS),
+            tape,
             done,
         });
         rx
@@ -801,7 +823,12 @@ impl Worker {
                     self.due[slot] = now;
                 }
             }
-            Msg::RecordConversation { id, max_ms, done } => {
+            Msg::RecordConversation {
+                id,
+                max_ms,
+                tape,
+                done,
+            } => {
                 let Some((slot, call)) = self.call_mut(id) else {
                     return;
                 };
@@ -810,7 +837,7 @@ impl Worker {
                 if !call.session.records_conversation() {
                     call.conversation_done = Some(done);
                     call.session
-                        .handle_command(now, Command::RecordConversation { max_ms });
+                        .handle_command(now, Command::RecordConversation { max_ms, tape });
                     self.due[slot] = now;
                 }
             }
@@ -938,6 +965,7 @@ mod tests {
                     port_min: port,
                     port_max: port,
                     workers: 1,
+                    spool_dir: std::env::temp_dir().join("callflow-test-spool"),
                 })
                 .ok()
                 .filter(|m| m.reserve().is_ok())

@@ -80,6 +80,7 @@ fn media_with_ports(span: u16) -> Arc<Media> {
             port_min: base,
             port_max: base + span,
             workers: 1,
+            spool_dir: std::env::temp_dir().join("callflow-test-spool"),
         }) {
             return Arc::new(m);
         }

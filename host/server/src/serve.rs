@@ -203,6 +203,7 @@ async fn start_sip(config: &Config) -> anyhow::Result<SipParts> {
         port_min: config.sip.rtp_port_min,
         port_max: config.sip.rtp_port_max,
         workers: 0,
+        spool_dir: config.data_dir.join("spool"),
     })
     .context("starting media")?;
     Ok(SipParts {

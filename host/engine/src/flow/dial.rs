@@ -128,8 +128,10 @@ impl Session {
                     }
                     if d.record && recording.is_none() && !self.call.instructions.record {
                         // record-from-answer: both sides, from the bridge to the end
-                        let done = self.media.record_conversation(u64::from(d.time_limit_ms));
-                        recording = Some((done, now_ms()));
+                        let started = now_ms();
+                        let tape = super::record::tape_name(&self.call, "DialVerb", started);
+                        let done = self.media.record_conversation(u64::from(d.time_limit_ms), tape);
+                        recording = Some((done, started));
                     }
                 }
                 e = self.events.recv() => match e {

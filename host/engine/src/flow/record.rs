@@ -2,9 +2,11 @@
 //! finished audio, and every recording (`<Record>`, a bridged conversation, a whole call)
 //! written as WAV and MP3 and made a Recording resource before anyone hears of it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use callflow_media::record::{RecordOptions, StopReason};
+use callflow_media::spool::{self, Taped};
 use callflow_media::worker::MediaEvent;
 use callflow_runtime::flow::{FlowEvent, RecordResult};
 use callflow_runtime::{World, recording};
@@ -15,6 +17,23 @@ use callflow_store::{
 use super::{FlowRunner, Next, Outcome, Session};
 use crate::clock::now_ms;
 use crate::plugins::{method_name, pinned};
+
+/// The spool file name of a recording of `call` from `source` started at `started` (ms):
+/// what the recovery after a crash needs to know.
+pub(super) fn tape_name(call: &Call, source: &str, started: i64) -> String {
+    format!("{}.{}.{source}.{started}", call.account_sid, call.sid)
+}
+
+/// `(account, call, source, started)` of a [`tape_name`].
+fn parse_tape_name(name: &str) -> Option<(String, String, String, i64)> {
+    let mut parts = name.split('.');
+    let (account, call, source) = (parts.next()?, parts.next()?, parts.next()?);
+    let started = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((account.into(), call.into(), source.into(), started))
+}
 
 impl FlowRunner {
     /// A conversation recording once the media hands it over: mixed off the async threads,
@@ -28,18 +47,38 @@ impl FlowRunner {
         source: &str,
     ) -> Option<callflow_runtime::flow::DialRecording> {
         let conversation = done.await.ok()?;
-        let pcm = tokio::task::spawn_blocking(move || conversation.finish())
+        // ending the tape may wait for the spool's writer
+        let taped = tokio::task::spawn_blocking(move || conversation.finish())
             .await
             .ok()?;
-        if pcm.is_empty() {
+        if taped.samples() == 0 {
+            taped.discard();
             return None;
         }
-        let duration_ms = pcm.len() as u64 / 8;
-        let stored = self
-            .store_recording(call, &pcm, duration_ms, started, source, Vec::new())
-            .await;
+        self.store_taped(call, taped, started, source).await
+    }
+
+    /// Stores the whole of `taped` as a Recording of `call` with its recording-ready event,
+    /// logged on the call, and removes its spool file once stored (one that cannot be stored
+    /// is left for the next start to try again).
+    async fn store_taped(
+        &self,
+        call: &Call,
+        mut taped: Taped,
+        started: i64,
+        source: &str,
+    ) -> Option<callflow_runtime::flow::DialRecording> {
+        let stored = match taped.read(0..u64::MAX).await {
+            Ok(pcm) => {
+                let duration_ms = pcm.len() as u64 / 8;
+                self.store_recording(call, &pcm, duration_ms, started, source, Vec::new())
+                    .await
+                    .map(|(sid, url)| (sid, url, duration_ms))
+            }
+            Err(e) => Err(e),
+        };
         let entry = match &stored {
-            Ok((sid, _)) => CallLogEntry::RecordingStored(RecordingStored {
+            Ok((sid, _, _)) => CallLogEntry::RecordingStored(RecordingStored {
                 recording_sid: sid.clone(),
                 source: source.to_owned(),
             }),
@@ -49,12 +88,63 @@ impl FlowRunner {
             }),
         };
         self.inner.store.log_call_event(&call.sid, now_ms(), &entry);
-        let (sid, url) = stored.ok()?;
+        let (sid, url, duration_ms) = stored.ok()?;
+        taped.discard();
         Some(callflow_runtime::flow::DialRecording {
             sid,
             url,
             duration_s: u32::try_from(duration_ms.div_ceil(1000)).unwrap_or(u32::MAX),
         })
+    }
+
+    /// Makes a Recording of each spool file in `dir` a previous run left (it crashed while
+    /// recording): all that reached the disk, up to a second before the crash. A file whose
+    /// call is unknown is removed; one that cannot be stored stays for the next start.
+    pub async fn recover_recordings(self, dir: PathBuf) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(spool::EXTENSION) {
+                continue;
+            }
+            let Some((account, call_sid, source, started)) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(parse_tape_name)
+            else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let call = match self.inner.store.call(&account, &call_sid).await {
+                Ok(Some(call)) => call,
+                Ok(None) => {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "a recording left by a crash waits for the next start");
+                    continue;
+                }
+            };
+            let Ok(taped) = Taped::left_over(path.clone()) else {
+                continue;
+            };
+            if taped.samples() == 0 {
+                taped.discard();
+                continue;
+            }
+            let seconds = taped.samples() / 8000;
+            match self.store_taped(&call, taped, started, &source).await {
+                Some(r) => {
+                    tracing::info!(call = %call.sid, recording = %r.sid, seconds, "kept a recording a crash interrupted")
+                }
+                None => {
+                    tracing::warn!(call = %call.sid, file = %path.display(), "a recording a crash interrupted could not be stored; it waits for the next start")
+                }
+            }
+        }
     }
 
     /// Writes a recording's WAV and MP3, then creates its Recording resource together with
@@ -126,16 +216,17 @@ impl FlowRunner {
 
 impl Session {
     pub(super) async fn record(&mut self, r: callflow_runtime::flow::Record) -> Outcome {
+        let started = now_ms();
         let opts = RecordOptions {
             max_length_ms: u64::from(r.max_length_ms.max(1000)),
             silence_timeout_ms: u64::from(r.timeout_ms),
             finish_on_key: r.finish_on_key,
             trim: r.trim_silence,
+            tape: tape_name(&self.call, "RecordVerb", started),
         };
         let beep = r
             .play_beep
             .then(|| Arc::new(callflow_media::prompt::beep()));
-        let started = now_ms();
         self.media.record(opts, beep);
         let rec = loop {
             match self.next_media().await {
@@ -145,7 +236,15 @@ impl Session {
                 Next::Media(_) => {}
             }
         };
-        let digits = match (rec.digit, rec.reason) {
+        let callflow_media::record::Recording {
+            mut tape,
+            keep,
+            heard_audio,
+            reason,
+            digit,
+            ..
+        } = *rec;
+        let digits = match (digit, reason) {
             (Some(d), _) => d.to_string(),
             (None, StopReason::Hangup) => "hangup".into(),
             _ => String::new(),
@@ -159,13 +258,28 @@ impl Session {
                 empty: true,
             }))
         };
-        if !rec.heard_audio || rec.pcm.is_empty() {
+        if !heard_audio || keep.is_empty() {
+            tape.discard();
             return nothing(digits);
         }
+        // what is kept, read back from the spool once (the recording plugin and the encoders
+        // take it whole)
+        let mut pcm = match tape.read(keep).await {
+            Ok(pcm) => pcm,
+            Err(why) => {
+                self.log(CallLogEntry::FlowError(FlowFailure::Recording {
+                    error: why,
+                    source: None,
+                }))
+                .await;
+                tape.discard();
+                return nothing(digits);
+            }
+        };
+        tape.discard();
         // The account's recording plugin, if it binds one, decides what is kept.
-        let mut pcm = rec.pcm;
         let mut notify = Vec::new();
-        match self.recording_plan(&pcm, rec.reason, rec.digit).await {
+        match self.recording_plan(&pcm, reason, digit).await {
             Ok(None) => {}
             Ok(Some(plan)) => {
                 notify = plan.notify;
