@@ -10,6 +10,8 @@ WebhookReceiver, so that callflow keeps a call up until SIPp hangs up (a dead Ur
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness import DEFAULT_FROM, WebhookReceiver, free_port, wait_until
@@ -399,6 +401,37 @@ def test_outbound_call_answered_then_hung_up_by_far_end(
     sipp, client = outbound(start_callflow, far_end, twiml, "uas_answer")
     call = place_call(client, receiver, twiml, timeout=15)
     assert_answered_and_completed(client, receiver, call.sid, sipp)
+
+
+def test_send_digits_are_keyed_to_the_far_end_once_it_answers(callflow_factory, twiml):
+    """`SendDigits` on Calls.json: once the callee answers, the digits go to it as RFC 4733
+    events (`w` waits half a second), before the call's TwiML runs. The callee here is
+    callflow itself (its trunk points at its own SIP address), whose number runs a <Gather>:
+    the digits it collects from the call's real RTP are the ones sent."""
+    server = callflow_factory(start=False)
+    server.config_toml = trunk_toml(server.sip_port)
+    server.start()
+    client = server.client()
+    provision_number(client, twiml)
+    gather = b'<Response><Gather numDigits="4" timeout="10" finishOnKey="" action="/gathered"/></Response>'
+    twiml.routes["/voice"] = gather
+    twiml.routes["/outbound"] = b'<Response><Pause length="5"/></Response>'
+    call = client.calls.create(
+        to=DEFAULT_FROM, from_=DEFAULT_FROM, url=twiml.url("/outbound"), send_digits="w12*#"
+    )
+    gathered = twiml.wait_for(
+        lambda reqs: [r for r in reqs if r.path.startswith("/gathered")], timeout=WAIT_S
+    )
+    assert gathered, f"the callee gathered nothing\n{server.log_tail()}"
+    assert gathered[0].form["Digits"] == "12*#", gathered[0].form
+    # the callee is the inbound leg, not the call that sent the digits
+    assert gathered[0].form["CallSid"] != call.sid
+
+    def noted():
+        r = server.request("GET", f"/v1/Accounts/{server.account_sid}/Calls/{call.sid}/Events")
+        return any("SendDigits" in json.dumps(e["detail"]) for e in r.json()["events"])
+
+    assert wait_until(noted, WAIT_S, interval=0.1), "the call's events do not say the digits were sent"
 
 
 def test_outbound_call_with_digest_authentication(start_callflow, far_end, twiml, receiver):

@@ -19,8 +19,8 @@ use callflow_runtime::flow::{
     Redirect as FlowRedirect, RejectReason,
 };
 use callflow_store::{
-    Amd, Call, CallLogEntry, CallUpdate, DeliveredEvent, FlowFailure, FlowStarted, MediaError, Pin,
-    Redirected, Store,
+    Amd, Call, CallLogEntry, CallUpdate, DeliveredEvent, FlowFailure, FlowStarted, LogLevel,
+    LogSource, MediaError, Pin, Redirected, Store,
 };
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -218,6 +218,14 @@ impl FlowRunner {
                     .await;
             }
         }
+        // Twilio's `SendDigits`: keyed to the far end as soon as it answers (an extension, a
+        // PBX's menu), before detection and the flow
+        if let Some(digits) = s.call.instructions.send_digits.clone()
+            && !digits.is_empty()
+            && !s.send_digits(&digits).await
+        {
+            return;
+        }
         // Enable and DetectMessageEnd both wait for the verdict before the flow starts
         if s.call.instructions.machine_detection.is_some() && !s.detect().await {
             return;
@@ -275,6 +283,21 @@ impl Session {
     /// `MachineDetection`: listens to the callee's first seconds before the flow starts and
     /// records `AnsweredBy` on the call (the flow's first fetch carries it). False when the
     /// call ended meanwhile.
+    /// Sends `digits` as RFC 4733 events; false if the call ended meanwhile.
+    async fn send_digits(&mut self, digits: &str) -> bool {
+        self.media.send_digits(digits);
+        let sent = self
+            .wait_for(|e| matches!(e, MediaEvent::DigitsSent).then_some(FlowEvent::PromptDone))
+            .await;
+        self.log(CallLogEntry::log(
+            LogSource::Flow,
+            LogLevel::Info,
+            format!("SendDigits {digits:?} sent on answer"),
+        ))
+        .await;
+        !matches!(sent, Outcome::Gone)
+    }
+
     async fn detect(&mut self) -> bool {
         self.media.detect(AmdConfig::default());
         let verdict = loop {
