@@ -260,11 +260,22 @@ fn hand_over(tx: &SyncSender<Job>, job: Job) {
     }
 }
 
-/// A finished recording's audio.
+/// A finished recording's audio. Dropped, it removes its spool file (a recording nobody
+/// stored is not wanted), unless [`Taped::leave`] kept it for the next start.
 #[derive(Debug)]
 pub struct Taped {
     samples: u64,
     kind: TapedKind,
+}
+
+impl Drop for Taped {
+    fn drop(&mut self) {
+        if let TapedKind::File { path, .. } = &self.kind
+            && !path.as_os_str().is_empty()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -335,9 +346,12 @@ impl Taped {
     }
 
     /// Removes the spool file (once the recording is stored, or was not wanted).
-    pub fn discard(self) {
-        if let TapedKind::File { path, .. } = self.kind {
-            let _ = std::fs::remove_file(path);
+    pub fn discard(self) {}
+
+    /// Leaves the spool file where it is, for the next start to make a recording of.
+    pub fn leave(mut self) {
+        if let TapedKind::File { path, .. } = &mut self.kind {
+            *path = PathBuf::new();
         }
     }
 
@@ -399,6 +413,11 @@ mod tests {
         );
         taped.discard();
         assert!(!path.exists());
+        // one left for the next start stays
+        let mut tape = spool.tape("kept");
+        tape.extend(&[1; 10]);
+        tape.finish().leave();
+        assert!(dir.path().join("kept.pcm").exists());
     }
 
     #[tokio::test]

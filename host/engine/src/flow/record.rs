@@ -88,7 +88,10 @@ impl FlowRunner {
             }),
         };
         self.inner.store.log_call_event(&call.sid, now_ms(), &entry);
-        let (sid, url, duration_ms) = stored.ok()?;
+        let Ok((sid, url, duration_ms)) = stored else {
+            taped.leave();
+            return None;
+        };
         taped.discard();
         Some(callflow_runtime::flow::DialRecording {
             sid,
@@ -276,7 +279,8 @@ impl Session {
                 return nothing(digits);
             }
         };
-        tape.discard();
+        // the spool file goes when `tape` does, at the end, unless the recording could not
+        // be stored: then the next start makes one of all of it
         // The account's recording plugin, if it binds one, decides what is kept.
         let mut notify = Vec::new();
         match self.recording_plan(&pcm, reason, digit).await {
@@ -324,6 +328,7 @@ impl Session {
                 empty: false,
             })),
             Err(why) => {
+                tape.leave();
                 self.log(CallLogEntry::FlowError(FlowFailure::Recording {
                     error: why,
                     source: None,
