@@ -8,8 +8,9 @@
 //! writes are done. Without a spool (unit tests of the pure cores) a tape is kept in memory.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -44,8 +45,10 @@ struct Sink {
 }
 
 impl Sink {
-    fn append(&self, bytes: &[u8]) {
-        if let Err(e) = (&self.file).write_all(bytes)
+    /// Writes `bytes` at `offset`: positioned, so a block the worker writes itself (the queue
+    /// full) cannot land before an earlier one still queued.
+    fn append(&self, offset: u64, bytes: &[u8]) {
+        if let Err(e) = self.file.write_all_at(bytes, offset)
             && let Ok(mut error) = self.error.lock()
         {
             error.get_or_insert_with(|| e.to_string());
@@ -61,7 +64,8 @@ impl Sink {
 }
 
 enum Job {
-    Append(Arc<Sink>, Vec<u8>),
+    /// Bytes to write at an offset.
+    Append(Arc<Sink>, u64, Vec<u8>),
     /// Everything sent before is written: says how it went.
     Close(Arc<Sink>, oneshot::Sender<Result<(), String>>),
 }
@@ -69,8 +73,12 @@ enum Job {
 impl Spool {
     /// A spool in `dir` (created if missing), with its writer thread.
     pub fn start(dir: &Path) -> io::Result<Spool> {
+        Spool::with_queue(dir, QUEUED_BLOCKS)
+    }
+
+    fn with_queue(dir: &Path, blocks: usize) -> io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
-        let (tx, rx) = sync_channel(QUEUED_BLOCKS);
+        let (tx, rx) = sync_channel(blocks);
         std::thread::Builder::new()
             .name("media-spool".into())
             .spawn(move || write(rx))?;
@@ -124,7 +132,7 @@ impl Spool {
 fn write(rx: Receiver<Job>) {
     for job in rx {
         match job {
-            Job::Append(sink, bytes) => sink.append(&bytes),
+            Job::Append(sink, offset, bytes) => sink.append(offset, &bytes),
             Job::Close(sink, done) => {
                 let _ = done.send(sink.outcome());
             }
@@ -181,10 +189,13 @@ impl Tape {
     }
 
     pub fn extend(&mut self, mut pcm: &[i16]) {
+        let before = self.samples;
         self.samples += pcm.len() as u64;
         match &mut self.kind {
             Kind::Memory(v) => v.extend_from_slice(pcm),
             Kind::File { buf, sink, tx, .. } => {
+                // where `buf` starts in the file
+                let mut at = (before - buf.len() as u64) * 2;
                 while !pcm.is_empty() {
                     let n = (BLOCK - buf.len()).min(pcm.len());
                     buf.extend_from_slice(&pcm[..n]);
@@ -192,7 +203,8 @@ impl Tape {
                     if buf.len() == BLOCK {
                         let block = to_bytes(buf);
                         buf.clear();
-                        hand_over(tx, Job::Append(sink.clone(), block));
+                        hand_over(tx, Job::Append(sink.clone(), at, block));
+                        at += BLOCK as u64 * 2;
                     }
                 }
             }
@@ -223,7 +235,8 @@ impl Tape {
                 tx,
             } => {
                 if !buf.is_empty() {
-                    hand_over(&tx, Job::Append(sink.clone(), to_bytes(&buf)));
+                    let at = (self.samples - buf.len() as u64) * 2;
+                    hand_over(&tx, Job::Append(sink.clone(), at, to_bytes(&buf)));
                 }
                 let (done, written) = oneshot::channel();
                 hand_over(&tx, Job::Close(sink, done));
@@ -239,22 +252,23 @@ impl Tape {
     }
 }
 
-/// Gives `job` to the writer; when its queue is full (the disk is behind), does it here, on
-/// the caller's thread, rather than hold more in memory.
+/// Gives `job` to the writer. When its queue is full (the disk is behind), a block is written
+/// here, on the caller's thread, rather than held in memory; a close waits for room (it must
+/// come after the blocks queued before it).
 fn hand_over(tx: &SyncSender<Job>, job: Job) {
     match tx.try_send(job) {
         Ok(()) => {}
-        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => match job {
-            Job::Append(sink, bytes) => sink.append(&bytes),
+        Err(TrySendError::Full(Job::Append(sink, offset, bytes))) => sink.append(offset, &bytes),
+        Err(TrySendError::Full(close)) => {
+            if let Err(std::sync::mpsc::SendError(Job::Close(sink, done))) = tx.send(close) {
+                let _ = done.send(sink.outcome());
+            }
+        }
+        // the writer is gone (shutdown): the caller writes, and answers the close itself
+        Err(TrySendError::Disconnected(job)) => match job {
+            Job::Append(sink, offset, bytes) => sink.append(offset, &bytes),
             Job::Close(sink, done) => {
-                // the writer may still hold earlier blocks of this file: wait for it, unless
-                // it is gone
-                let (again, written) = oneshot::channel();
-                if tx.send(Job::Close(sink.clone(), again)).is_ok() {
-                    let _ = done.send(written.blocking_recv().unwrap_or(Err("spool gone".into())));
-                } else {
-                    let _ = done.send(sink.outcome());
-                }
+                let _ = done.send(sink.outcome());
             }
         },
     }
@@ -418,6 +432,20 @@ mod tests {
         tape.extend(&[1; 10]);
         tape.finish().leave();
         assert!(dir.path().join("kept.pcm").exists());
+    }
+
+    #[tokio::test]
+    async fn blocks_written_by_the_worker_when_the_queue_is_full_land_in_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        // no queue: most blocks are written by the caller, some by the writer thread
+        let spool = Spool::with_queue(dir.path(), 0).unwrap();
+        let mut tape = spool.tape("full");
+        let pcm: Vec<i16> = (0..10 * 8000 + 77).map(|i| (i % 30011) as i16).collect();
+        for chunk in pcm.chunks(160) {
+            tape.extend(chunk);
+        }
+        let mut taped = tape.finish();
+        assert_eq!(taped.read(0..u64::MAX).await.unwrap(), pcm);
     }
 
     #[tokio::test]
