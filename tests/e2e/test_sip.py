@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from twilio.base.exceptions import TwilioRestException
+from twilio.request_validator import RequestValidator
 
-from harness import DEFAULT_FROM, WebhookReceiver, free_port, wait_until
+from harness import DEFAULT_FROM, ROOT_AUTH_TOKEN, WebhookReceiver, free_port, wait_until
 from sipp import SippServer, _SippRun, run_sipp, sipp_path
 
 # The caller in tests/sipp/uac_*.xml (their From user).
@@ -432,6 +434,47 @@ def test_send_digits_are_keyed_to_the_far_end_once_it_answers(callflow_factory, 
         return any("SendDigits" in json.dumps(e["detail"]) for e in r.json()["events"])
 
     assert wait_until(noted, WAIT_S, interval=0.1), "the call's events do not say the digits were sent"
+
+
+def test_a_recorded_call_tells_its_recording_status_callback(
+    start_callflow, far_end, twiml, receiver
+):
+    """`Record=true` with `RecordingStatusCallback` and both events: `in-progress` when the
+    recording starts and `completed` once it is stored, with Twilio's parameters, signed, for
+    the recording the API then lists; an event Twilio does not know is refused at create."""
+    sipp, client = outbound(start_callflow, far_end, twiml, "uas_answer")
+    with pytest.raises(TwilioRestException) as refused:
+        place_call(
+            client, receiver, twiml, record=True,
+            recording_status_callback=receiver.url("/rec"),
+            recording_status_callback_event=["paused"],
+        )
+    assert refused.value.status == 400 and "RecordingStatusCallbackEvent" in refused.value.msg
+    call = place_call(
+        client, receiver, twiml, timeout=15, record=True,
+        recording_status_callback=receiver.url("/rec"),
+        recording_status_callback_event=["in-progress", "completed"],
+    )
+    assert_answered_and_completed(client, receiver, call.sid, sipp)
+    told = receiver.wait_for(
+        lambda reqs: (lambda r: r if len(r) >= 2 else None)(
+            [q for q in reqs if q.path.startswith("/rec")]
+        ),
+        timeout=WAIT_S,
+    )
+    assert told, [q.path for q in receiver.requests]
+    started, completed = told[0].form, told[1].form
+    assert [started["RecordingStatus"], completed["RecordingStatus"]] == ["in-progress", "completed"]
+    recs = client.recordings.list(call_sid=call.sid)
+    assert len(recs) == 1
+    for form in (started, completed):
+        assert form["CallSid"] == call.sid and form["RecordingSid"] == recs[0].sid, form
+        assert form["RecordingSource"] == "OutboundAPI" and form["RecordingChannels"] == "1"
+        assert form["RecordingUrl"].endswith(f"/Recordings/{recs[0].sid}")
+    assert int(completed["RecordingDuration"]) >= 1, completed
+    assert "RecordingDuration" not in started
+    for req in told:
+        assert RequestValidator(ROOT_AUTH_TOKEN).validate(req.url, req.form, req.signature)
 
 
 def test_outbound_call_with_digest_authentication(start_callflow, far_end, twiml, receiver):

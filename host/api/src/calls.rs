@@ -114,6 +114,16 @@ pub(crate) async fn call_template(
             })
         })
         .transpose()?;
+    // kept in the request's parameters, as received; checked here
+    params.url("RecordingStatusCallback", 20001)?;
+    let request_params = params.request_params();
+    let pairs = request_params
+        .0
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()));
+    if let Err((name, why)) = callflow_store::RecordingCallback::from_params(pairs) {
+        return Err(ApiError::param(name, &why));
+    }
     Ok(CallTemplate {
         from,
         phone_number_sid: owned.map(|n| n.sid),
@@ -135,7 +145,7 @@ pub(crate) async fn call_template(
             send_digits,
             record: params.bool("Record")?.unwrap_or(false),
             machine_detection,
-            request_params: params.request_params(),
+            request_params,
         },
     })
 }

@@ -281,7 +281,90 @@ impl Default for CallInstructions {
     }
 }
 
+/// Twilio's `RecordingStatusCallback` of a call created with `Record=true`: where and how the
+/// recording's status is told, and for which of its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingCallback {
+    pub url: String,
+    pub method: HttpMethod,
+    /// `in-progress` (the recording started), `completed`, `absent` (nothing was recorded);
+    /// default `completed`.
+    pub events: Vec<String>,
+}
+
+/// The events a recording status callback may ask for.
+pub const RECORDING_EVENTS: [&str; 3] = ["in-progress", "completed", "absent"];
+
+impl RecordingCallback {
+    /// The callback that the create request's `params` ask for: none without
+    /// `RecordingStatusCallback`; `Err((parameter, why))` for a method or an event Twilio would
+    /// refuse. (The URL itself is checked by the API, which alone knows its rules.)
+    pub fn from_params<'a>(
+        params: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Result<Option<RecordingCallback>, (&'static str, String)> {
+        let get = |name: &str| {
+            params
+                .clone()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v)
+        };
+        let Some(url) = get("RecordingStatusCallback").filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let method = match get("RecordingStatusCallbackMethod") {
+            None | Some("") => HttpMethod::Post,
+            Some(m) => HttpMethod::from_text(&m.to_ascii_uppercase()).map_err(|_| {
+                (
+                    "RecordingStatusCallbackMethod",
+                    "must be GET or POST".to_owned(),
+                )
+            })?,
+        };
+        let mut events = Vec::new();
+        for (_, value) in params
+            .into_iter()
+            .filter(|(n, _)| *n == "RecordingStatusCallbackEvent")
+        {
+            for e in value.split([' ', ',']).filter(|e| !e.is_empty()) {
+                if !RECORDING_EVENTS.contains(&e) {
+                    return Err((
+                        "RecordingStatusCallbackEvent",
+                        format!("{e:?} is not one of in-progress, completed, absent"),
+                    ));
+                }
+                if !events.iter().any(|x| x == e) {
+                    events.push(e.to_owned());
+                }
+            }
+        }
+        if events.is_empty() {
+            events.push("completed".into());
+        }
+        Ok(Some(RecordingCallback {
+            url: url.to_owned(),
+            method,
+            events,
+        }))
+    }
+
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e == event)
+    }
+}
+
 impl CallInstructions {
+    /// The recording status callback the create request asked for (checked by the API when
+    /// the call was created; read from the request as received, like Twilio's parameters).
+    pub fn recording_callback(&self) -> Option<RecordingCallback> {
+        let params = self
+            .request_params
+            .0
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()));
+        RecordingCallback::from_params(params).ok().flatten()
+    }
+
     /// Whether the call's status callback is due when the call enters `status`.
     pub fn wants_callback(&self, status: CallStatus) -> bool {
         self.status_callback.is_some()
@@ -294,6 +377,47 @@ impl CallInstructions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_callback_reads_twilios_parameters_and_defaults() {
+        let p = |pairs: &[(&'static str, &'static str)]| {
+            RecordingCallback::from_params(pairs.iter().copied())
+        };
+        assert_eq!(p(&[("Record", "true")]), Ok(None));
+        let cb = p(&[("RecordingStatusCallback", "https://a.example/r")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (cb.method, cb.events),
+            (HttpMethod::Post, vec!["completed".to_owned()])
+        );
+        let cb = p(&[
+            ("RecordingStatusCallback", "https://a.example/r"),
+            ("RecordingStatusCallbackMethod", "get"),
+            ("RecordingStatusCallbackEvent", "in-progress completed"),
+            ("RecordingStatusCallbackEvent", "absent,completed"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(cb.method, HttpMethod::Get);
+        assert_eq!(cb.events, ["in-progress", "completed", "absent"]);
+        assert_eq!(
+            p(&[
+                ("RecordingStatusCallback", "u"),
+                ("RecordingStatusCallbackEvent", "paused")
+            ])
+            .unwrap_err()
+            .0,
+            "RecordingStatusCallbackEvent"
+        );
+        assert!(
+            p(&[
+                ("RecordingStatusCallback", "u"),
+                ("RecordingStatusCallbackMethod", "PUT")
+            ])
+            .is_err()
+        );
+    }
 
     #[test]
     fn methods_detection_and_events_read_what_is_stored() {

@@ -41,7 +41,7 @@ pub use calls::{CallFilter, CallUpdate, NewCall, TIME_LIMIT_DEFAULT, TIMEOUT_DEF
 pub use deliveries::{AttemptOutcome, Delivery, DeliveryState, NewDelivery};
 pub use instructions::{
     CallInstructions, CallbackEvent, CallbackEvents, HttpMethod, MachineDetection, Pin, Pins,
-    RequestParams,
+    RECORDING_EVENTS, RecordingCallback, RequestParams,
 };
 pub use model::*;
 pub use nodes::{Node, Session};

@@ -188,17 +188,7 @@ impl FlowRunner {
         };
         // `Record=true` on create: the whole call, both sides, from the answer
         if s.call.instructions.record {
-            // it comes back when the call's media closes, and is stored by a task of its own:
-            // the flow may be gone by then
-            let limit_ms = u64::try_from(s.call.instructions.time_limit).unwrap_or(0) * 1000;
-            let (me, call, started) = (self.clone(), s.call.clone(), now_ms());
-            let done = s
-                .media
-                .record_conversation(limit_ms, record::tape_name(&call, "OutboundAPI", started));
-            tokio::spawn(async move {
-                me.store_conversation(&call, done, started, "OutboundAPI")
-                    .await
-            });
+            self.record_call(&s.call, &s.media);
         }
         self.start_and_drive(&mut s).await;
     }

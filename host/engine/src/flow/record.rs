@@ -11,7 +11,8 @@ use callflow_media::worker::MediaEvent;
 use callflow_runtime::flow::{FlowEvent, RecordResult};
 use callflow_runtime::{World, recording};
 use callflow_store::{
-    Call, CallLogEntry, FlowFailure, NewRecording, NotifyFailure, RecordingStored, Sid, SidKind,
+    Call, CallLogEntry, FlowFailure, NewDelivery, NewRecording, NotifyFailure, RecordingCallback,
+    RecordingStored, Sid, SidKind,
 };
 
 use super::{FlowRunner, Next, Outcome, Session};
@@ -22,6 +23,56 @@ use crate::plugins::{method_name, pinned};
 /// what the recovery after a crash needs to know.
 pub(super) fn tape_name(call: &Call, source: &str, started: i64) -> String {
     format!("{}.{}.{source}.{started}", call.account_sid, call.sid)
+}
+
+/// A new recording's sid.
+fn new_recording_sid() -> String {
+    Sid::generate(SidKind::Recording).as_str().to_owned()
+}
+
+/// What a recording status callback tells of a recording.
+struct Told<'a> {
+    cb: &'a RecordingCallback,
+    sid: &'a str,
+    url: &'a str,
+    started: i64,
+    source: &'a str,
+}
+
+impl Told<'_> {
+    /// Twilio's recording status callback for `status` (`in-progress`, `completed` with its
+    /// duration, `absent`), signed like every webhook.
+    fn row(&self, call: &Call, status: &str, duration_ms: Option<u64>) -> NewDelivery {
+        let mut params: Vec<(String, String)> = vec![
+            ("AccountSid".into(), call.account_sid.clone()),
+            ("CallSid".into(), call.sid.clone()),
+            ("RecordingSid".into(), self.sid.to_owned()),
+            ("RecordingUrl".into(), self.url.to_owned()),
+            ("RecordingStatus".into(), status.to_owned()),
+            ("RecordingChannels".into(), "1".into()),
+            (
+                "RecordingStartTime".into(),
+                crate::clock::rfc2822(self.started),
+            ),
+            ("RecordingSource".into(), self.source.to_owned()),
+            ("RecordingTrack".into(), "both".into()),
+        ];
+        if let Some(ms) = duration_ms {
+            params.push(("RecordingDuration".into(), ms.div_ceil(1000).to_string()));
+        }
+        if status == "absent" {
+            params.push(("ErrorCode".into(), "0".into()));
+        }
+        NewDelivery {
+            account_sid: call.account_sid.clone(),
+            call_sid: Some(call.sid.clone()),
+            kind: "recording-status-callback".into(),
+            url: self.cb.url.clone(),
+            method: self.cb.method.as_str().into(),
+            params,
+            ..NewDelivery::default()
+        }
+    }
 }
 
 /// `(account, call, source, started)` of a [`tape_name`].
@@ -46,16 +97,94 @@ impl FlowRunner {
         started: i64,
         source: &str,
     ) -> Option<callflow_runtime::flow::DialRecording> {
-        let conversation = done.await.ok()?;
-        // ending the tape may wait for the spool's writer
-        let taped = tokio::task::spawn_blocking(move || conversation.finish())
+        self.store_conversation_told(call, done, started, source, None)
             .await
-            .ok()?;
-        if taped.samples() == 0 {
-            taped.discard();
+    }
+
+    /// `Record=true` on create: the whole call, both sides, from now; stored when the call's
+    /// media closes (by a task of its own: the flow may be gone by then), its recording status
+    /// callback told as the call asked (`in-progress` now, `completed` with the recording in
+    /// one transaction, or `absent`).
+    pub(super) fn record_call(&self, call: &Call, media: &callflow_media::worker::CallMedia) {
+        let limit_ms = u64::try_from(call.instructions.time_limit).unwrap_or(0) * 1000;
+        let started = now_ms();
+        let done = media.record_conversation(limit_ms, tape_name(call, "OutboundAPI", started));
+        let told = call
+            .instructions
+            .recording_callback()
+            .map(|cb| (new_recording_sid(), cb));
+        let (me, call) = (self.clone(), call.clone());
+        tokio::spawn(async move {
+            if let Some((sid, cb)) = &told
+                && cb.wants("in-progress")
+            {
+                let url = me.recording_url(&call, sid);
+                let told = Told {
+                    cb,
+                    sid,
+                    url: &url,
+                    started,
+                    source: "OutboundAPI",
+                };
+                me.tell(&call, told.row(&call, "in-progress", None)).await;
+            }
+            me.store_conversation_told(&call, done, started, "OutboundAPI", told)
+                .await
+        });
+    }
+
+    async fn store_conversation_told(
+        &self,
+        call: &Call,
+        done: tokio::sync::oneshot::Receiver<Box<callflow_media::record::Conversation>>,
+        started: i64,
+        source: &str,
+        told: Option<(String, RecordingCallback)>,
+    ) -> Option<callflow_runtime::flow::DialRecording> {
+        let taped = match done.await {
+            // ending the tape may wait for the spool's writer
+            Ok(conversation) => tokio::task::spawn_blocking(move || conversation.finish())
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        let Some(taped) = taped.filter(|t| t.samples() > 0) else {
+            if let Some((sid, cb)) = &told
+                && cb.wants("absent")
+            {
+                let url = self.recording_url(call, sid);
+                let t = Told {
+                    cb,
+                    sid,
+                    url: &url,
+                    started,
+                    source,
+                };
+                self.tell(call, t.row(call, "absent", None)).await;
+            }
             return None;
+        };
+        self.store_taped(call, taped, started, source, told).await
+    }
+
+    /// The API URL of recording `sid` of `call`.
+    fn recording_url(&self, call: &Call, sid: &str) -> String {
+        format!(
+            "{}/2010-04-01/Accounts/{}/Recordings/{sid}",
+            self.inner.config.public_url.trim_end_matches('/'),
+            call.account_sid,
+        )
+    }
+
+    /// Stores `row` in the outbox now.
+    async fn tell(&self, call: &Call, row: NewDelivery) {
+        match self.inner.engine.enqueue(&[row], now_ms()).await {
+            Ok(()) => self.wake_outbox(),
+            Err(e) => {
+                let entry = not_sent(None, format!("the recording status callback: {e}"));
+                self.inner.store.log_call_event(&call.sid, now_ms(), &entry);
+            }
         }
-        self.store_taped(call, taped, started, source).await
     }
 
     /// Stores the whole of `taped` as a Recording of `call` with its recording-ready event,
@@ -67,11 +196,29 @@ impl FlowRunner {
         mut taped: Taped,
         started: i64,
         source: &str,
+        told: Option<(String, RecordingCallback)>,
     ) -> Option<callflow_runtime::flow::DialRecording> {
         let stored = match taped.read(0..u64::MAX).await {
             Ok(pcm) => {
                 let duration_ms = pcm.len() as u64 / 8;
-                self.store_recording(call, &pcm, duration_ms, started, source, Vec::new())
+                let sid = told
+                    .as_ref()
+                    .map_or_else(new_recording_sid, |(sid, _)| sid.clone());
+                let mut notify = Vec::new();
+                if let Some((_, cb)) = &told
+                    && cb.wants("completed")
+                {
+                    let url = self.recording_url(call, &sid);
+                    let t = Told {
+                        cb,
+                        sid: &sid,
+                        url: &url,
+                        started,
+                        source,
+                    };
+                    notify.push(t.row(call, "completed", Some(duration_ms)));
+                }
+                self.store_recording_as(call, &sid, &pcm, duration_ms, started, source, notify)
                     .await
                     .map(|(sid, url)| (sid, url, duration_ms))
             }
@@ -139,7 +286,7 @@ impl FlowRunner {
                 continue;
             }
             let seconds = taped.samples() / 8000;
-            match self.store_taped(&call, taped, started, &source).await {
+            match self.store_taped(&call, taped, started, &source, None).await {
                 Some(r) => {
                     tracing::info!(call = %call.sid, recording = %r.sid, seconds, "kept a recording a crash interrupted")
                 }
@@ -163,7 +310,25 @@ impl FlowRunner {
         source: &str,
         notify: Vec<callflow_store::NewDelivery>,
     ) -> Result<(String, String), String> {
-        let sid = Sid::generate(SidKind::Recording).as_str().to_owned();
+        let sid = new_recording_sid();
+        self.store_recording_as(call, &sid, pcm, duration_ms, started, source, notify)
+            .await
+    }
+
+    /// [`FlowRunner::store_recording`] under a sid chosen before (told in an `in-progress`
+    /// callback).
+    #[allow(clippy::too_many_arguments)]
+    async fn store_recording_as(
+        &self,
+        call: &Call,
+        sid: &str,
+        pcm: &[i16],
+        duration_ms: u64,
+        started: i64,
+        source: &str,
+        notify: Vec<callflow_store::NewDelivery>,
+    ) -> Result<(String, String), String> {
+        let sid = sid.to_owned();
         let (wav, mp3) = (
             format!("recordings/{sid}.wav"),
             format!("recordings/{sid}.mp3"),
@@ -187,11 +352,7 @@ impl FlowRunner {
             .put(&mp3, mp3_bytes)
             .await
             .map_err(|e| e.to_string())?;
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Recordings/{sid}",
-            self.inner.config.public_url.trim_end_matches('/'),
-            call.account_sid,
-        );
+        let url = self.recording_url(call, &sid);
         let new = NewRecording {
             call_sid: call.sid.clone(),
             status: "completed".into(),
