@@ -10,9 +10,13 @@ WebhookReceiver, so that callflow keeps a call up until SIPp hangs up (a dead Ur
 
 from __future__ import annotations
 
+import array
+import io
 import json
+import wave
 
 import pytest
+import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
@@ -475,6 +479,36 @@ def test_a_recorded_call_tells_its_recording_status_callback(
     assert "RecordingDuration" not in started
     for req in told:
         assert RequestValidator(ROOT_AUTH_TOKEN).validate(req.url, req.form, req.signature)
+
+
+def test_a_dual_channel_call_recording_keeps_each_side_on_its_channel(
+    start_callflow, far_end, twiml, receiver
+):
+    """`Record=true` with `RecordingChannels=dual`: a two-channel WAV, the call's own party (the
+    callee here, silent) on the left and what callflow sent it (a <Say>) on the right."""
+    sipp, client = outbound(start_callflow, far_end, twiml, "uas_answer")
+    with pytest.raises(TwilioRestException) as refused:
+        place_call(client, receiver, twiml, record=True, recording_channels="stereo")
+    assert refused.value.status == 400 and "RecordingChannels" in refused.value.msg
+    twiml.routes["/twiml"] = b"<Response><Say>This call is recorded on two channels.</Say></Response>"
+    call = place_call(client, receiver, twiml, timeout=15, record=True, recording_channels="dual")
+    assert_answered_and_completed(client, receiver, call.sid, sipp)
+    recs = wait_until(lambda: client.recordings.list(call_sid=call.sid), WAIT_S, interval=0.2)
+    assert recs, "no recording"
+    assert recs[0].channels == 2
+    wav = requests.get(
+        f"{client.api.base_url}/2010-04-01/Accounts/{client.account_sid}/Recordings/{recs[0].sid}.wav",
+        auth=(client.username, client.password),
+        timeout=10,
+    )
+    assert wav.status_code == 200, wav.status_code
+    with wave.open(io.BytesIO(wav.content)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
+        frames = w.readframes(w.getnframes())
+    samples = array.array("h", frames)
+    left, right = samples[0::2], samples[1::2]
+    assert max(abs(v) for v in right) > 2000, "the <Say> is not on the right channel"
+    assert max(abs(v) for v in left) < 500, "the silent callee's channel holds sound"
 
 
 def test_outbound_call_with_digest_authentication(start_callflow, far_end, twiml, receiver):

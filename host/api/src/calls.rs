@@ -115,6 +115,12 @@ pub(crate) async fn call_template(
         })
         .transpose()?;
     // kept in the request's parameters, as received; checked here
+    if params
+        .text("RecordingChannels")
+        .is_some_and(|c| c != "mono" && c != "dual")
+    {
+        return Err(ApiError::param("RecordingChannels", "must be mono or dual"));
+    }
     params.url("RecordingStatusCallback", 20001)?;
     let request_params = params.request_params();
     let pairs = request_params

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mp3lame_encoder::{Bitrate, Builder, FlushGap, Mode, MonoPcm, Quality};
+use mp3lame_encoder::{Bitrate, Builder, FlushGap, InterleavedPcm, Mode, MonoPcm, Quality};
 
 use crate::SAMPLE_RATE;
 
@@ -43,6 +43,11 @@ pub fn write_wav(path: &Path, pcm: &[i16]) -> io::Result<()> {
 
 /// `pcm` (8 kHz mono) as the bytes of a 16-bit PCM WAV file.
 pub fn wav_bytes(pcm: &[i16]) -> io::Result<Vec<u8>> {
+    wav_bytes_of(pcm, 1)
+}
+
+/// `pcm` (8 kHz, `channels` interleaved: 1 or 2) as the bytes of a 16-bit PCM WAV file.
+pub fn wav_bytes_of(pcm: &[i16], channels: u16) -> io::Result<Vec<u8>> {
     if pcm.len() > MAX_WAV_SAMPLES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -50,7 +55,7 @@ pub fn wav_bytes(pcm: &[i16]) -> io::Result<Vec<u8>> {
         ));
     }
     let spec = hound::WavSpec {
-        channels: 1,
+        channels,
         sample_rate: SAMPLE_RATE,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
@@ -77,27 +82,46 @@ pub fn write_mp3(path: &Path, pcm: &[i16]) -> Result<(), FileError> {
 /// `pcm` (8 kHz mono) as the bytes of an MP3 file (MPEG-2.5 layer III, 32 kbit/s CBR, with a
 /// LAME tag giving the encoder delay and padding, so decoders can restore the exact length).
 pub fn mp3_bytes(pcm: &[i16]) -> Result<Vec<u8>, FileError> {
+    mp3_bytes_of(pcm, 1)
+}
+
+/// As [`mp3_bytes`], of `channels` interleaved channels (2: joint stereo at twice the rate).
+pub fn mp3_bytes_of(pcm: &[i16], channels: u16) -> Result<Vec<u8>, FileError> {
+    let stereo = channels == 2;
     let setup = |e: mp3lame_encoder::BuildError| FileError::Mp3Setup(e.to_string());
     let mut builder =
         Builder::new().ok_or_else(|| FileError::Mp3Setup("LAME could not allocate".into()))?;
-    builder.set_num_channels(1).map_err(setup)?;
+    builder
+        .set_num_channels(if stereo { 2 } else { 1 })
+        .map_err(setup)?;
     builder.set_sample_rate(SAMPLE_RATE).map_err(setup)?;
     builder
         .set_output_sample_rate(std::num::NonZeroU32::new(SAMPLE_RATE))
         .map_err(setup)?;
-    builder.set_mode(Mode::Mono).map_err(setup)?;
-    builder.set_brate(MP3_BITRATE).map_err(setup)?;
+    builder
+        .set_mode(if stereo {
+            Mode::JointStereo
+        } else {
+            Mode::Mono
+        })
+        .map_err(setup)?;
+    builder
+        .set_brate(if stereo { Bitrate::Kbps64 } else { MP3_BITRATE })
+        .map_err(setup)?;
     builder.set_quality(Quality::Good).map_err(setup)?;
     builder.set_to_write_vbr_tag(true).map_err(setup)?;
     let mut encoder = builder.build().map_err(setup)?;
 
     // 32 kbit/s is 4 bytes per ms, 0.5 byte per sample; plus a frame or two of slack.
     let mut out = Vec::with_capacity(pcm.len() / 2 + 8192);
-    for chunk in pcm.chunks(MP3_CHUNK) {
+    for chunk in pcm.chunks(MP3_CHUNK * usize::from(channels.max(1))) {
         out.reserve(mp3lame_encoder::max_required_buffer_size(chunk.len()));
-        encoder
-            .encode_to_vec(MonoPcm(chunk), &mut out)
-            .map_err(FileError::Mp3Encode)?;
+        if stereo {
+            encoder.encode_to_vec(InterleavedPcm(chunk), &mut out)
+        } else {
+            encoder.encode_to_vec(MonoPcm(chunk), &mut out)
+        }
+        .map_err(FileError::Mp3Encode)?;
     }
     out.reserve(mp3lame_encoder::max_required_buffer_size(0));
     encoder

@@ -312,6 +312,10 @@ pub struct Conversation {
     said_len: usize,
     max_samples: usize,
     tape: Tape,
+    /// Two channels, interleaved, instead of one mixed: left what the peer said (the call's
+    /// own party: the caller of an inbound call, the callee of an API call), right what the
+    /// call sent it.
+    dual: bool,
 }
 
 impl Conversation {
@@ -323,7 +327,14 @@ impl Conversation {
             said_len: 0,
             max_samples: usize::try_from(max_ms * SAMPLES_PER_MS).unwrap_or(usize::MAX),
             tape,
+            dual: false,
         }
+    }
+
+    /// The two sides on two channels ([`Conversation::dual`]).
+    pub fn dual(mut self) -> Conversation {
+        self.dual = true;
+        self
     }
 
     /// The peer's audio, as it is released in order.
@@ -379,16 +390,24 @@ impl Conversation {
     }
 
     fn mix_out(&mut self, n: usize) {
-        let mut out = [0i16; 160];
+        let mut out = [0i16; 320];
+        let per = if self.dual { 2 } else { 1 };
         let mut left = n;
         while left > 0 {
-            let m = left.min(out.len());
-            for o in &mut out[..m] {
-                let a = i32::from(self.heard.pop_front().unwrap_or(0));
-                let b = i32::from(self.said.pop_front().unwrap_or(0));
-                *o = (a + b).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
+            let m = left.min(out.len() / per);
+            for o in out[..m * per].chunks_mut(per) {
+                let a = self.heard.pop_front().unwrap_or(0);
+                let b = self.said.pop_front().unwrap_or(0);
+                if self.dual {
+                    o[0] = a;
+                    o[1] = b;
+                } else {
+                    o[0] = (i32::from(a) + i32::from(b))
+                        .clamp(i32::from(i16::MIN), i32::from(i16::MAX))
+                        as i16;
+                }
             }
-            self.tape.extend(&out[..m]);
+            self.tape.extend(&out[..m * per]);
             left -= m;
         }
     }
@@ -427,6 +446,16 @@ mod conversation_tests {
         assert_eq!(mixed.len(), 8_000);
         assert_eq!(&mixed[at..at + 10], &[7; 10]);
         assert!(mixed[..at].iter().all(|&s| s == 0));
+    }
+
+    #[test]
+    fn a_dual_conversation_keeps_each_side_on_its_channel() {
+        let mut c = Conversation::new(1_000, Tape::memory()).dual();
+        c.heard(&[100, 200, 300]);
+        c.said(Some(&[1, 2]), 2);
+        c.said(None, 1);
+        // left the peer, right what was sent, interleaved
+        assert_eq!(c.finish().memory(), [100, 1, 200, 2, 300, 0]);
     }
 
     #[test]

@@ -134,7 +134,12 @@ pub enum Command {
     Detect(AmdConfig),
     /// Records both directions until `EndConversation` or the close, for at most `max_ms`.
     /// Ignored while one runs (see [`MediaSession::records_conversation`]).
-    RecordConversation { max_ms: u64, tape: String },
+    /// `dual`: on two channels rather than mixed.
+    RecordConversation {
+        max_ms: u64,
+        tape: String,
+        dual: bool,
+    },
     /// Hands the conversation recording over ([`MediaSession::poll_conversation`]).
     EndConversation,
     /// The call is over: what runs reports (a recording as [`StopReason::Hangup`]), the
@@ -640,11 +645,12 @@ impl MediaSession {
                 self.params = params;
             }
             Command::Detect(config) => self.detector = Some(Amd::new(config, now)),
-            Command::RecordConversation { max_ms, tape } => {
+            Command::RecordConversation { max_ms, tape, dual } => {
                 // one at a time: a second start leaves the running one alone
                 if self.conversation.is_none() {
                     let tape = self.tape(&tape);
-                    self.conversation = Some(Box::new(Conversation::new(max_ms, tape)));
+                    let c = Conversation::new(max_ms, tape);
+                    self.conversation = Some(Box::new(if dual { c.dual() } else { c }));
                 }
             }
             Command::EndConversation => self.end_conversation(),
@@ -1845,6 +1851,7 @@ mod tests {
         sim.command(Command::RecordConversation {
             max_ms: 60_000,
             tape: String::new(),
+            dual: false,
         });
         assert!(sim.s.records_conversation());
         sim.command(play(1600, false)); // 200 ms said
@@ -1867,6 +1874,7 @@ mod tests {
         sim.command(Command::RecordConversation {
             max_ms: 60_000,
             tape: String::new(),
+            dual: false,
         });
         sim.command(Command::Record {
             opts: record(60_000, 0),
@@ -1929,6 +1937,7 @@ mod tests {
         sim.command(Command::RecordConversation {
             max_ms: 60_000,
             tape: String::new(),
+            dual: false,
         });
         sim.talk_until(5000, LOUD);
         sim.idle_until(9000);

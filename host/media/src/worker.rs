@@ -96,6 +96,7 @@ enum Msg {
         id: u64,
         max_ms: u64,
         tape: String,
+        dual: bool,
         done: oneshot::Sender<Box<Conversation>>,
     },
     /// Each call hears the other (both are on this worker).
@@ -431,17 +432,19 @@ impl CallMedia {
     /// returned channel when `end_conversation` ends it or the media closes, whatever became of
     /// the caller's events (mix it with [`Conversation::finish`], off the async threads); the
     /// channel closes with nothing if another conversation recording was already running.
-    /// `tape` names its spool file.
+    /// `tape` names its spool file; `dual` puts the sides on two channels.
     pub fn record_conversation(
         &self,
         max_ms: u64,
         tape: String,
+        dual: bool,
     ) -> oneshot::Receiver<Box<Conversation>> {
         let (done, rx) = oneshot::channel();
         let _ = self.inner.tx.send(Msg::RecordConversation {
             id: self.id(),
             max_ms: max_ms.min(MAX_CONVERSATION_MS),
             tape,
+            dual,
             done,
         });
         rx
@@ -827,6 +830,7 @@ impl Worker {
                 id,
                 max_ms,
                 tape,
+                dual,
                 done,
             } => {
                 let Some((slot, call)) = self.call_mut(id) else {
@@ -837,7 +841,7 @@ impl Worker {
                 if !call.session.records_conversation() {
                     call.conversation_done = Some(done);
                     call.session
-                        .handle_command(now, Command::RecordConversation { max_ms, tape });
+                        .handle_command(now, Command::RecordConversation { max_ms, tape, dual });
                     self.due[slot] = now;
                 }
             }

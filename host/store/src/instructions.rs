@@ -365,6 +365,17 @@ impl CallInstructions {
         RecordingCallback::from_params(params).ok().flatten()
     }
 
+    /// Twilio's `RecordingChannels` of a `Record=true` call: 2 for `dual`, else 1 (checked by
+    /// the API; read from the request as received).
+    pub fn recording_channels(&self) -> u16 {
+        let dual = self
+            .request_params
+            .0
+            .iter()
+            .any(|(n, v)| n == "RecordingChannels" && v == "dual");
+        if dual { 2 } else { 1 }
+    }
+
     /// Whether the call's status callback is due when the call enters `status`.
     pub fn wants_callback(&self, status: CallStatus) -> bool {
         self.status_callback.is_some()

@@ -130,7 +130,9 @@ impl Session {
                         // record-from-answer: both sides, from the bridge to the end
                         let started = now_ms();
                         let tape = super::record::tape_name(&self.call, "DialVerb", started);
-                        let done = self.media.record_conversation(u64::from(d.time_limit_ms), tape);
+                        let done = self
+                            .media
+                            .record_conversation(u64::from(d.time_limit_ms), tape, false);
                         recording = Some((done, started));
                     }
                 }

@@ -25,6 +25,14 @@ pub(super) fn tape_name(call: &Call, source: &str, started: i64) -> String {
     format!("{}.{}.{source}.{started}", call.account_sid, call.sid)
 }
 
+/// [`tape_name`] of a recording on `channels` channels (interleaved when 2).
+fn tape_name_of(call: &Call, source: &str, started: i64, channels: u16) -> String {
+    match channels {
+        1 => tape_name(call, source, started),
+        n => format!("{}.{n}", tape_name(call, source, started)),
+    }
+}
+
 /// A new recording's sid.
 fn new_recording_sid() -> String {
     Sid::generate(SidKind::Recording).as_str().to_owned()
@@ -35,6 +43,17 @@ struct Told<'a> {
     cb: &'a RecordingCallback,
     sid: &'a str,
     url: &'a str,
+    started: i64,
+    source: &'a str,
+    channels: u16,
+}
+
+/// A recording's audio and what it is.
+struct Rec<'a> {
+    /// `channels` interleaved.
+    pcm: &'a [i16],
+    channels: u16,
+    duration_ms: u64,
     started: i64,
     source: &'a str,
 }
@@ -49,7 +68,7 @@ impl Told<'_> {
             ("RecordingSid".into(), self.sid.to_owned()),
             ("RecordingUrl".into(), self.url.to_owned()),
             ("RecordingStatus".into(), status.to_owned()),
-            ("RecordingChannels".into(), "1".into()),
+            ("RecordingChannels".into(), self.channels.to_string()),
             (
                 "RecordingStartTime".into(),
                 crate::clock::rfc2822(self.started),
@@ -75,15 +94,27 @@ impl Told<'_> {
     }
 }
 
-/// `(account, call, source, started)` of a [`tape_name`].
-fn parse_tape_name(name: &str) -> Option<(String, String, String, i64)> {
+/// What a [`tape_name_of`] says: account, call, source, start, channels.
+type TapeOf = (String, String, String, i64, u16);
+
+fn parse_tape_name(name: &str) -> Option<TapeOf> {
     let mut parts = name.split('.');
     let (account, call, source) = (parts.next()?, parts.next()?, parts.next()?);
     let started = parts.next()?.parse().ok()?;
+    let channels = match parts.next() {
+        None => 1,
+        Some(n) => n.parse().ok().filter(|n| (1..=2).contains(n))?,
+    };
     if parts.next().is_some() {
         return None;
     }
-    Some((account.into(), call.into(), source.into(), started))
+    Some((
+        account.into(),
+        call.into(),
+        source.into(),
+        started,
+        channels,
+    ))
 }
 
 impl FlowRunner {
@@ -97,7 +128,7 @@ impl FlowRunner {
         started: i64,
         source: &str,
     ) -> Option<callflow_runtime::flow::DialRecording> {
-        self.store_conversation_told(call, done, started, source, None)
+        self.store_conversation_told(call, done, started, source, None, 1)
             .await
     }
 
@@ -108,7 +139,9 @@ impl FlowRunner {
     pub(super) fn record_call(&self, call: &Call, media: &callflow_media::worker::CallMedia) {
         let limit_ms = u64::try_from(call.instructions.time_limit).unwrap_or(0) * 1000;
         let started = now_ms();
-        let done = media.record_conversation(limit_ms, tape_name(call, "OutboundAPI", started));
+        let channels = call.instructions.recording_channels();
+        let tape = tape_name_of(call, "OutboundAPI", started, channels);
+        let done = media.record_conversation(limit_ms, tape, channels == 2);
         let told = call
             .instructions
             .recording_callback()
@@ -125,10 +158,11 @@ impl FlowRunner {
                     url: &url,
                     started,
                     source: "OutboundAPI",
+                    channels,
                 };
                 me.tell(&call, told.row(&call, "in-progress", None)).await;
             }
-            me.store_conversation_told(&call, done, started, "OutboundAPI", told)
+            me.store_conversation_told(&call, done, started, "OutboundAPI", told, channels)
                 .await
         });
     }
@@ -140,6 +174,7 @@ impl FlowRunner {
         started: i64,
         source: &str,
         told: Option<(String, RecordingCallback)>,
+        channels: u16,
     ) -> Option<callflow_runtime::flow::DialRecording> {
         let taped = match done.await {
             // ending the tape may wait for the spool's writer
@@ -159,12 +194,14 @@ impl FlowRunner {
                     url: &url,
                     started,
                     source,
+                    channels,
                 };
                 self.tell(call, t.row(call, "absent", None)).await;
             }
             return None;
         };
-        self.store_taped(call, taped, started, source, told).await
+        self.store_taped(call, taped, started, source, told, channels)
+            .await
     }
 
     /// The API URL of recording `sid` of `call`.
@@ -197,10 +234,11 @@ impl FlowRunner {
         started: i64,
         source: &str,
         told: Option<(String, RecordingCallback)>,
+        channels: u16,
     ) -> Option<callflow_runtime::flow::DialRecording> {
         let stored = match taped.read(0..u64::MAX).await {
             Ok(pcm) => {
-                let duration_ms = pcm.len() as u64 / 8;
+                let duration_ms = pcm.len() as u64 / 8 / u64::from(channels);
                 let sid = told
                     .as_ref()
                     .map_or_else(new_recording_sid, |(sid, _)| sid.clone());
@@ -215,10 +253,18 @@ impl FlowRunner {
                         url: &url,
                         started,
                         source,
+                        channels,
                     };
                     notify.push(t.row(call, "completed", Some(duration_ms)));
                 }
-                self.store_recording_as(call, &sid, &pcm, duration_ms, started, source, notify)
+                let rec = Rec {
+                    pcm: &pcm,
+                    channels,
+                    duration_ms,
+                    started,
+                    source,
+                };
+                self.store_recording_as(call, &sid, rec, notify)
                     .await
                     .map(|(sid, url)| (sid, url, duration_ms))
             }
@@ -259,7 +305,7 @@ impl FlowRunner {
             if path.extension().and_then(|e| e.to_str()) != Some(spool::EXTENSION) {
                 continue;
             }
-            let Some((account, call_sid, source, started)) = path
+            let Some((account, call_sid, source, started, channels)) = path
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .and_then(parse_tape_name)
@@ -286,7 +332,10 @@ impl FlowRunner {
                 continue;
             }
             let seconds = taped.samples() / 8000;
-            match self.store_taped(&call, taped, started, &source, None).await {
+            match self
+                .store_taped(&call, taped, started, &source, None, channels)
+                .await
+            {
                 Some(r) => {
                     tracing::info!(call = %call.sid, recording = %r.sid, seconds, "kept a recording a crash interrupted")
                 }
@@ -311,23 +360,32 @@ impl FlowRunner {
         notify: Vec<callflow_store::NewDelivery>,
     ) -> Result<(String, String), String> {
         let sid = new_recording_sid();
-        self.store_recording_as(call, &sid, pcm, duration_ms, started, source, notify)
-            .await
+        let rec = Rec {
+            pcm,
+            channels: 1,
+            duration_ms,
+            started,
+            source,
+        };
+        self.store_recording_as(call, &sid, rec, notify).await
     }
 
-    /// [`FlowRunner::store_recording`] under a sid chosen before (told in an `in-progress`
-    /// callback).
-    #[allow(clippy::too_many_arguments)]
+    /// [`FlowRunner::store_recording`] of `rec` under a sid chosen before (told in an
+    /// `in-progress` callback).
     async fn store_recording_as(
         &self,
         call: &Call,
         sid: &str,
-        pcm: &[i16],
-        duration_ms: u64,
-        started: i64,
-        source: &str,
+        rec: Rec<'_>,
         notify: Vec<callflow_store::NewDelivery>,
     ) -> Result<(String, String), String> {
+        let Rec {
+            pcm,
+            channels,
+            duration_ms,
+            started,
+            source,
+        } = rec;
         let sid = sid.to_owned();
         let (wav, mp3) = (
             format!("recordings/{sid}.wav"),
@@ -337,8 +395,10 @@ impl FlowRunner {
         let (wav_bytes, mp3_bytes) =
             tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>), String> {
                 Ok((
-                    callflow_media::files::wav_bytes(&pcm).map_err(|e| e.to_string())?,
-                    callflow_media::files::mp3_bytes(&pcm).map_err(|e| e.to_string())?,
+                    callflow_media::files::wav_bytes_of(&pcm, channels)
+                        .map_err(|e| e.to_string())?,
+                    callflow_media::files::mp3_bytes_of(&pcm, channels)
+                        .map_err(|e| e.to_string())?,
                 ))
             })
             .await
@@ -357,7 +417,7 @@ impl FlowRunner {
             call_sid: call.sid.clone(),
             status: "completed".into(),
             source: source.into(),
-            channels: 1,
+            channels: i64::from(channels),
             duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
             start_time: started,
             wav_path: Some(wav),
