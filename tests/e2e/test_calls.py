@@ -65,7 +65,14 @@ def test_create_call_with_all_parameters(root_client, from_number):
         send_digits="1234#",
         time_limit=600,
         record=True,
+        recording_channels="dual",
+        recording_status_callback="http://127.0.0.1:9/recording",
+        recording_status_callback_event=["in-progress", "completed", "absent"],
         machine_detection="Enable",
+        machine_detection_timeout=10,
+        machine_detection_speech_threshold=2000,
+        machine_detection_speech_end_threshold=1000,
+        machine_detection_silence_timeout=4000,
     )
     assert call.status == "queued"
     assert call.direction == "outbound-api"
@@ -109,6 +116,19 @@ def without(key, **changes):
         pytest.param(without(None, Url="ftp://x"), 21205, id="Url-ftp"),
         pytest.param(without(None, Method="PUT"), 20001, id="Method-PUT"),
         pytest.param(without(None, Timeout="soon"), 20001, id="Timeout-not-integer"),
+        pytest.param(without(None, MachineDetectionTimeout="2"), 20001, id="AMD-Timeout-below-3"),
+        pytest.param(
+            without(None, MachineDetectionSpeechThreshold="long"), 20001, id="AMD-SpeechThreshold-not-integer"
+        ),
+        pytest.param(
+            without(None, MachineDetectionSilenceTimeout="100"), 20001, id="AMD-SilenceTimeout-below-2000"
+        ),
+        pytest.param(without(None, RecordingChannels="stereo"), 20001, id="RecordingChannels-stereo"),
+        pytest.param(
+            without(None, RecordingStatusCallback="http://127.0.0.1:9/r", RecordingStatusCallbackMethod="PUT"),
+            20001,
+            id="RecordingStatusCallbackMethod-PUT",
+        ),
     ],
 )
 def test_create_call_validation(callflow, from_number, form, code):

@@ -115,6 +115,9 @@ pub(crate) async fn call_template(
         })
         .transpose()?;
     // kept in the request's parameters, as received; checked here
+    for (name, min, max) in AMD_BOUNDS {
+        params.int(name, min, max)?;
+    }
     if params
         .text("RecordingChannels")
         .is_some_and(|c| c != "mono" && c != "dual")
@@ -155,6 +158,14 @@ pub(crate) async fn call_template(
         },
     })
 }
+
+/// Twilio's machine detection tuning: name, least, most (more is taken as the most).
+const AMD_BOUNDS: [(&str, i64, i64); 4] = [
+    ("MachineDetectionTimeout", 3, 59),
+    ("MachineDetectionSpeechThreshold", 1000, 6000),
+    ("MachineDetectionSpeechEndThreshold", 500, 5000),
+    ("MachineDetectionSilenceTimeout", 2000, 10000),
+];
 
 /// `StatusCallbackEvent`, repeated or space-separated, in the order given; default
 /// `completed`.

@@ -365,6 +365,16 @@ impl CallInstructions {
         RecordingCallback::from_params(params).ok().flatten()
     }
 
+    /// A whole-number parameter of the create request as received (`None` when absent or not
+    /// a number).
+    pub fn request_number(&self, name: &str) -> Option<i64> {
+        self.request_params
+            .0
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+
     /// Twilio's `RecordingChannels` of a `Record=true` call: 2 for `dual`, else 1 (checked by
     /// the API; read from the request as received).
     pub fn recording_channels(&self) -> u16 {

@@ -224,6 +224,43 @@ impl FlowRunner {
     }
 }
 
+/// The detector's bounds, with Twilio's `MachineDetection*` tuning of the call where given:
+/// `Timeout` (s) bounds the analysis, `SpeechThreshold` (ms) is the voice that makes a
+/// greeting a machine's, `SpeechEndThreshold` (ms) the silence after it that makes it a
+/// person's, `SilenceTimeout` (ms) the silence at the start that ends it as `unknown`.
+fn amd_config(i: &callflow_store::CallInstructions) -> AmdConfig {
+    let d = AmdConfig::default();
+    let ms = |name: &str, scale: i64, least: i64, most: i64, or: u64| {
+        i.request_number(name)
+            .map_or(or, |v| (v.clamp(least, most) * scale) as u64)
+    };
+    AmdConfig {
+        total_analysis_ms: ms("MachineDetectionTimeout", 1000, 3, 59, d.total_analysis_ms),
+        greeting_ms: ms(
+            "MachineDetectionSpeechThreshold",
+            1,
+            1000,
+            6000,
+            d.greeting_ms,
+        ),
+        after_greeting_silence_ms: ms(
+            "MachineDetectionSpeechEndThreshold",
+            1,
+            500,
+            5000,
+            d.after_greeting_silence_ms,
+        ),
+        initial_silence_ms: ms(
+            "MachineDetectionSilenceTimeout",
+            1,
+            2000,
+            10000,
+            d.initial_silence_ms,
+        ),
+        ..d
+    }
+}
+
 /// One call's flow.
 struct Session {
     runner: FlowRunner,
@@ -289,7 +326,7 @@ impl Session {
     }
 
     async fn detect(&mut self) -> bool {
-        self.media.detect(AmdConfig::default());
+        self.media.detect(amd_config(&self.call.instructions));
         let verdict = loop {
             match self.next_media().await {
                 Next::Gone => return false,
@@ -694,6 +731,29 @@ fn event_entry(e: &FlowEvent, now: i64, seed: u64) -> DeliveredEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn twilios_machine_detection_tuning_sets_the_detectors_bounds() {
+        let mut i = callflow_store::CallInstructions::default();
+        assert_eq!(amd_config(&i), AmdConfig::default());
+        i.request_params = callflow_store::RequestParams(vec![
+            ("MachineDetectionTimeout".into(), "10".into()),
+            ("MachineDetectionSpeechThreshold".into(), "3000".into()),
+            ("MachineDetectionSpeechEndThreshold".into(), "99999".into()),
+            ("MachineDetectionSilenceTimeout".into(), "4000".into()),
+        ]);
+        let c = amd_config(&i);
+        assert_eq!(
+            (
+                c.total_analysis_ms,
+                c.greeting_ms,
+                c.after_greeting_silence_ms,
+                c.initial_silence_ms
+            ),
+            (10_000, 3_000, 5_000, 4_000)
+        );
+        assert_eq!(c.max_words, AmdConfig::default().max_words);
+    }
 
     #[test]
     fn logged_events_come_back_as_the_same_events() {
