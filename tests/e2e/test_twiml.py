@@ -556,6 +556,39 @@ def test_a_broken_webhook_ends_in_the_application_error_and_a_clean_hangup(
     assert 'callflow_application_errors_total{kind="11200"} 1' in metrics, metrics
 
 
+def test_async_machine_detection_runs_beside_the_flow_and_tells_its_callback(
+    start_callflow, far_end, app
+):
+    """`AsyncAmd=true`: the flow's first fetch goes out at once (no `AnsweredBy` yet) and the
+    verdict reaches `AsyncAmdStatusCallback` while the flow runs, signed like every webhook."""
+    from test_sip import CALLEE
+
+    app.routes = {"/voice": b'<Response><Pause length="6"/></Response>'}
+    sipp = far_end("uas_machine")
+    callflow = start_callflow(sipp.port)
+    client = callflow.client()
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
+    call = client.calls.create(
+        to=CALLEE,
+        from_=DEFAULT_FROM,
+        url=app.url("/voice"),
+        machine_detection="Enable",
+        async_amd="true",
+        async_amd_status_callback=app.url("/amd"),
+    )
+    amd = wait_until(lambda: requests_to(app, "/amd"), WAIT_S, interval=0.1)
+    assert amd, f"no AsyncAmdStatusCallback\n{callflow.log_tail()}"
+    voice = requests_to(app, "/voice")
+    assert len(voice) == 1 and "AnsweredBy" not in voice[0].form, voice[0].form
+    form = amd[0].form
+    assert (form["CallSid"], form["AnsweredBy"]) == (call.sid, "machine_start"), form
+    assert int(form["MachineDetectionDuration"]) > 0
+    assert RequestValidator(callflow.auth_token).validate(amd[0].url, form, amd[0].signature)
+    result = sipp.wait(WAIT_S)
+    assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
+    assert client.calls(call.sid).fetch().answered_by == "machine_start"
+
+
 def test_machine_detection_sets_answered_by_before_the_first_fetch(start_callflow, far_end, app):
     from test_sip import CALLEE
 

@@ -118,6 +118,14 @@ pub(crate) async fn call_template(
     for (name, min, max) in AMD_BOUNDS {
         params.int(name, min, max)?;
     }
+    if let Some(a) = params.text("AsyncAmd")
+        && a != "true"
+        && a != "false"
+    {
+        return Err(ApiError::param("AsyncAmd", "must be true or false"));
+    }
+    params.url("AsyncAmdStatusCallback", 20001)?;
+    params.method("AsyncAmdStatusCallbackMethod")?;
     if params
         .text("RecordingChannels")
         .is_some_and(|c| c != "mono" && c != "dual")

@@ -365,6 +365,15 @@ impl CallInstructions {
         RecordingCallback::from_params(params).ok().flatten()
     }
 
+    /// A parameter of the create request as received.
+    pub fn request_param(&self, name: &str) -> Option<&str> {
+        self.request_params
+            .0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// A whole-number parameter of the create request as received (`None` when absent or not
     /// a number).
     pub fn request_number(&self, name: &str) -> Option<i64> {

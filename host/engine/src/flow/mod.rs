@@ -185,6 +185,7 @@ impl FlowRunner {
             leg,
             dialer,
             state: Vec::new(),
+            amd_pending: false,
         };
         // `Record=true` on create: the whole call, both sides, from the answer
         if s.call.instructions.record {
@@ -216,9 +217,15 @@ impl FlowRunner {
         {
             return;
         }
-        // Enable and DetectMessageEnd both wait for the verdict before the flow starts
-        if s.call.instructions.machine_detection.is_some() && !s.detect().await {
-            return;
+        // Enable and DetectMessageEnd both wait for the verdict before the flow starts, unless
+        // `AsyncAmd=true`: then the flow starts at once and the verdict goes to its callback
+        if s.call.instructions.machine_detection.is_some() {
+            if s.call.instructions.request_param("AsyncAmd") == Some("true") {
+                s.media.detect(amd_config(&s.call.instructions));
+                s.amd_pending = true;
+            } else if !s.detect().await {
+                return;
+            }
         }
         s.drive(&pin).await;
     }
@@ -274,6 +281,8 @@ struct Session {
     leg: LegLink,
     dialer: Dialer,
     state: Vec<u8>,
+    /// `AsyncAmd=true`: detection runs beside the flow, its verdict still to come.
+    amd_pending: bool,
 }
 
 /// What carrying out one command led to.
@@ -335,7 +344,52 @@ impl Session {
                 Next::Media(_) => {}
             }
         };
+        self.detected(verdict).await;
+        true
+    }
+
+    /// What detection decided: logged, and the call's `AnsweredBy`; told to the
+    /// `AsyncAmdStatusCallback` when it ran beside the flow.
+    async fn detected(&mut self, verdict: callflow_media::amd::Verdict) {
         let answered_by = verdict.answered_by.as_str().to_owned();
+        if std::mem::take(&mut self.amd_pending)
+            && let Some(url) = self
+                .call
+                .instructions
+                .request_param("AsyncAmdStatusCallback")
+        {
+            let method = match self
+                .call
+                .instructions
+                .request_param("AsyncAmdStatusCallbackMethod")
+            {
+                Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
+                _ => "POST",
+            };
+            let row = callflow_store::NewDelivery {
+                account_sid: self.call.account_sid.clone(),
+                call_sid: Some(self.call.sid.clone()),
+                kind: "amd-status-callback".into(),
+                url: url.to_owned(),
+                method: method.into(),
+                params: vec![
+                    ("AccountSid".into(), self.call.account_sid.clone()),
+                    ("CallSid".into(), self.call.sid.clone()),
+                    ("AnsweredBy".into(), answered_by.clone()),
+                    (
+                        "MachineDetectionDuration".into(),
+                        verdict.decided_after_ms.to_string(),
+                    ),
+                ],
+                ..callflow_store::NewDelivery::default()
+            };
+            match self.inner().engine.enqueue(&[row], now_ms()).await {
+                Ok(()) => self.runner.wake_outbox(),
+                Err(e) => {
+                    tracing::warn!(call = %self.call.sid, error = %e, "the AsyncAmdStatusCallback was not stored")
+                }
+            }
+        }
         self.log(CallLogEntry::FlowAmd(Amd {
             answered_by: answered_by.clone(),
             reason: verdict.reason.to_owned(),
@@ -358,7 +412,6 @@ impl Session {
                 self.call.answered_by = Some(answered_by);
             }
         }
-        true
     }
 
     async fn drive(&mut self, pin: &Pin) {
@@ -503,6 +556,16 @@ impl Session {
     /// The next media event, unless the media is gone or the API redirects the call (then
     /// what was running is stopped and its late reports are dropped).
     async fn next_media(&mut self) -> Next {
+        loop {
+            match self.next_media_event().await {
+                // an asynchronous detection's verdict is the host's, not the flow's
+                Next::Media(MediaEvent::Detected(v)) if self.amd_pending => self.detected(v).await,
+                next => return next,
+            }
+        }
+    }
+
+    async fn next_media_event(&mut self) -> Next {
         tokio::select! {
             e = self.events.recv() => match e {
                 None | Some(MediaEvent::Closed { .. }) => Next::Gone,
