@@ -634,9 +634,10 @@ def test_a_recording_is_on_disk_as_it_is_made_and_survives_kill_9(start_callflow
             return sizes[-1] >= 4 * 16_000
 
         assert wait_until(four_seconds_on_disk, WAIT_S, interval=0.05), sizes
-        # it grew during the call, a second (16,000 bytes) at a time
-        grown = sorted(set(sizes))
-        assert len(grown) >= 3 and all(n % 16_000 == 0 for n in grown), grown
+        # it grew during the call, a second (16,000 bytes) at a time (a stat in the middle of
+        # a write may see part of one: those are left out)
+        grown = sorted({n for n in sizes if n % 16_000 == 0})
+        assert len(grown) >= 3, sorted(set(sizes))
         on_disk = tape.stat().st_size
         callflow.kill()
         callflow.start()
