@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::Engine;
 use crate::clock::now_ms;
-use crate::cluster::Share;
+use crate::node::Share;
 use crate::plugins::{HostError, PluginHost, pin_for_call, pinned};
 use crate::rate::{TokenBucket, smooth_burst};
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use callflow_store::{Call, CallStatus, NewDelivery, StatusCause, Store, StoreError, Transition};
 
-use crate::cluster::Share;
 use crate::control::{EndRequest, EngineError, Redirect};
+use crate::node::Share;
 use tokio::sync::{Notify, oneshot};
 
 use crate::clock::rfc2822;

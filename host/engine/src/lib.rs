@@ -15,6 +15,7 @@ mod events;
 pub mod flow;
 mod leg;
 mod live;
+pub mod node;
 mod outbox;
 pub mod plugins;
 pub mod prompts;

@@ -79,7 +79,7 @@ impl Default for OutboxConfig {
             lease: Duration::from_secs(60),
             batch: 64,
             concurrency: 16,
-            node: Arc::from(crate::cluster::NodeConfig::default().name),
+            node: Arc::from(crate::node::NodeConfig::default().name),
         }
     }
 }

@@ -18,8 +18,9 @@ use tokio::task::JoinHandle;
 
 use crate::blobs::Blobs;
 use crate::callouts::Scheduler;
-use crate::cluster::{Member, NodeConfig};
+use crate::cluster::Member;
 use crate::flow::{FlowConfig, FlowRunner};
+use crate::node::NodeConfig;
 use crate::plugins::PluginHost;
 use crate::telephony::{DispatchLimits, MediaSetup, Telephony};
 use crate::webhook::WebhookClient;

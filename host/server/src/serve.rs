@@ -9,7 +9,7 @@ use std::sync::Arc;
 use callflow_api::{ApiConfig, ApiParts, ApiState, CallerIdPolicy, RateLimit};
 use callflow_engine::blobs::Blobs;
 use callflow_engine::clock::now_ms;
-use callflow_engine::cluster::NodeConfig;
+use callflow_engine::node::NodeConfig;
 use callflow_engine::prompts::PromptsConfig;
 use callflow_engine::telephony::DispatchLimits;
 use callflow_engine::webhook::{EgressPolicy, WebhookClient, WebhookConfig};

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::Telephony;
 use super::route::Route;
 use crate::clock::now_ms;
-use crate::cluster::Share;
+use crate::node::Share;
 use crate::rate::{TokenBucket, smooth_burst};
 
 /// Queued calls the dispatcher reads at a time.
@@ -39,7 +39,7 @@ impl Telephony {
             return;
         };
         let limits = self.inner.limits;
-        // every rate and cap is this node's share of it (see `cluster::Share`): the buckets
+        // every rate and cap is this node's share of it (see `node::Share`): the buckets
         // are made again when the share changes
         let mut share = self.inner.engine.share();
         let trunk_bucket = |share: Share| {
