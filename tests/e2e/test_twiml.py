@@ -287,19 +287,25 @@ OUTBOUND_VOICE = b"""<?xml version="1.0" encoding="UTF-8"?>
 </Response>"""
 
 
+def call_far_end(start_callflow, far_end, app, scenario: str, **create):
+    """An outbound call (its TwiML at the app's /voice) to SIPp playing `scenario`: the SIPp
+    server, callflow, its client and the call."""
+    from test_sip import CALLEE
+
+    sipp = far_end(scenario)
+    callflow = start_callflow(sipp.port)
+    client = callflow.client()
+    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
+    call = client.calls.create(to=CALLEE, from_=DEFAULT_FROM, url=app.url("/voice"), **create)
+    return sipp, callflow, client, call
+
+
 def test_an_outbound_call_gathers_a_digit_from_the_far_end(start_callflow, far_end, app):
     from test_sip import CALLEE, final_callback
 
     app.routes = {"/voice": OUTBOUND_VOICE, "/gather": AFTER_RECORD}
-    sipp = far_end("uas_press_1")
-    callflow = start_callflow(sipp.port)
-    client = callflow.client()
-    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
-    call = client.calls.create(
-        to=CALLEE,
-        from_=DEFAULT_FROM,
-        url=app.url("/voice"),
-        status_callback=app.url("/status"),
+    sipp, callflow, client, call = call_far_end(
+        start_callflow, far_end, app, "uas_press_1", status_callback=app.url("/status")
     )
     result = sipp.wait(WAIT_S)
     assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"
@@ -561,17 +567,12 @@ def test_async_machine_detection_runs_beside_the_flow_and_tells_its_callback(
 ):
     """`AsyncAmd=true`: the flow's first fetch goes out at once (no `AnsweredBy` yet) and the
     verdict reaches `AsyncAmdStatusCallback` while the flow runs, signed like every webhook."""
-    from test_sip import CALLEE
-
     app.routes = {"/voice": b'<Response><Pause length="6"/></Response>'}
-    sipp = far_end("uas_machine")
-    callflow = start_callflow(sipp.port)
-    client = callflow.client()
-    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
-    call = client.calls.create(
-        to=CALLEE,
-        from_=DEFAULT_FROM,
-        url=app.url("/voice"),
+    sipp, callflow, client, call = call_far_end(
+        start_callflow,
+        far_end,
+        app,
+        "uas_machine",
         machine_detection="Enable",
         async_amd="true",
         async_amd_status_callback=app.url("/amd"),
@@ -590,15 +591,9 @@ def test_async_machine_detection_runs_beside_the_flow_and_tells_its_callback(
 
 
 def test_machine_detection_sets_answered_by_before_the_first_fetch(start_callflow, far_end, app):
-    from test_sip import CALLEE
-
     app.routes = {"/voice": AFTER_RECORD}
-    sipp = far_end("uas_machine")
-    callflow = start_callflow(sipp.port)
-    client = callflow.client()
-    client.incoming_phone_numbers.create(phone_number=DEFAULT_FROM)
-    call = client.calls.create(
-        to=CALLEE, from_=DEFAULT_FROM, url=app.url("/voice"), machine_detection="Enable"
+    sipp, _, client, call = call_far_end(
+        start_callflow, far_end, app, "uas_machine", machine_detection="Enable"
     )
     result = sipp.wait(WAIT_S)
     assert result.counts() == (1, 0) and result.ok, f"SIPp did not pass:\n{result.describe()}"

@@ -115,7 +115,7 @@ pub(crate) async fn call_template(
         })
         .transpose()?;
     // kept in the request's parameters, as received; checked here
-    for (name, min, max) in AMD_BOUNDS {
+    for (name, min, max) in callflow_store::AMD_TUNING {
         params.int(name, min, max)?;
     }
     if let Some(a) = params.text("AsyncAmd")
@@ -166,14 +166,6 @@ pub(crate) async fn call_template(
         },
     })
 }
-
-/// Twilio's machine detection tuning: name, least, most (more is taken as the most).
-const AMD_BOUNDS: [(&str, i64, i64); 4] = [
-    ("MachineDetectionTimeout", 3, 59),
-    ("MachineDetectionSpeechThreshold", 1000, 6000),
-    ("MachineDetectionSpeechEndThreshold", 500, 5000),
-    ("MachineDetectionSilenceTimeout", 2000, 10000),
-];
 
 /// `StatusCallbackEvent`, repeated or space-separated, in the order given; default
 /// `completed`.

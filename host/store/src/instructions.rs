@@ -292,6 +292,14 @@ pub struct RecordingCallback {
     pub events: Vec<String>,
 }
 
+/// Twilio's machine detection tuning on create: name, least, most (more counts as the most).
+pub const AMD_TUNING: [(&str, i64, i64); 4] = [
+    ("MachineDetectionTimeout", 3, 59),
+    ("MachineDetectionSpeechThreshold", 1000, 6000),
+    ("MachineDetectionSpeechEndThreshold", 500, 5000),
+    ("MachineDetectionSilenceTimeout", 2000, 10000),
+];
+
 /// The events a recording status callback may ask for.
 pub const RECORDING_EVENTS: [&str; 3] = ["in-progress", "completed", "absent"];
 
@@ -374,14 +382,25 @@ impl CallInstructions {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A whole-number parameter of the create request as received (`None` when absent or not
-    /// a number).
-    pub fn request_number(&self, name: &str) -> Option<i64> {
-        self.request_params
-            .0
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.trim().parse().ok())
+    /// One of [`AMD_TUNING`] as the create request gave it, within Twilio's bounds (`None`
+    /// when absent).
+    pub fn amd_tuning(&self, name: &str) -> Option<i64> {
+        let (_, least, most) = AMD_TUNING.iter().find(|(n, _, _)| *n == name)?;
+        let v: i64 = self.request_param(name)?.trim().parse().ok()?;
+        Some(v.clamp(*least, *most))
+    }
+
+    /// `AsyncAmd=true`: where and how detection's verdict is told while the flow runs (no
+    /// URL: it is only stored on the call).
+    pub fn async_amd(&self) -> Option<(Option<&str>, HttpMethod)> {
+        if self.request_param("AsyncAmd") != Some("true") {
+            return None;
+        }
+        let method = match self.request_param("AsyncAmdStatusCallbackMethod") {
+            Some(m) if m.eq_ignore_ascii_case("GET") => HttpMethod::Get,
+            _ => HttpMethod::Post,
+        };
+        Some((self.request_param("AsyncAmdStatusCallback"), method))
     }
 
     /// Twilio's `RecordingChannels` of a `Record=true` call: 2 for `dual`, else 1 (checked by

@@ -40,8 +40,8 @@ pub use callouts::{
 pub use calls::{CallFilter, CallUpdate, NewCall, TIME_LIMIT_DEFAULT, TIMEOUT_DEFAULT, Transition};
 pub use deliveries::{AttemptOutcome, Delivery, DeliveryState, NewDelivery};
 pub use instructions::{
-    CallInstructions, CallbackEvent, CallbackEvents, HttpMethod, MachineDetection, Pin, Pins,
-    RECORDING_EVENTS, RecordingCallback, RequestParams,
+    AMD_TUNING, CallInstructions, CallbackEvent, CallbackEvents, HttpMethod, MachineDetection, Pin,
+    Pins, RECORDING_EVENTS, RecordingCallback, RequestParams,
 };
 pub use model::*;
 pub use nodes::{Node, Session};

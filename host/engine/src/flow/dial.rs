@@ -8,8 +8,8 @@ use callflow_media::worker::MediaEvent;
 use callflow_runtime::flow::FlowEvent;
 use callflow_store::{CallLogEntry, CallStatus, Dialled, FlowFailure, LogLevel, LogSource};
 
+use super::record::Take;
 use super::{Outcome, Session};
-use crate::clock::now_ms;
 use crate::telephony::{DialLeg, Dialer};
 
 impl Session {
@@ -128,12 +128,12 @@ impl Session {
                     }
                     if d.record && recording.is_none() && !self.call.instructions.record {
                         // record-from-answer: both sides, from the bridge to the end
-                        let started = now_ms();
-                        let tape = super::record::tape_name(&self.call, "DialVerb", started);
+                        let take = Take::new("DialVerb");
+                        let tape = take.tape_name(&self.call);
                         let done = self
                             .media
                             .record_conversation(u64::from(d.time_limit_ms), tape, false);
-                        recording = Some((done, started));
+                        recording = Some((done, take));
                     }
                 }
                 e = self.events.recv() => match e {
@@ -177,11 +177,9 @@ impl Session {
         debug_assert!(race.is_over());
         let outcome = race.outcome();
         let recording = match recording {
-            Some((done, started)) => {
+            Some((done, take)) => {
                 self.media.end_conversation();
-                self.runner
-                    .store_conversation(&self.call, done, started, "DialVerb")
-                    .await
+                self.runner.store_conversation(&self.call, done, take).await
             }
             None => None,
         };
@@ -199,19 +197,15 @@ impl Session {
         &self,
         recording: Option<(
             tokio::sync::oneshot::Receiver<Box<callflow_media::record::Conversation>>,
-            i64,
+            Take,
         )>,
     ) {
-        let Some((done, started)) = recording else {
+        let Some((done, take)) = recording else {
             return;
         };
         self.media.end_conversation();
         let (runner, call) = (self.runner.clone(), self.call.clone());
-        tokio::spawn(async move {
-            runner
-                .store_conversation(&call, done, started, "DialVerb")
-                .await
-        });
+        tokio::spawn(async move { runner.store_conversation(&call, done, take).await });
     }
 }
 

@@ -220,7 +220,7 @@ impl FlowRunner {
         // Enable and DetectMessageEnd both wait for the verdict before the flow starts, unless
         // `AsyncAmd=true`: then the flow starts at once and the verdict goes to its callback
         if s.call.instructions.machine_detection.is_some() {
-            if s.call.instructions.request_param("AsyncAmd") == Some("true") {
+            if s.call.instructions.async_amd().is_some() {
                 s.media.detect(amd_config(&s.call.instructions));
                 s.amd_pending = true;
             } else if !s.detect().await {
@@ -237,33 +237,17 @@ impl FlowRunner {
 /// person's, `SilenceTimeout` (ms) the silence at the start that ends it as `unknown`.
 fn amd_config(i: &callflow_store::CallInstructions) -> AmdConfig {
     let d = AmdConfig::default();
-    let ms = |name: &str, scale: i64, least: i64, most: i64, or: u64| {
-        i.request_number(name)
-            .map_or(or, |v| (v.clamp(least, most) * scale) as u64)
-    };
+    let ms =
+        |name: &str, scale: i64, or: u64| i.amd_tuning(name).map_or(or, |v| (v * scale) as u64);
     AmdConfig {
-        total_analysis_ms: ms("MachineDetectionTimeout", 1000, 3, 59, d.total_analysis_ms),
-        greeting_ms: ms(
-            "MachineDetectionSpeechThreshold",
-            1,
-            1000,
-            6000,
-            d.greeting_ms,
-        ),
+        total_analysis_ms: ms("MachineDetectionTimeout", 1000, d.total_analysis_ms),
+        greeting_ms: ms("MachineDetectionSpeechThreshold", 1, d.greeting_ms),
         after_greeting_silence_ms: ms(
             "MachineDetectionSpeechEndThreshold",
             1,
-            500,
-            5000,
             d.after_greeting_silence_ms,
         ),
-        initial_silence_ms: ms(
-            "MachineDetectionSilenceTimeout",
-            1,
-            2000,
-            10000,
-            d.initial_silence_ms,
-        ),
+        initial_silence_ms: ms("MachineDetectionSilenceTimeout", 1, d.initial_silence_ms),
         ..d
     }
 }
@@ -353,25 +337,14 @@ impl Session {
     async fn detected(&mut self, verdict: callflow_media::amd::Verdict) {
         let answered_by = verdict.answered_by.as_str().to_owned();
         if std::mem::take(&mut self.amd_pending)
-            && let Some(url) = self
-                .call
-                .instructions
-                .request_param("AsyncAmdStatusCallback")
+            && let Some((Some(url), method)) = self.call.instructions.async_amd()
         {
-            let method = match self
-                .call
-                .instructions
-                .request_param("AsyncAmdStatusCallbackMethod")
-            {
-                Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
-                _ => "POST",
-            };
             let row = callflow_store::NewDelivery {
                 account_sid: self.call.account_sid.clone(),
                 call_sid: Some(self.call.sid.clone()),
                 kind: "amd-status-callback".into(),
                 url: url.to_owned(),
-                method: method.into(),
+                method: method.as_str().into(),
                 params: vec![
                     ("AccountSid".into(), self.call.account_sid.clone()),
                     ("CallSid".into(), self.call.sid.clone()),

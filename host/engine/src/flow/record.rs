@@ -19,61 +19,84 @@ use super::{FlowRunner, Next, Outcome, Session};
 use crate::clock::now_ms;
 use crate::plugins::{method_name, pinned};
 
-/// The spool file name of a recording of `call` from `source` started at `started` (ms):
-/// what the recovery after a crash needs to know.
-pub(super) fn tape_name(call: &Call, source: &str, started: i64) -> String {
-    format!("{}.{}.{source}.{started}", call.account_sid, call.sid)
+/// A recording being made: its sid (chosen at the start, so an `in-progress` callback can name
+/// it), when it started, its source (`RecordVerb`, `DialVerb`, `OutboundAPI`), its channels
+/// (2: interleaved), and the recording status callback it tells, if any.
+pub(super) struct Take {
+    sid: String,
+    started: i64,
+    source: String,
+    channels: u16,
+    told: Option<RecordingCallback>,
 }
 
-/// [`tape_name`] of a recording on `channels` channels (interleaved when 2).
-fn tape_name_of(call: &Call, source: &str, started: i64, channels: u16) -> String {
-    match channels {
-        1 => tape_name(call, source, started),
-        n => format!("{}.{n}", tape_name(call, source, started)),
+impl Take {
+    /// A mono recording from `source` starting now, telling nobody.
+    pub(super) fn new(source: &str) -> Take {
+        Take {
+            sid: Sid::generate(SidKind::Recording).as_str().to_owned(),
+            started: now_ms(),
+            source: source.to_owned(),
+            channels: 1,
+            told: None,
+        }
     }
-}
 
-/// A new recording's sid.
-fn new_recording_sid() -> String {
-    Sid::generate(SidKind::Recording).as_str().to_owned()
-}
+    /// Its spool file's name, which says what the recovery after a crash needs:
+    /// `<account>.<call>.<source>.<started>`, and `.2` when on two channels.
+    pub(super) fn tape_name(&self, call: &Call) -> String {
+        let name = format!(
+            "{}.{}.{}.{}",
+            call.account_sid, call.sid, self.source, self.started
+        );
+        match self.channels {
+            1 => name,
+            n => format!("{name}.{n}"),
+        }
+    }
 
-/// What a recording status callback tells of a recording.
-struct Told<'a> {
-    cb: &'a RecordingCallback,
-    sid: &'a str,
-    url: &'a str,
-    started: i64,
-    source: &'a str,
-    channels: u16,
-}
+    /// The account, the call and the recording a [`Take::tape_name`] names (under a new sid).
+    fn from_tape_name(name: &str) -> Option<(String, String, Take)> {
+        let mut parts = name.split('.');
+        let (account, call, source) = (parts.next()?, parts.next()?, parts.next()?);
+        let started = parts.next()?.parse().ok()?;
+        let channels = match parts.next() {
+            None => 1,
+            Some(n) => n.parse().ok().filter(|n| (1..=2).contains(n))?,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        let take = Take {
+            started,
+            channels,
+            ..Take::new(source)
+        };
+        Some((account.into(), call.into(), take))
+    }
 
-/// A recording's audio and what it is.
-struct Rec<'a> {
-    /// `channels` interleaved.
-    pcm: &'a [i16],
-    channels: u16,
-    duration_ms: u64,
-    started: i64,
-    source: &'a str,
-}
-
-impl Told<'_> {
     /// Twilio's recording status callback for `status` (`in-progress`, `completed` with its
-    /// duration, `absent`), signed like every webhook.
-    fn row(&self, call: &Call, status: &str, duration_ms: Option<u64>) -> NewDelivery {
+    /// duration, `absent`), signed like every webhook; none unless the call asked for it.
+    fn row(
+        &self,
+        call: &Call,
+        url: &str,
+        status: &str,
+        duration_ms: Option<u64>,
+    ) -> Option<NewDelivery> {
+        let cb = self.told.as_ref().filter(|cb| cb.wants(status))?;
         let mut params: Vec<(String, String)> = vec![
             ("AccountSid".into(), call.account_sid.clone()),
             ("CallSid".into(), call.sid.clone()),
-            ("RecordingSid".into(), self.sid.to_owned()),
-            ("RecordingUrl".into(), self.url.to_owned()),
+            ("RecordingSid".into(), self.sid.clone()),
+            ("RecordingUrl".into(), url.to_owned()),
             ("RecordingStatus".into(), status.to_owned()),
             ("RecordingChannels".into(), self.channels.to_string()),
             (
                 "RecordingStartTime".into(),
                 crate::clock::rfc2822(self.started),
             ),
-            ("RecordingSource".into(), self.source.to_owned()),
+            ("RecordingSource".into(), self.source.clone()),
             ("RecordingTrack".into(), "both".into()),
         ];
         if let Some(ms) = duration_ms {
@@ -82,99 +105,27 @@ impl Told<'_> {
         if status == "absent" {
             params.push(("ErrorCode".into(), "0".into()));
         }
-        NewDelivery {
+        Some(NewDelivery {
             account_sid: call.account_sid.clone(),
             call_sid: Some(call.sid.clone()),
             kind: "recording-status-callback".into(),
-            url: self.cb.url.clone(),
-            method: self.cb.method.as_str().into(),
+            url: cb.url.clone(),
+            method: cb.method.as_str().into(),
             params,
             ..NewDelivery::default()
-        }
+        })
     }
-}
-
-/// What a [`tape_name_of`] says: account, call, source, start, channels.
-type TapeOf = (String, String, String, i64, u16);
-
-fn parse_tape_name(name: &str) -> Option<TapeOf> {
-    let mut parts = name.split('.');
-    let (account, call, source) = (parts.next()?, parts.next()?, parts.next()?);
-    let started = parts.next()?.parse().ok()?;
-    let channels = match parts.next() {
-        None => 1,
-        Some(n) => n.parse().ok().filter(|n| (1..=2).contains(n))?,
-    };
-    if parts.next().is_some() {
-        return None;
-    }
-    Some((
-        account.into(),
-        call.into(),
-        source.into(),
-        started,
-        channels,
-    ))
 }
 
 impl FlowRunner {
-    /// A conversation recording once the media hands it over: mixed off the async threads,
+    /// A conversation recording once the media hands it over: ended off the async threads,
     /// stored as a Recording of `call` with its recording-ready event. `None` when there was
-    /// nothing (or it could not be stored: logged on the call).
+    /// nothing (told as `absent` if asked) or it could not be stored (logged on the call).
     pub(super) async fn store_conversation(
         &self,
         call: &Call,
         done: tokio::sync::oneshot::Receiver<Box<callflow_media::record::Conversation>>,
-        started: i64,
-        source: &str,
-    ) -> Option<callflow_runtime::flow::DialRecording> {
-        self.store_conversation_told(call, done, started, source, None, 1)
-            .await
-    }
-
-    /// `Record=true` on create: the whole call, both sides, from now; stored when the call's
-    /// media closes (by a task of its own: the flow may be gone by then), its recording status
-    /// callback told as the call asked (`in-progress` now, `completed` with the recording in
-    /// one transaction, or `absent`).
-    pub(super) fn record_call(&self, call: &Call, media: &callflow_media::worker::CallMedia) {
-        let limit_ms = u64::try_from(call.instructions.time_limit).unwrap_or(0) * 1000;
-        let started = now_ms();
-        let channels = call.instructions.recording_channels();
-        let tape = tape_name_of(call, "OutboundAPI", started, channels);
-        let done = media.record_conversation(limit_ms, tape, channels == 2);
-        let told = call
-            .instructions
-            .recording_callback()
-            .map(|cb| (new_recording_sid(), cb));
-        let (me, call) = (self.clone(), call.clone());
-        tokio::spawn(async move {
-            if let Some((sid, cb)) = &told
-                && cb.wants("in-progress")
-            {
-                let url = me.recording_url(&call, sid);
-                let told = Told {
-                    cb,
-                    sid,
-                    url: &url,
-                    started,
-                    source: "OutboundAPI",
-                    channels,
-                };
-                me.tell(&call, told.row(&call, "in-progress", None)).await;
-            }
-            me.store_conversation_told(&call, done, started, "OutboundAPI", told, channels)
-                .await
-        });
-    }
-
-    async fn store_conversation_told(
-        &self,
-        call: &Call,
-        done: tokio::sync::oneshot::Receiver<Box<callflow_media::record::Conversation>>,
-        started: i64,
-        source: &str,
-        told: Option<(String, RecordingCallback)>,
-        channels: u16,
+        take: Take,
     ) -> Option<callflow_runtime::flow::DialRecording> {
         let taped = match done.await {
             // ending the tape may wait for the spool's writer
@@ -184,24 +135,35 @@ impl FlowRunner {
             Err(_) => None,
         };
         let Some(taped) = taped.filter(|t| t.samples() > 0) else {
-            if let Some((sid, cb)) = &told
-                && cb.wants("absent")
-            {
-                let url = self.recording_url(call, sid);
-                let t = Told {
-                    cb,
-                    sid,
-                    url: &url,
-                    started,
-                    source,
-                    channels,
-                };
-                self.tell(call, t.row(call, "absent", None)).await;
+            let url = self.recording_url(call, &take.sid);
+            if let Some(row) = take.row(call, &url, "absent", None) {
+                self.tell(call, row).await;
             }
             return None;
         };
-        self.store_taped(call, taped, started, source, told, channels)
-            .await
+        self.store_taped(call, taped, take).await
+    }
+
+    /// `Record=true` on create: the whole call, both sides, from now; stored when the call's
+    /// media closes (by a task of its own: the flow may be gone by then), its recording status
+    /// callback told as the call asked (`in-progress` now, `completed` with the recording in
+    /// one transaction, or `absent`).
+    pub(super) fn record_call(&self, call: &Call, media: &callflow_media::worker::CallMedia) {
+        let limit_ms = u64::try_from(call.instructions.time_limit).unwrap_or(0) * 1000;
+        let take = Take {
+            channels: call.instructions.recording_channels(),
+            told: call.instructions.recording_callback(),
+            ..Take::new("OutboundAPI")
+        };
+        let done = media.record_conversation(limit_ms, take.tape_name(call), take.channels == 2);
+        let (me, call) = (self.clone(), call.clone());
+        tokio::spawn(async move {
+            let url = me.recording_url(&call, &take.sid);
+            if let Some(row) = take.row(&call, &url, "in-progress", None) {
+                me.tell(&call, row).await;
+            }
+            me.store_conversation(&call, done, take).await
+        });
     }
 
     /// The API URL of recording `sid` of `call`.
@@ -224,47 +186,24 @@ impl FlowRunner {
         }
     }
 
-    /// Stores the whole of `taped` as a Recording of `call` with its recording-ready event,
-    /// logged on the call, and removes its spool file once stored (one that cannot be stored
-    /// is left for the next start to try again).
+    /// Stores the whole of `taped` as `take`, a Recording of `call` with its recording-ready
+    /// event, logged on the call, and removes its spool file once stored (one that cannot be
+    /// stored is left for the next start to try again).
     async fn store_taped(
         &self,
         call: &Call,
         mut taped: Taped,
-        started: i64,
-        source: &str,
-        told: Option<(String, RecordingCallback)>,
-        channels: u16,
+        take: Take,
     ) -> Option<callflow_runtime::flow::DialRecording> {
         let stored = match taped.read(0..u64::MAX).await {
             Ok(pcm) => {
-                let duration_ms = pcm.len() as u64 / 8 / u64::from(channels);
-                let sid = told
-                    .as_ref()
-                    .map_or_else(new_recording_sid, |(sid, _)| sid.clone());
-                let mut notify = Vec::new();
-                if let Some((_, cb)) = &told
-                    && cb.wants("completed")
-                {
-                    let url = self.recording_url(call, &sid);
-                    let t = Told {
-                        cb,
-                        sid: &sid,
-                        url: &url,
-                        started,
-                        source,
-                        channels,
-                    };
-                    notify.push(t.row(call, "completed", Some(duration_ms)));
-                }
-                let rec = Rec {
-                    pcm: &pcm,
-                    channels,
-                    duration_ms,
-                    started,
-                    source,
-                };
-                self.store_recording_as(call, &sid, rec, notify)
+                let duration_ms = pcm.len() as u64 / 8 / u64::from(take.channels);
+                let url = self.recording_url(call, &take.sid);
+                let notify = take
+                    .row(call, &url, "completed", Some(duration_ms))
+                    .into_iter()
+                    .collect();
+                self.store_recording(call, &take, pcm, duration_ms, notify)
                     .await
                     .map(|(sid, url)| (sid, url, duration_ms))
             }
@@ -273,11 +212,11 @@ impl FlowRunner {
         let entry = match &stored {
             Ok((sid, _, _)) => CallLogEntry::RecordingStored(RecordingStored {
                 recording_sid: sid.clone(),
-                source: source.to_owned(),
+                source: take.source.clone(),
             }),
             Err(why) => CallLogEntry::FlowError(FlowFailure::Recording {
                 error: why.clone(),
-                source: Some(source.to_owned()),
+                source: Some(take.source.clone()),
             }),
         };
         self.inner.store.log_call_event(&call.sid, now_ms(), &entry);
@@ -305,10 +244,10 @@ impl FlowRunner {
             if path.extension().and_then(|e| e.to_str()) != Some(spool::EXTENSION) {
                 continue;
             }
-            let Some((account, call_sid, source, started, channels)) = path
+            let Some((account, call_sid, take)) = path
                 .file_stem()
                 .and_then(|s| s.to_str())
-                .and_then(parse_tape_name)
+                .and_then(Take::from_tape_name)
             else {
                 let _ = std::fs::remove_file(&path);
                 continue;
@@ -331,11 +270,8 @@ impl FlowRunner {
                 taped.discard();
                 continue;
             }
-            let seconds = taped.samples() / 8000;
-            match self
-                .store_taped(&call, taped, started, &source, None, channels)
-                .await
-            {
+            let seconds = taped.samples() / 8000 / u64::from(take.channels);
+            match self.store_taped(&call, taped, take).await {
                 Some(r) => {
                     tracing::info!(call = %call.sid, recording = %r.sid, seconds, "kept a recording a crash interrupted")
                 }
@@ -346,52 +282,24 @@ impl FlowRunner {
         }
     }
 
-    /// Writes a recording's WAV and MP3, then creates its Recording resource together with
-    /// `notify` (a recording plugin's requests) and the call's recording-ready event, in one
-    /// transaction: nobody can list or hear of a recording whose media is not there. Returns
-    /// the sid and the URL.
+    /// Writes `take`'s WAV and MP3 (of `pcm`, `duration_ms` long), then creates its Recording
+    /// resource together with `notify` (a recording plugin's requests, the `completed`
+    /// callback) and the call's recording-ready event, in one transaction: nobody can list or
+    /// hear of a recording whose media is not there. Returns the sid and the URL.
     async fn store_recording(
         &self,
         call: &Call,
-        pcm: &[i16],
+        take: &Take,
+        pcm: Vec<i16>,
         duration_ms: u64,
-        started: i64,
-        source: &str,
         notify: Vec<callflow_store::NewDelivery>,
     ) -> Result<(String, String), String> {
-        let sid = new_recording_sid();
-        let rec = Rec {
-            pcm,
-            channels: 1,
-            duration_ms,
-            started,
-            source,
-        };
-        self.store_recording_as(call, &sid, rec, notify).await
-    }
-
-    /// [`FlowRunner::store_recording`] of `rec` under a sid chosen before (told in an
-    /// `in-progress` callback).
-    async fn store_recording_as(
-        &self,
-        call: &Call,
-        sid: &str,
-        rec: Rec<'_>,
-        notify: Vec<callflow_store::NewDelivery>,
-    ) -> Result<(String, String), String> {
-        let Rec {
-            pcm,
-            channels,
-            duration_ms,
-            started,
-            source,
-        } = rec;
-        let sid = sid.to_owned();
+        let sid = take.sid.clone();
         let (wav, mp3) = (
             format!("recordings/{sid}.wav"),
             format!("recordings/{sid}.mp3"),
         );
-        let pcm = pcm.to_vec();
+        let channels = take.channels;
         let (wav_bytes, mp3_bytes) =
             tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>), String> {
                 Ok((
@@ -416,10 +324,10 @@ impl FlowRunner {
         let new = NewRecording {
             call_sid: call.sid.clone(),
             status: "completed".into(),
-            source: source.into(),
+            source: take.source.clone(),
             channels: i64::from(channels),
             duration: i64::try_from(duration_ms.div_ceil(1000)).unwrap_or(i64::MAX),
-            start_time: started,
+            start_time: take.started,
             wav_path: Some(wav),
             mp3_path: Some(mp3),
         };
@@ -440,13 +348,13 @@ impl FlowRunner {
 
 impl Session {
     pub(super) async fn record(&mut self, r: callflow_runtime::flow::Record) -> Outcome {
-        let started = now_ms();
+        let take = Take::new("RecordVerb");
         let opts = RecordOptions {
             max_length_ms: u64::from(r.max_length_ms.max(1000)),
             silence_timeout_ms: u64::from(r.timeout_ms),
             finish_on_key: r.finish_on_key,
             trim: r.trim_silence,
-            tape: tape_name(&self.call, "RecordVerb", started),
+            tape: take.tape_name(&self.call),
         };
         let beep = r
             .play_beep
@@ -538,7 +446,7 @@ impl Session {
         let duration_ms = pcm.len() as u64 / 8;
         let stored = self
             .runner
-            .store_recording(&self.call, &pcm, duration_ms, started, "RecordVerb", rows)
+            .store_recording(&self.call, &take, pcm, duration_ms, rows)
             .await;
         match stored {
             Ok((sid, url)) => Outcome::Event(FlowEvent::Recorded(RecordResult {
@@ -663,4 +571,37 @@ impl Session {
 fn not_sent(request: Option<(String, String)>, error: String) -> CallLogEntry {
     let (url, method) = request.unzip();
     CallLogEntry::RecordingNotify(NotifyFailure { url, method, error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::call;
+    use callflow_store::CallStatus;
+
+    #[test]
+    fn a_spool_file_name_gives_back_its_call_and_recording() {
+        let c = call(CallStatus::InProgress, "completed");
+        for channels in [1, 2] {
+            let take = Take {
+                channels,
+                ..Take::new("OutboundAPI")
+            };
+            let (account, sid, back) = Take::from_tape_name(&take.tape_name(&c)).unwrap();
+            assert_eq!((account, sid), (c.account_sid.clone(), c.sid.clone()));
+            assert_eq!(
+                (back.source.as_str(), back.started, back.channels),
+                ("OutboundAPI", take.started, channels)
+            );
+        }
+        for bad in [
+            "",
+            "AC.CA.Record",
+            "AC.CA.Record.x",
+            "AC.CA.Record.1.3",
+            "AC.CA.R.1.2.9",
+        ] {
+            assert!(Take::from_tape_name(bad).is_none(), "{bad}");
+        }
+    }
 }
